@@ -1,0 +1,44 @@
+"""edgetrain's worker: compile the workload's inference ONNX, save the one trainable file,
+load it on stock onnxruntime and call its ``train`` signature."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from _common import Peer, main, threads
+
+
+class EdgetrainPeer(Peer):
+    name = "edgetrain"
+
+    def import_runtime(self) -> str:
+        import onnxruntime
+
+        import edgetrain
+
+        self.et = edgetrain
+        return f"edgetrain {edgetrain.__version__} on onnxruntime {onnxruntime.__version__}"
+
+    def build(self, spec: dict[str, Any], weights: dict[str, np.ndarray],
+              batches: list[tuple[np.ndarray, np.ndarray]], outdir: str) -> list[str]:
+        from edgetrain.bench import optimizer_from_spec
+
+        tm = self.et.compile(os.path.join(os.path.dirname(outdir), "model.onnx"),
+                             loss="cross_entropy", optimizer=optimizer_from_spec(spec["optimizer"]),
+                             trainable=spec.get("trainable"))
+        path = os.path.join(outdir, "model.et.onnx")
+        tm.save(path)
+        return [path]
+
+    def load(self, spec: dict[str, Any], outdir: str) -> None:
+        self.model = self.et.load(os.path.join(outdir, "model.et.onnx"), threads=threads())
+
+    def step(self, batch: Any) -> float:
+        x, y = batch
+        return float(self.model.run("train", x=x, y=y)["loss"])
+
+
+if __name__ == "__main__":
+    main(EdgetrainPeer)

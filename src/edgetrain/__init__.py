@@ -1,0 +1,31 @@
+"""edgetrain: compile an inference model into one trainable ONNX file; train it on the device.
+
+    import edgetrain as et
+    tm = et.compile("model.onnx", loss="cross_entropy", optimizer=et.optim.SGD(lr=0.01))
+    tm.save("trainable.onnx")
+    m = et.load("trainable.onnx")
+    m.run("train", x=xb, y=yb)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import losses, optim, select
+from .compile import TrainableModel, compile
+from .errors import (
+    CheckpointError,
+    EdgetrainError,
+    FormatError,
+    InputError,
+    NonFiniteError,
+    UnsupportedOpError,
+)
+from .frontends import from_keras, from_torch
+from .runtime import History, Model, Signature, load
+
+__all__ = [
+    "CheckpointError", "EdgetrainError", "FormatError", "History", "InputError", "Model",
+    "NonFiniteError", "Signature", "TrainableModel", "UnsupportedOpError", "__version__",
+    "compile", "from_keras", "from_torch", "load", "losses", "optim", "select",
+]

@@ -1,0 +1,101 @@
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from ..._graph import Builder, Value, np_dtype
+from ...errors import UnsupportedOpError
+from .._registry import GradContext, grad_rule
+from .conv import ConvGeometry, conv_geometry, input_grad, output_grad
+
+
+def _indices(ctx: GradContext, op: Builder) -> Value:
+    """MaxPool's argmax output, requested from the forward node (or recomputed)."""
+    if len(ctx.outputs) > 1 and ctx.outputs[1]:
+        return ctx.outputs[1]
+    forward_output = getattr(ctx, "forward_output", None)
+    if forward_output is not None:
+        return str(forward_output(1, op, "maxpool_indices", TensorProto.INT64))
+    attrs = {k: ctx.attr(k) for k in ("auto_pad", "ceil_mode", "dilations", "kernel_shape",
+                                      "pads", "strides")}
+    return str(op.MaxPool(ctx.inputs[0], _outputs=2, **attrs)[1])
+
+
+@grad_rule("MaxPool")
+def max_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = max over each window: dX = Σ dY scattered onto each window's argmax.
+
+    The forward's Indices output is flat over N·C·spatial (row-major), so one
+    ScatterElements with reduction="add" over the flattened input adds up the contributions
+    of overlapping windows that share a maximum.
+    """
+    if int(ctx.attr("storage_order", 0)) != 0:
+        raise UnsupportedOpError(f"{ctx.where()}: storage_order=1 is not supported")
+    x, dy = ctx.inputs[0], output_grad(ctx)
+    idx = _indices(ctx, op)
+    zeros = op.Reshape(op.zeros_like(x), [1, -1])
+    dx = op.ScatterElements(zeros, op.Reshape(idx, [1, -1]), op.Reshape(dy, [1, -1]), axis=1,
+                            reduction="add")
+    return [op.Reshape(dx, op.Shape(x))]
+
+
+@grad_rule("AveragePool")
+def average_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = S(X)·q with S the window sum over zero-padded X and q = 1/divisor per window.
+
+    q = AveragePool(1)/S(1) on an all-ones image reproduces the node's own divisor rule
+    (count_include_pad either way, ceil_mode), whatever it is. Then dX = Sᵀ(dY·q): the input
+    gradient of a depthwise convolution with an all-ones kernel. Windows that run past the
+    padded end (ceil_mode) get extra zero padding so that S has exactly Y's windows.
+    """
+    x, y, dy = ctx.inputs[0], ctx.outputs[0], output_grad(ctx)
+    k = tuple(int(v) for v in ctx.attr("kernel_shape"))
+    xshape = ctx.shape(x)
+    if xshape is None or not isinstance(xshape[1], int):
+        raise UnsupportedOpError(f"{ctx.where()}: the channel count of {x!r} must be static")
+    channels = int(xshape[1])
+    geo = conv_geometry(ctx, x, k, group=channels, y=y)
+    end = tuple(max(geo.end[i], (geo.y[i] - 1) * geo.strides[i] + geo.eff(i) - geo.x[i]
+                    - geo.begin[i]) for i in range(geo.rank))
+    geo = ConvGeometry(geo.x, geo.y, geo.k, geo.strides, geo.dilations, geo.begin, end,
+                       channels)
+    dt = np_dtype(ctx.dtype(x))
+    ones = op.const(np.ones((1, 1, *geo.x), dtype=dt), hint="pool_ones")
+    attrs = {a: ctx.attr(a) for a in ("auto_pad", "ceil_mode", "count_include_pad",
+                                      "dilations", "kernel_shape", "pads", "strides")}
+    avg = op.AveragePool(ones, **attrs)
+    kernel1 = op.const(np.ones((1, 1, *k), dtype=dt), hint="pool_kernel")
+    total = op.Conv(ones, kernel1, strides=list(geo.strides), dilations=list(geo.dilations),
+                    pads=list(geo.begin) + list(geo.end))
+    q = op.Where(op.Greater(total, 0.0), op.Div(avg, op.Max(total, 1.0)), op.zeros_like(avg))
+    kernel = op.const(np.ones((channels, 1, *k), dtype=dt), hint="pool_kernel")
+    return [input_grad(op, op.Mul(dy, q), kernel, geo, channels, channels)]
+
+
+def _spatial_scale(ctx: GradContext, op: Builder, x: str, y: str) -> Value | float:
+    xs = ctx.shape(x)
+    if xs is not None and all(isinstance(d, int) for d in xs[2:]):
+        return 1.0 / float(np.prod([int(d) for d in xs[2:]]))  # type: ignore[arg-type]
+    to = ctx.dtype(x)
+    return op.Div(op.Cast(op.Size(y), to=to), op.Cast(op.Size(x), to=to))
+
+
+@grad_rule("GlobalAveragePool")
+def global_average_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = mean of X over space: dX = dY/|space| broadcast over space."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    scale = _spatial_scale(ctx, op, x, y)
+    return [op.Expand(op.Mul(ctx.dout(0), scale), op.Shape(x))]
+
+
+@grad_rule("GlobalMaxPool")
+def global_max_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = max of X over space: dX = dY shared equally among the positions that reach it."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    rank = ctx.rank(x)
+    mask = op.Cast(op.Equal(x, y), to=ctx.dtype(x))
+    count = op.ReduceSum(mask, list(range(2, rank)), keepdims=1)
+    return [op.Mul(mask, op.Div(ctx.dout(0), count))]
+

@@ -1,0 +1,59 @@
+"""Reductions: ReduceSum, ReduceMean (axes as an input from opset 18, or an attribute before)."""
+
+from __future__ import annotations
+
+from ..._graph import Builder, Value
+from .._registry import GradContext, grad_rule
+
+
+def _axes(ctx: GradContext) -> list[int] | str | None:
+    """Reduced axes: a static list, a value name (known at run time only), or None if absent."""
+    if len(ctx.inputs) > 1 and ctx.inputs[1]:
+        known = ctx.const_value(ctx.inputs[1])
+        return [int(a) for a in known.reshape(-1)] if known is not None else ctx.inputs[1]
+    attr = ctx.attr("axes")
+    return [int(a) for a in attr] if attr is not None else None
+
+
+def _spread(ctx: GradContext, op: Builder, g: Value) -> Value:
+    """Broadcast the gradient of the reduced output back over the input's shape.
+
+    With keepdims=0 the reduced axes are first put back as unit dims (Unsqueeze, whose axes
+    count in the input's rank, so negative axes work unchanged); absent or empty axes reduce
+    everything (y is a scalar, broadcast as is) unless noop_with_empty_axes makes y = x.
+    """
+    axes = _axes(ctx)
+    x = ctx.inputs[0]
+    if not axes:  # None or []: absent or empty
+        if int(ctx.attr("noop_with_empty_axes", 0)):
+            return g
+        return op.Expand(g, op.Shape(x))
+    if not int(ctx.attr("keepdims", 1)):
+        g = op.Unsqueeze(g, axes)
+    return op.Expand(g, op.Shape(x))
+
+
+@grad_rule("ReduceSum")
+def reduce_sum(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = Σ x over axes: dx = dy broadcast back over the reduced axes."""
+    return [_spread(ctx, op, ctx.dy), None]
+
+
+@grad_rule("ReduceMean")
+def reduce_mean(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = mean x over axes: dx = dy·(|y|/|x|) broadcast back over the reduced axes."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    if xs is not None and ys is not None and all(isinstance(d, int) for d in (*xs, *ys)):
+        n_in = 1
+        for d in xs:
+            n_in *= int(d)  # type: ignore[arg-type]
+        n_out = 1
+        for d in ys:
+            n_out *= int(d)  # type: ignore[arg-type]
+        scale: Value | float = n_out / n_in
+    else:
+        to = ctx.dtype(x)
+        scale = op.Div(op.Cast(op.Size(y), to=to), op.Cast(op.Size(x), to=to))
+    dy = ctx.dy
+    return [_spread(ctx, op, dy if scale == 1.0 else op.Mul(dy, scale)), None]

@@ -1,0 +1,349 @@
+"""Ops of transformer and NLP models: layer norm, GELU/Erf, embedding lookups, scatters,
+max/min reductions, Einsum, CumSum.
+
+Lookups (Gather, GatherElements, GatherND) differentiate into scatters with
+``reduction="add"`` into zeros, so a token that occurs several times in a batch receives the
+sum of its gradients (what ``torch.nn.Embedding`` does). Max/min gradients are shared evenly
+between tied elements, as ``torch.amax`` and ``torch.maximum`` do.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..._graph import Builder, Value, np_dtype
+from ...errors import UnsupportedOpError
+from .._registry import GradContext, grad_rule, unbroadcast
+
+
+def _dy(ctx: GradContext) -> Value:
+    g = ctx.dout(0)
+    if g is None:
+        raise ValueError(f"{ctx.where()}: output 0 has no gradient")
+    return g
+
+
+def _axis(ctx: GradContext, name: str, default: int, like: str) -> int:
+    """A non-negative axis attribute (negative ones count from the end of ``like``'s rank)."""
+    a = int(ctx.attr(name, default))
+    return a + ctx.rank(like) if a < 0 else a
+
+
+def _zeros(op: Builder, shape: Value, like: Value) -> Value:
+    """Zeros of a runtime ``shape`` in ``like``'s element type (no arithmetic on ``like``)."""
+    dtype = op.types[like]
+    value = helper.make_tensor("value", dtype, [1], np.zeros(1, dtype=np_dtype(dtype)))
+    out: Value = op.ConstantOfShape(shape, value=value)
+    op.types[out] = dtype
+    return out
+
+
+def _nonnegative(ctx: GradContext, op: Builder, idx: Value, dim: Value) -> Value:
+    """``idx`` with negative entries wrapped by ``dim`` (a scatter needs in-range indices).
+
+    ``dim`` is an int64 tensor that broadcasts against ``idx``. Constant indices that are
+    already non-negative are used as they are.
+    """
+    known = ctx.const_value(idx)
+    if known is not None and (known.size == 0 or known.min() >= 0):
+        return idx
+    dim = op.CastLike(dim, idx)
+    return op.Where(op.Less(idx, op.CastLike(op.const(np.array(0, dtype=np.int64)), idx)),
+                    op.Add(idx, dim), idx)
+
+
+def _unsupported(ctx: GradContext, why: str) -> UnsupportedOpError:
+    return UnsupportedOpError(f"{ctx.where()}: {why}")
+
+
+# -- normalization and activations -------------------------------------------------------------
+
+@grad_rule("LayerNormalization")
+def layer_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = x̂·s + b with x̂ = (x - μ)·r, r = 1/√(σ² + ε), μ and σ² over axes [axis, rank):
+    ds = Σ dy·x̂ and db = Σ dy over the leading axes (then summed to s's and b's shapes),
+    dx = r·(g - mean(g) - x̂·mean(g·x̂)) with g = dy·s and means over the normalized axes.
+
+    μ and r are recomputed in x's own precision rather than read from the optional Mean and
+    InvStdDev outputs, which opset 17 keeps in ``stash_type`` (float32 even for float64 x).
+    """
+    if ctx.dout(1) is not None or ctx.dout(2) is not None:
+        raise _unsupported(ctx, "gradients through the Mean/InvStdDev outputs are not supported")
+    x = ctx.inputs[0]
+    scale, bias = ctx.input(1), ctx.input(2)
+    y, dy = ctx.outputs[0], _dy(ctx)
+    rank = ctx.rank(x)
+    axis = _axis(ctx, "axis", -1, x)
+    axes = list(range(axis, rank))
+    eps = float(ctx.attr("epsilon", 1e-5))
+    mu = op.ReduceMean(x, axes, keepdims=1)
+    xc = op.Sub(x, mu)
+    var = op.ReduceMean(op.Mul(xc, xc), axes, keepdims=1)
+    rstd = op.Reciprocal(op.Sqrt(op.Add(var, eps)))
+    xhat = op.Mul(xc, rstd)
+    grads: list[Value | None] = [None, None, None]
+    if ctx.needs_grad(0):
+        g = op.Mul(dy, scale) if scale is not None else dy
+        mean_g = op.ReduceMean(g, axes, keepdims=1)
+        mean_gx = op.ReduceMean(op.Mul(g, xhat), axes, keepdims=1)
+        grads[0] = op.Mul(rstd, op.Sub(op.Sub(g, mean_g), op.Mul(xhat, mean_gx)))
+    if scale is not None and ctx.needs_grad(1):
+        grads[1] = unbroadcast(ctx, op, op.Mul(dy, xhat), scale, y)
+    if bias is not None and ctx.needs_grad(2):
+        grads[2] = unbroadcast(ctx, op, dy, bias, y)
+    return grads
+
+
+@grad_rule("Erf")
+def erf(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = erf x: dx = dy·(2/√π)·exp(-x²)."""
+    x = ctx.inputs[0]
+    return [op.Mul(_dy(ctx), op.Mul(op.Exp(op.Neg(op.Mul(x, x))), 2.0 / math.sqrt(math.pi)))]
+
+
+@grad_rule("Gelu")
+def gelu(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """approximate="none": y = x·Φ(x), Φ(x) = ½(1 + erf(x/√2)): dx = dy·(Φ(x) + x·φ(x)),
+    φ(x) = exp(-x²/2)/√(2π).
+    approximate="tanh": y = ½x(1 + t), t = tanh(u), u = √(2/π)(x + 0.044715x³):
+    dx = dy·(½(1 + t) + ½x(1 - t²)·√(2/π)(1 + 3·0.044715x²)).
+    """
+    x, dy = ctx.inputs[0], _dy(ctx)
+    mode = ctx.attr("approximate", "none")
+    x2 = op.Mul(x, x)
+    if mode == "none":
+        cdf = op.Mul(op.Add(op.Erf(op.Mul(x, 1.0 / math.sqrt(2.0))), 1.0), 0.5)
+        pdf = op.Mul(op.Exp(op.Mul(x2, -0.5)), 1.0 / math.sqrt(2.0 * math.pi))
+        return [op.Mul(dy, op.Add(cdf, op.Mul(x, pdf)))]
+    if mode == "tanh":
+        k, c = math.sqrt(2.0 / math.pi), 0.044715
+        t = op.Tanh(op.Mul(op.Add(x, op.Mul(op.Mul(x2, x), c)), k))
+        du = op.Mul(op.Add(op.Mul(x2, 3.0 * c), 1.0), k)
+        left = op.Mul(op.Add(t, 1.0), 0.5)
+        right = op.Mul(op.Mul(op.Mul(x, 0.5), op.Sub(1.0, op.Mul(t, t))), du)
+        return [op.Mul(dy, op.Add(left, right))]
+    raise _unsupported(ctx, f"unknown approximate={mode!r}")
+
+
+# -- lookups and scatters ----------------------------------------------------------------------
+
+@grad_rule("Gather")
+def gather(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = data[..., idx, ...] along axis a (an embedding lookup when a = 0):
+    d data = zeros with dy scatter-added at idx (repeated indices sum their gradients).
+
+    For a ≠ 0 the indexed axis is moved to the front, scattered with ScatterND, and moved back.
+    """
+    data, idx = ctx.inputs
+    dy = _dy(ctx)
+    if not ctx.needs_grad(0):
+        return [None, None]
+    rd, ri = ctx.rank(data), ctx.rank(idx)
+    a = _axis(ctx, "axis", 0, data)
+    dshape = op.Shape(data)
+    if ctx.dtype(idx) != TensorProto.INT64:  # ScatterND takes int64 indices only
+        idx = op.Cast(idx, to=TensorProto.INT64)
+    idx = _nonnegative(ctx, op, idx, op.Gather(dshape, op.const(np.array(a, dtype=np.int64))))
+    perm = [a] + [d for d in range(rd) if d != a]  # data's axes with a first
+    if a:
+        lead = list(range(a, a + ri))
+        dy = op.Transpose(dy, perm=lead + list(range(a)) + list(range(a + ri, rd - 1 + ri)))
+        zeros = _zeros(op, op.Gather(dshape, perm), dy)
+    else:
+        zeros = _zeros(op, dshape, dy)
+    out = op.ScatterND(zeros, op.Unsqueeze(idx, [-1]), dy, reduction="add")
+    if a:
+        out = op.Transpose(out, perm=[int(i) for i in np.argsort(perm)])
+    return [out, None]
+
+
+@grad_rule("GatherElements")
+def gather_elements(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y[i][j] = data[idx[i][j]][j] (axis 0; likewise others): d data = ScatterElements of dy
+    at idx into zeros, with reduction="add"."""
+    data, idx = ctx.inputs
+    if not ctx.needs_grad(0):
+        return [None, None]
+    a = _axis(ctx, "axis", 0, data)
+    dshape = op.Shape(data)
+    idx = _nonnegative(ctx, op, idx, op.Gather(dshape, op.const(np.array(a, dtype=np.int64))))
+    zeros = _zeros(op, dshape, data)
+    return [op.ScatterElements(zeros, idx, _dy(ctx), axis=a, reduction="add"), None]
+
+
+@grad_rule("GatherND")
+def gather_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = data[idx[..., :]] (batch_dims = 0): d data = ScatterND of dy at idx into zeros,
+    with reduction="add"."""
+    data, idx = ctx.inputs
+    if not ctx.needs_grad(0):
+        return [None, None]
+    if int(ctx.attr("batch_dims", 0)):
+        raise _unsupported(ctx, "GatherND with batch_dims > 0 has no gradient rule yet")
+    ishape = ctx.shape(idx)
+    k = ishape[-1] if ishape else None
+    if not isinstance(k, int):
+        raise _unsupported(ctx, "the last dimension of GatherND's indices must be static")
+    dshape = op.Shape(data)
+    idx = _nonnegative(ctx, op, idx, op.Slice(dshape, [0], [k]))
+    return [op.ScatterND(_zeros(op, dshape, data), idx, _dy(ctx), reduction="add"), None]
+
+
+def _scatter_reduction(ctx: GradContext) -> str:
+    red = ctx.attr("reduction", "none")
+    if red not in ("none", "add"):
+        raise _unsupported(ctx, f"reduction={red!r} has no gradient rule (only none and add)")
+    return str(red)
+
+
+@grad_rule("ScatterND")
+def scatter_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = data with y[idx[k]] = upd[k] (reduction none) or += upd[k] (add):
+    d data = dy with the written slots zeroed (none) or dy (add); d upd = dy[idx[k]]."""
+    _, idx, _ = ctx.inputs
+    dy = _dy(ctx)
+    red = _scatter_reduction(ctx)
+    grads: list[Value | None] = [None, None, None]
+    if ctx.needs_grad(0):
+        grads[0] = dy if red == "add" else op.ScatterND(
+            dy, idx, _zeros(op, op.Shape(ctx.inputs[2]), dy))
+    if ctx.needs_grad(2):
+        grads[2] = op.GatherND(dy, idx)
+    return grads
+
+
+@grad_rule("ScatterElements")
+def scatter_elements(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = data with y[idx[i][j]][j] = upd[i][j] (axis 0; reduction none) or += (add):
+    d data = dy with the written elements zeroed (none) or dy (add);
+    d upd = GatherElements(dy, idx)."""
+    data, idx, _ = ctx.inputs
+    dy = _dy(ctx)
+    red = _scatter_reduction(ctx)
+    a = _axis(ctx, "axis", 0, data)
+    grads: list[Value | None] = [None, None, None]
+    if ctx.needs_grad(0):
+        grads[0] = dy if red == "add" else op.ScatterElements(
+            dy, idx, _zeros(op, op.Shape(ctx.inputs[2]), dy), axis=a)
+    if ctx.needs_grad(2):
+        grads[2] = op.GatherElements(dy, idx, axis=a)
+    return grads
+
+
+# -- max and min -------------------------------------------------------------------------------
+
+def _reduce_axes(ctx: GradContext) -> list[int] | str | None:
+    """Reduced axes: a static list, a value name (known at run time only), or None if absent."""
+    if len(ctx.inputs) > 1 and ctx.inputs[1]:
+        known = ctx.const_value(ctx.inputs[1])
+        return [int(a) for a in known.reshape(-1)] if known is not None else ctx.inputs[1]
+    attr = ctx.attr("axes")
+    return [int(a) for a in attr] if attr is not None else None
+
+
+@grad_rule("ReduceMax", "ReduceMin")
+def reduce_extremum(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = max (min) of x over axes: dx = dy·[x = y]/#{x = y}, i.e. the gradient goes to the
+    extremal elements and is shared evenly between ties (as torch.amax/amin)."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    dy = _dy(ctx)
+    axes = _reduce_axes(ctx)
+    if not axes and int(ctx.attr("noop_with_empty_axes", 0)):
+        return [dy, None]
+    if axes and not int(ctx.attr("keepdims", 1)):
+        ax: list[int] | str = axes
+        y, dy = op.Unsqueeze(y, ax), op.Unsqueeze(dy, ax)
+    mask = op.Cast(op.Equal(x, y), to=ctx.dtype(x))
+    count = op.ReduceSum(mask, axes, keepdims=1) if axes else op.ReduceSum(mask, keepdims=1)
+    return [op.Div(op.Mul(dy, mask), count), None]
+
+
+@grad_rule("Max", "Min")
+def elementwise_extremum(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = max(x₀, x₁, …) (broadcasting): dxᵢ = dy·[xᵢ = y]/#{j: xⱼ = y}, summed to xᵢ's
+    shape; ties share the gradient evenly (torch.maximum gives each of two ties dy/2)."""
+    dy, y = _dy(ctx), ctx.outputs[0]
+    n = len(ctx.inputs)
+    if n == 1:
+        return [dy]
+    dtype = ctx.dtype(y)
+    masks = [op.Cast(op.Equal(x, y), to=dtype) for x in ctx.inputs]
+    count = op.Sum(*masks)
+    share = op.Div(dy, count)
+    return [unbroadcast(ctx, op, op.Mul(share, masks[i]), ctx.inputs[i], y)
+            if ctx.needs_grad(i) else None for i in range(n)]
+
+
+# -- Einsum and CumSum -------------------------------------------------------------------------
+
+def _einsum_terms(ctx: GradContext) -> tuple[list[str], str]:
+    """Operand and result subscripts with every ``...`` spelled out as letters.
+
+    Ellipsis dimensions align from the right (numpy broadcasting), so an operand with fewer of
+    them gets the rightmost of the shared letters.
+    """
+    eq = str(ctx.attr("equation")).replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ctx.inputs):
+        raise _unsupported(ctx, f"equation {eq!r} has {len(terms)} operands for "
+                           f"{len(ctx.inputs)} inputs")
+    if not arrow:  # implicit output: "..." then the letters that occur once, sorted
+        letters = "".join(terms).replace(".", "")
+        rhs = ("..." if "..." in lhs else "") + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1))
+    free = [c for c in string.ascii_letters if c not in eq]
+    widths = [ctx.rank(x) - len(t.replace("...", "")) if "..." in t else 0
+              for x, t in zip(ctx.inputs, terms)]
+    width = max(widths, default=0)
+    if len(free) < width:
+        raise _unsupported(ctx, "too many ellipsis dimensions")
+    ell = "".join(free[:width])
+    out_terms = [t.replace("...", ell[width - w:] if w else "") for t, w in zip(terms, widths)]
+    return out_terms, rhs.replace("...", ell)
+
+
+@grad_rule("Einsum")
+def einsum(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = einsum(eq, x₀, x₁, …): dxᵢ = einsum("y-subscripts, others → xᵢ-subscripts", dy,
+    x_{j≠i}), since y is linear in each operand. Letters that only xᵢ sums out are restored by
+    broadcasting; broadcast (size-1) ellipsis dims are summed back. Repeated letters inside one
+    operand (traces, diagonals) are not supported.
+    """
+    terms, out = _einsum_terms(ctx)
+    dy = _dy(ctx)
+    grads: list[Value | None] = []
+    for i, (x, term) in enumerate(zip(ctx.inputs, terms)):
+        if not ctx.needs_grad(i):
+            grads.append(None)
+            continue
+        if len(set(term)) != len(term):
+            raise _unsupported(ctx, f"operand {i} repeats a subscript ({term!r}): traces and "
+                               "diagonals have no gradient rule")
+        others = [t for j, t in enumerate(terms) if j != i]
+        seen = set(out) | set("".join(others))
+        kept = "".join(c for c in term if c in seen)
+        eq = ",".join([out, *others]) + "->" + kept
+        g = op.Einsum(dy, *[v for j, v in enumerate(ctx.inputs) if j != i], equation=eq)
+        if kept != term:  # letters summed out of xᵢ alone: broadcast dy back over them
+            g = op.Expand(op.Unsqueeze(g, [k for k, c in enumerate(term) if c not in seen]),
+                          op.Shape(x))
+        xs = ctx.shape(x)
+        if xs is None or any(d == 1 or not isinstance(d, int) for d in xs):
+            g = unbroadcast(ctx, op, g, x, g)  # a size-1 dim of xᵢ may have broadcast
+        grads.append(g)
+    return grads
+
+
+@grad_rule("CumSum")
+def cumsum(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """yⱼ = Σ_{i ≤ j} xᵢ along axis (exclusive: i < j; reverse: i ≥ j): dx = the cumulative sum
+    of dy in the opposite direction, with the same exclusivity."""
+    reverse = int(ctx.attr("reverse", 0))
+    exclusive = int(ctx.attr("exclusive", 0))
+    return [op.CumSum(_dy(ctx), ctx.inputs[1], exclusive=exclusive, reverse=1 - reverse), None]
+

@@ -1,0 +1,230 @@
+"""Ops of mobile vision nets: hard activations, Mish, PRelu, Pad, Resize, Expand, Tile."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..._graph import Builder, Value, np_dtype
+from ...errors import UnsupportedOpError
+from .._registry import GradContext, grad_rule, unbroadcast
+from .conv import output_grad
+
+
+@grad_rule("HardSigmoid")
+def hard_sigmoid(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = clip(αx + β, 0, 1): dx = α·dy where 0 < αx + β < 1, else 0."""
+    alpha = float(np.float32(ctx.attr("alpha", 0.2)))  # attributes are float32
+    beta = float(np.float32(ctx.attr("beta", 0.5)))
+    z = op.Add(op.Mul(ctx.inputs[0], alpha), beta)
+    inside = op.And(op.Greater(z, 0.0), op.Less(z, 1.0))
+    dy = output_grad(ctx)
+    return [op.Where(inside, op.Mul(dy, alpha), op.zeros_like(dy))]
+
+
+@grad_rule("HardSwish")
+def hard_swish(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = x·clip(αx + ½, 0, 1), α = 1/6: dx = dy·(2αx + ½) on (-3, 3), dy above, 0 below.
+
+    α is taken as float32(1/6), the constant runtimes use, so gradients match their forward.
+    """
+    x, dy = ctx.inputs[0], ctx.dout(0)
+    mid = op.Add(op.Mul(x, 2.0 * float(np.float32(1.0 / 6.0))), 0.5)
+    slope = op.Where(op.Less(x, -3.0), op.zeros_like(x),
+                     op.Where(op.Greater(x, 3.0), op.ones_like(x), mid))
+    return [op.Mul(dy, slope)]
+
+
+@grad_rule("Mish")
+def mish(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = x·tanh(softplus(x)): dx = dy·(t + x·σ(x)·(1 - t²)), t = tanh(softplus(x))."""
+    x, dy = ctx.inputs[0], ctx.dout(0)
+    t = op.Tanh(op.Softplus(x))
+    d = op.Add(t, op.Mul(op.Mul(x, op.Sigmoid(x)), op.Sub(1.0, op.Mul(t, t))))
+    return [op.Mul(dy, d)]
+
+
+@grad_rule("PRelu")
+def prelu(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = x if x > 0 else a·x (a broadcast to x): dx = dy or a·dy, da = Σ dy·x where x ≤ 0."""
+    x, a = ctx.inputs[0], ctx.inputs[1]
+    dy = output_grad(ctx)
+    pos = op.Greater(x, 0.0)
+    grads: list[Value | None] = [None, None]
+    if ctx.needs_grad(0):
+        grads[0] = op.Where(pos, dy, op.Mul(dy, a))
+    if ctx.needs_grad(1):
+        g = op.Where(pos, op.zeros_like(dy), op.Mul(dy, x))
+        grads[1] = unbroadcast(ctx, op, g, a, ctx.outputs[0])
+    return grads
+
+
+# -- Pad ---------------------------------------------------------------------------------------
+
+def _static_shape(ctx: GradContext, name: str, skip_batch: bool) -> list[int]:
+    shape = ctx.shape(name)
+    dims = list(shape or [])
+    check = dims[1:] if skip_batch else dims
+    if shape is None or any(not isinstance(d, int) for d in check):
+        raise UnsupportedOpError(f"{ctx.where()}: the gradient needs the static shape of "
+                                 f"{name!r}, got {shape}")
+    return [int(d) if isinstance(d, int) else -1 for d in dims]
+
+
+def _pad_amounts(ctx: GradContext, rank: int) -> list[int]:
+    known = ctx.const_value(ctx.input(1))
+    if known is None:
+        raise UnsupportedOpError(f"{ctx.where()}: the pads must be constants for the gradient")
+    pads = [int(p) for p in known.reshape(-1)]
+    axes_v = ctx.const_value(ctx.input(3))
+    if ctx.input(3) and axes_v is None:
+        raise UnsupportedOpError(f"{ctx.where()}: the axes must be constants for the gradient")
+    axes = ([int(a) % rank for a in axes_v.reshape(-1)] if axes_v is not None
+            else list(range(rank)))
+    full = [0] * (2 * rank)
+    for j, a in enumerate(axes):
+        full[a], full[rank + a] = pads[j], pads[len(axes) + j]
+    return full
+
+
+@grad_rule("Pad")
+def pad(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = pad(x): dx collects every output element back onto the input element it copies.
+
+    constant: dx is the interior of dy (negative pads, which crop, become zero padding).
+    reflect/edge/wrap: the copy map is static, so it is computed once with numpy (np.pad of
+    an index grid) and dx = ScatterElements(0, map, dy, reduction="add") per sample.
+    """
+    x, dy = ctx.inputs[0], ctx.dout(0)
+    rank = ctx.rank(x)
+    pads = _pad_amounts(ctx, rank)
+    mode = ctx.attr("mode", "constant")
+    grads: list[Value | None] = [None] * len(ctx.inputs)
+    if mode == "constant":
+        undo = [max(-p, 0) for p in pads]
+        g = op.Pad(dy, undo) if any(undo) else dy
+        axes = [a for a in range(rank) if pads[a] > 0 or pads[rank + a] > 0]
+        if axes:
+            starts = [max(pads[a], 0) for a in axes]
+            ends = [-pads[rank + a] if pads[rank + a] > 0 else np.iinfo(np.int64).max
+                    for a in axes]
+            g = op.Slice(g, starts, ends, axes)
+        grads[0] = g
+        return grads
+    batch_free = pads[0] == 0 and pads[rank] == 0
+    xs = _static_shape(ctx, x, skip_batch=batch_free)
+    inner = xs[1:] if batch_free else xs
+    inner_pads = ([(pads[a], pads[rank + a]) for a in range(1, rank)] if batch_free
+                  else [(pads[a], pads[rank + a]) for a in range(rank)])
+    if any(p < 0 for pp in inner_pads for p in pp):
+        raise UnsupportedOpError(f"{ctx.where()}: negative pads in {mode} mode")
+    size = int(np.prod(inner))
+    grid = np.arange(size, dtype=np.int64).reshape(inner)
+    np_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
+    index = np.pad(grid, inner_pads, mode=np_mode).reshape(1, -1)  # type: ignore[call-overload]
+    flat_dy = op.Reshape(dy, [-1, index.shape[1]] if batch_free else [1, -1])
+    idx = op.Expand(op.const(index, hint="pad_index"), op.Shape(flat_dy))
+    zeros = op.Reshape(op.zeros_like(x), [-1, size] if batch_free else [1, -1])
+    g = op.ScatterElements(zeros, idx, flat_dy, axis=1, reduction="add")
+    grads[0] = op.Reshape(g, op.Shape(x))
+    return grads
+
+
+# -- Resize ------------------------------------------------------------------------------------
+
+def _resize_matrix(ctx: GradContext, n_in: int, n_out: int, scale: float | None
+                   ) -> np.ndarray:
+    """The [n_out, n_in] matrix of the node's 1-D interpolation along one axis.
+
+    Resize is separable: every mode (nearest, linear, cubic, with any coordinate transform)
+    interpolates each axis independently. Running the node's own attributes on an identity
+    with onnx.reference gives the exact weights.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute
+             if a.name not in ("axes", "keep_aspect_ratio_policy")}
+    dt = np.float64
+    if scale is None:  # the node gave sizes: the transform uses out/in
+        node = helper.make_node("Resize", ["X", "", "", "sizes"], ["Y"], **attrs)
+    else:
+        node = helper.make_node("Resize", ["X", "", "scales"], ["Y"], **attrs)
+    g = helper.make_graph(
+        [node], "resize1d", [helper.make_tensor_value_info("X", TensorProto.DOUBLE, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, None)],
+        initializer=[onnx.numpy_helper.from_array(np.array([1.0, scale or 1.0],
+                                                           dtype=np.float32),
+                                                  "scales"),
+                     onnx.numpy_helper.from_array(np.array([n_in, n_out], dtype=np.int64),
+                                                  "sizes")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(ctx.opset, 13))])
+    out = np.asarray(ReferenceEvaluator(m).run(None, {"X": np.eye(n_in, dtype=dt)})[0])  # type: ignore[index]
+    if out.shape != (n_in, n_out):
+        raise UnsupportedOpError(f"{ctx.where()}: cannot reproduce the resize of an axis of "
+                                 f"{n_in} to {n_out}")
+    return np.ascontiguousarray(out.T)
+
+
+@grad_rule("Resize")
+def resize(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = R X with R = ⊗ R_a (one static matrix per resized axis): dX = Rᵀ dY.
+
+    Each resized axis is moved last, multiplied by R_aᵀ (MatMul) and moved back.
+    """
+    x, y, dy = ctx.inputs[0], ctx.outputs[0], ctx.dout(0)
+    mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if mode == "tf_crop_and_resize":
+        raise UnsupportedOpError(f"{ctx.where()}: tf_crop_and_resize has no gradient rule")
+    rank = ctx.rank(x)
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    scales_v = ctx.const_value(ctx.input(2))
+    sizes_v = ctx.const_value(ctx.input(3))
+    if (ctx.input(2) and scales_v is None) or (ctx.input(3) and sizes_v is None):
+        raise UnsupportedOpError(f"{ctx.where()}: scales/sizes must be constants")
+    axes_attr = ctx.attr("axes")
+    axes = [int(a) % rank for a in axes_attr] if axes_attr is not None else list(range(rank))
+    scales = {a: 1.0 for a in range(rank)}
+    if scales_v is not None and scales_v.size:
+        for a, s in zip(axes, scales_v.reshape(-1)):
+            scales[a] = float(s)
+    assert xs is not None and ys is not None
+    g = dy
+    dt = np_dtype(ctx.dtype(x))
+    for a in range(rank):
+        n_in, n_out = xs[a], ys[a]
+        if sizes_v is None and scales[a] == 1.0:
+            continue  # identity along this axis, whatever the coordinate transform
+        if not isinstance(n_in, int) or not isinstance(n_out, int):
+            raise UnsupportedOpError(f"{ctx.where()}: resized axis {a} needs a static size")
+        use_sizes = sizes_v is not None and sizes_v.size > 0
+        if n_in == n_out and (use_sizes or scales[a] == 1.0):
+            continue
+        mat = _resize_matrix(ctx, n_in, n_out, None if use_sizes else scales[a])
+        w = op.const(mat.astype(dt), hint="resize_matrix")
+        if a == rank - 1:
+            g = op.MatMul(g, w)
+        else:
+            perm = list(range(rank))
+            perm[a], perm[-1] = perm[-1], perm[a]
+            g = op.Transpose(op.MatMul(op.Transpose(g, perm=perm), w), perm=perm)
+    return [g] + [None] * (len(ctx.inputs) - 1)
+
+
+# -- broadcasting copies -----------------------------------------------------------------------
+
+@grad_rule("Expand")
+def expand(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = broadcast(x, shape): dx = dy summed over the broadcast axes."""
+    return [unbroadcast(ctx, op, output_grad(ctx), ctx.inputs[0], ctx.outputs[0]), None]
+
+
+@grad_rule("Tile")
+def tile(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = tile(x, r): view dy as [r₀, d₀, r₁, d₁, …] and sum over the r axes."""
+    x, reps = ctx.inputs[0], ctx.inputs[1]
+    rank = ctx.rank(x)
+    pairs = op.Concat(op.Unsqueeze(reps, [1]), op.Unsqueeze(op.Shape(x), [1]), axis=1)
+    g = op.Reshape(ctx.dout(0), op.Reshape(pairs, [-1]))
+    g = op.ReduceSum(g, [2 * i for i in range(rank)], keepdims=0)
+    return [g, None]

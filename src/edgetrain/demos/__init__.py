@@ -1,0 +1,1 @@
+"""Runnable demos: ``edgetrain demo`` (the seed walkthrough) and friends."""

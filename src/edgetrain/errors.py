@@ -1,0 +1,27 @@
+"""One exception family, so an app can catch everything edgetrain refuses with one clause."""
+
+from __future__ import annotations
+
+
+class EdgetrainError(Exception):
+    """Base of every error edgetrain raises on purpose."""
+
+
+class UnsupportedOpError(EdgetrainError):
+    """An op on a path that needs a gradient has no gradient rule."""
+
+
+class InputError(EdgetrainError, ValueError):
+    """A signature was called with wrong names, shapes or dtypes."""
+
+
+class CheckpointError(EdgetrainError):
+    """A checkpoint is corrupt, foreign or from a newer format."""
+
+
+class FormatError(EdgetrainError):
+    """A model file is not a valid edgetrain file (or from a newer format version)."""
+
+
+class NonFiniteError(EdgetrainError, FloatingPointError):
+    """A training step produced a non-finite loss or gradient; the weights were not changed."""

@@ -1,0 +1,268 @@
+"""``edgetrain federated simulate | server | client``.
+
+Registered into the main CLI by :func:`add_cli`; ``python -m edgetrain.federated`` runs the
+same commands on their own. Flower is imported only when a command runs, so the parser builds
+on a device install without the ``federated`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import EdgetrainError
+
+__all__ = ["add_cli", "main"]
+
+_DESCRIPTION = """Federated learning on Flower: many devices train one edgetrain file.
+
+  simulate  Flower's simulation engine over a partitioned data set (digits by default)
+  server    a SuperLink plus the edgetrain ServerApp; writes the global model every round
+  client    a SuperNode for one device: its trainable file and its local data
+"""
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``federated`` command group to an argparse sub-parser collection."""
+    fed = subparsers.add_parser(
+        "federated", help="federated learning on Flower (simulate | server | client)",
+        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = fed.add_subparsers(dest="federated_command", required=True)
+
+    s = sub.add_parser("simulate", help="simulate N clients on one machine",
+                       description="Flower's simulation engine over a partitioned data set; "
+                       "prints and plots global held-out accuracy per round and ends with "
+                       "'global accuracy: 0.xxxx'.")
+    s.add_argument("file", nargs="?", default="seed-mlp",
+                   help="trainable file, or 'seed-mlp' (default): the seed MLP for 8x8 digits")
+    s.add_argument("--data", help="npz with arrays x and y (default: scikit-learn's digits)")
+    s.add_argument("--clients", type=int, default=10, help="number of simulated devices")
+    s.add_argument("--rounds", type=int, default=20)
+    s.add_argument("--non-iid", type=float, default=None, metavar="ALPHA",
+                   help="Dirichlet label skew with concentration ALPHA (default: IID)")
+    s.add_argument("--test-fraction", type=float, default=0.25,
+                   help="share of the data held out for the global accuracy")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split and the seed MLP")
+    s.add_argument("--engine", choices=("ray", "inline"), default="ray",
+                   help="ray: Flower's simulation engine (default); inline: the same apps "
+                   "run one message at a time in this process")
+    s.add_argument("--out", default="federated-sim", help="output folder")
+    s.add_argument("--no-plot", action="store_true", help="do not write accuracy.png")
+    s.add_argument("--verbose", action="store_true", help="show Flower's log")
+    _strategy_args(s)
+    s.set_defaults(func=cmd_simulate)
+
+    v = sub.add_parser("server", help="run a SuperLink and the federated training",
+                       description="Starts a Flower SuperLink on HOST:PORT (or uses --superlink), "
+                       "submits the edgetrain ServerApp with 'flwr run', prints each round "
+                       "and writes the global model as a checkpoint and a plain ONNX model.")
+    v.add_argument("file", nargs="?", default="seed-mlp",
+                   help="the trainable file (the devices hold the same one), or 'seed-mlp'")
+    v.add_argument("--host", default="127.0.0.1", help="address the SuperLink binds")
+    v.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet + Control)")
+    v.add_argument("--superlink", help="use this running SuperLink (HOST:PORT) instead")
+    v.add_argument("--rounds", type=int, default=3)
+    v.add_argument("--min-clients", type=int, default=2,
+                   help="connected devices to wait for before each round")
+    v.add_argument("--eval-data", help="npz held out on the server for the global accuracy")
+    v.add_argument("--out", default="federated-server", help="output folder")
+    v.add_argument("--timeout", type=float, default=None,
+                   help="give up if the whole run takes longer (seconds)")
+    _tls_args(v, server=True)
+    _strategy_args(v)
+    v.set_defaults(func=cmd_server)
+
+    c = sub.add_parser("client", help="run a SuperNode for one device",
+                       description="Runs a Flower SuperNode whose ClientApp trains FILE on "
+                       "DATA (an npz with x and y) whenever the server asks.")
+    c.add_argument("file", help="the trainable file on this device, or 'seed-mlp'")
+    c.add_argument("--data", required=True, help="this device's npz with arrays x and y")
+    c.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink HOST:PORT")
+    c.add_argument("--host", default="127.0.0.1", help="address of this node's local API")
+    c.add_argument("--port", type=int, default=9094, help="port of this node's local API")
+    c.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra node config for the ClientApp (repeatable)")
+    c.add_argument("--out", default="federated-client",
+                   help="folder for a 'seed-mlp' file built here")
+    _tls_args(c, server=False)
+    c.set_defaults(func=cmd_client)
+    return fed
+
+
+def _strategy_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training and aggregation")
+    g.add_argument("--strategy", choices=("fedavg", "fedprox", "fedadam"), default="fedavg")
+    g.add_argument("--local-epochs", type=int, default=None,
+                   help="epochs per round on each device (seed-mlp: 3, else 1)")
+    g.add_argument("--batch-size", type=int, default=None, help="(seed-mlp: 16, else 32)")
+    g.add_argument("--lr", type=float, default=None, help="client learning rate "
+                   "(default: the file's own)")
+    g.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's mu")
+    g.add_argument("--server-lr", type=float, default=0.1, help="FedAdam's eta")
+    g.add_argument("--fraction-train", type=float, default=1.0)
+    g.add_argument("--fraction-evaluate", type=float, default=1.0,
+                   help="share of devices that also evaluate the global model locally")
+    g.add_argument("--round-timeout", type=float, default=600.0,
+                   help="seconds a round waits for devices; it goes on with those that answered")
+    g.add_argument("--save-updates", action="store_true",
+                   help="keep every device's returned parameters under OUT/updates")
+    d = p.add_argument_group("privacy")
+    d.add_argument("--dp", choices=("none", "server", "client"), default="none",
+                   help="differential privacy: clip each update (on the server or on the "
+                   "device) and add Gaussian noise to the aggregate")
+    d.add_argument("--dp-noise", type=float, default=0.1, help="noise multiplier")
+    d.add_argument("--dp-clip", type=float, default=1.0, help="clipping norm")
+    d.add_argument("--secagg", action="store_true",
+                   help="secure aggregation (SecAgg+): the server sees only the sum")
+    d.add_argument("--secagg-shares", type=float, default=3.0,
+                   help="SecAgg+ shares per secret (an int, or a fraction of the clients)")
+    d.add_argument("--secagg-threshold", type=float, default=2.0,
+                   help="SecAgg+ shares needed to reconstruct (an int, or a fraction)")
+
+
+def _tls_args(p: argparse.ArgumentParser, server: bool) -> None:
+    g = p.add_argument_group("transport security")
+    g.add_argument("--insecure", action="store_true",
+                   help="plain HTTP without TLS: only on 127.0.0.1 or a trusted network")
+    if server:
+        g.add_argument("--ssl-certfile")
+        g.add_argument("--ssl-keyfile")
+        g.add_argument("--ssl-ca-certfile")
+    else:
+        g.add_argument("--root-certificates", help="PEM of the CA that signed the SuperLink")
+
+
+def _settings(args: argparse.Namespace, seeded: bool) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "strategy": args.strategy, "proximal_mu": args.proximal_mu,
+        "server_lr": args.server_lr, "fraction_train": args.fraction_train,
+        "fraction_evaluate": args.fraction_evaluate, "round_timeout": args.round_timeout,
+        "dp": args.dp, "dp_noise": args.dp_noise, "dp_clip": args.dp_clip,
+        "secagg": args.secagg, "secagg_shares": args.secagg_shares,
+        "secagg_threshold": args.secagg_threshold, "save_updates": args.save_updates,
+    }
+    if args.lr is not None:
+        kw["lr"] = args.lr
+    epochs = args.local_epochs if args.local_epochs is not None else (3 if seeded else None)
+    batch = args.batch_size if args.batch_size is not None else (16 if seeded else None)
+    if epochs is not None:
+        kw["local_epochs"] = epochs
+    if batch is not None:
+        kw["batch_size"] = batch
+    return kw
+
+
+def _seeded(file: str | None) -> bool:
+    from ._seed import SEED_NAME
+
+    return file in (None, "", SEED_NAME)
+
+
+def _model_file(file: str, out: str) -> str:
+    """``file`` itself, or the seed MLP written into ``out``."""
+    from ._seed import SEED_NAME, seed_trainable
+
+    if _seeded(file):
+        os.makedirs(out, exist_ok=True)
+        path = os.path.abspath(os.path.join(out, f"{SEED_NAME}.onnx"))
+        seed_trainable(path)
+        return path
+    if not os.path.exists(file):
+        raise EdgetrainError(f"trainable file not found: {file}")
+    return os.path.abspath(file)
+
+
+def _need_flwr() -> None:
+    try:
+        import flwr  # noqa: F401
+    except ImportError as e:
+        raise EdgetrainError("federated learning needs Flower: "
+                             "pip install 'edgetrain[federated]'") from e
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    _need_flwr()
+    from ._simulate import simulate
+
+    seeded = _seeded(args.file)
+    simulate(None if seeded else args.file, data=args.data, clients=args.clients,
+             rounds=args.rounds, non_iid=args.non_iid, out_dir=args.out, seed=args.seed,
+             test_fraction=args.test_fraction, plot=not args.no_plot, engine=args.engine,
+             verbose=args.verbose, **_settings(args, seeded))
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    _need_flwr()
+    from ._deploy import TLS, run_deployment_server
+    from ._server import ServerSettings
+
+    model = _model_file(args.file, args.out)
+    min_clients = max(1, args.min_clients)
+    settings = ServerSettings(model=model, out_dir=os.path.abspath(args.out),
+                              rounds=args.rounds, min_available=min_clients,
+                              min_train=min(2, min_clients), min_evaluate=min(2, min_clients),
+                              eval_data=os.path.abspath(args.eval_data) if args.eval_data
+                              else "", **_settings(args, _seeded(args.file)))
+    tls = TLS(insecure=args.insecure, certfile=args.ssl_certfile, keyfile=args.ssl_keyfile,
+              ca_certfile=args.ssl_ca_certfile)
+    history = run_deployment_server(settings, host=args.host, port=args.port, tls=tls,
+                                    superlink=args.superlink, timeout=args.timeout)
+    print(f"global model: {settings.out_dir}/global.safetensors, "
+          f"{settings.out_dir}/global.onnx")
+    if "accuracy" in history[-1]:
+        print(f"global accuracy: {history[-1]['accuracy']:.4f}")
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    _need_flwr()
+    from ._deploy import supernode_command
+
+    if not args.insecure and not args.root_certificates:
+        raise EdgetrainError("give --insecure (plain HTTP, only on a trusted network) or "
+                             "--root-certificates CA.pem")
+    extra: dict[str, Any] = {}
+    for item in args.node_config:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EdgetrainError(f"--node-config takes KEY=VALUE, got {item!r}")
+        extra[key.strip()] = _scalar(value.strip())
+    model = _model_file(args.file, args.out)
+    if not os.path.exists(args.data):
+        raise EdgetrainError(f"data file not found: {args.data}")
+    cmd = supernode_command(args.superlink, model, args.data, host=args.host, port=args.port,
+                            insecure=args.insecure, root_certificates=args.root_certificates,
+                            node_config=extra)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # become the SuperNode: signals sent to this process reach Flower directly
+    os.execv(cmd[0], cmd)
+    return 0  # pragma: no cover - execv does not return
+
+
+def _scalar(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text.strip('"')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edgetrain.federated …`` (the same as ``edgetrain federated …``)."""
+    parser = argparse.ArgumentParser(prog="python -m edgetrain.federated")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_cli(sub)
+    args = parser.parse_args(["federated", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except EdgetrainError as e:
+        print(f"edgetrain: error: {e}", file=sys.stderr)
+        return 2

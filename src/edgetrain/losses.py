@@ -1,0 +1,167 @@
+"""Losses, built from differentiable standard ops so autodiff handles them like the model.
+
+Each loss appends nodes ``(prediction, target) -> scalar`` to a builder; the compiler
+differentiates through them. Formulas and reductions follow ``torch.nn.functional``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from onnx import TensorProto
+
+from ._graph import Builder, Value
+from .errors import EdgetrainError
+
+
+@dataclass
+class Loss:
+    """Base class: ``reduction`` is ``"mean"`` or ``"sum"``."""
+
+    reduction: str = "mean"
+    name: ClassVar[str] = "loss"
+    #: Whether the task is classification (eval reports accuracy).
+    classification: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("mean", "sum"):
+            raise EdgetrainError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+
+    def label_spec(self, pred_shape: tuple[Any, ...] | None, pred_type: int,
+                   labels: str) -> tuple[int, list[Any]]:
+        """Element type and shape of the label input ``y``."""
+        return pred_type, list(pred_shape) if pred_shape is not None else []
+
+    def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
+        raise NotImplementedError
+
+    def _reduce(self, op: Builder, per_elem: Value) -> Value:
+        if self.reduction == "sum":
+            return op.ReduceSum(per_elem, keepdims=0)
+        return op.ReduceMean(per_elem, keepdims=0)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on logits ``[B, C]``; labels as class indices or one-hot rows.
+
+    ``label_smoothing`` mixes the target with the uniform distribution, as torch does.
+    """
+
+    label_smoothing: float = 0.0
+    name: ClassVar[str] = "cross_entropy"
+    classification: ClassVar[bool] = True
+
+    def label_spec(self, pred_shape: tuple[Any, ...] | None, pred_type: int,
+                   labels: str) -> tuple[int, list[Any]]:
+        batch = pred_shape[0] if pred_shape else "batch"
+        if labels == "index":
+            return TensorProto.INT64, [batch]
+        return pred_type, list(pred_shape) if pred_shape is not None else [batch, None]
+
+    def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
+        logp = op.LogSoftmax(pred, axis=1)
+        if labels == "index":
+            # one_hot(y) as Equal(y[:, None], arange(C)): OneHot has no float64 kernel in
+            # onnxruntime, and Equal/Range/Cast run on every runtime in every float type.
+            # A class count known at compile time makes arange(C) a constant: four nodes
+            # fewer per step, which shows on small models where each node's dispatch counts.
+            shape = getattr(op, "static_shapes", {}).get(pred)
+            if shape is not None and len(shape) == 2 and isinstance(shape[1], int) \
+                    and shape[1] > 0:
+                classes = op.const(np.arange(shape[1], dtype=np.int64), hint="classes")
+            else:
+                depth = op.Reshape(op.Slice(op.Shape(pred), [1], [2]), op.const(
+                    np.zeros(0, dtype=np.int64)))  # a scalar: Range wants one
+                classes = op.Range(op.const(np.array(0, dtype=np.int64)), depth,
+                                   op.const(np.array(1, dtype=np.int64)))
+            target = op.Cast(op.Equal(op.Unsqueeze(y, [1]), classes), to=op.types[pred])
+        else:
+            target = y
+        if self.label_smoothing:
+            eps = float(self.label_smoothing)
+            n = op.Cast(op.Slice(op.Shape(pred), [1], [2]), to=op.types[pred])
+            target = op.Add(op.Mul(target, 1.0 - eps), op.Div(op.const(
+                np.array(eps, dtype=_np(op, pred))), n))
+        per_row = op.Neg(op.ReduceSum(op.Mul(target, logp), [1], keepdims=0))
+        return self._reduce(op, per_row)
+
+
+@dataclass
+class MSE(Loss):
+    """Mean squared error over all elements."""
+
+    name: ClassVar[str] = "mse"
+
+    def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
+        d = op.Sub(pred, y)
+        return self._reduce(op, op.Mul(d, d))
+
+
+@dataclass
+class L1(Loss):
+    """Mean absolute error over all elements."""
+
+    name: ClassVar[str] = "l1"
+
+    def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
+        return self._reduce(op, op.Abs(op.Sub(pred, y)))
+
+
+@dataclass
+class Huber(Loss):
+    """Quadratic below ``delta``, linear above (torch's ``huber_loss``)."""
+
+    delta: float = 1.0
+    name: ClassVar[str] = "huber"
+
+    def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
+        d = op.Sub(pred, y)
+        a = op.Abs(d)
+        quad = op.Mul(op.Mul(d, d), 0.5)
+        lin = op.Mul(op.Sub(a, 0.5 * self.delta), self.delta)
+        return self._reduce(op, op.Where(op.Less(a, self.delta), quad, lin))
+
+
+@dataclass
+class BCEWithLogits(Loss):
+    """Binary cross-entropy on logits: max(x,0) - x·y + log(1 + e^-|x|), numerically stable."""
+
+    name: ClassVar[str] = "bce_with_logits"
+    classification: ClassVar[bool] = False
+
+    def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
+        per = op.Add(op.Sub(op.Relu(pred), op.Mul(pred, y)), op.Softplus(op.Neg(op.Abs(pred))))
+        return self._reduce(op, per)
+
+
+_BY_NAME: dict[str, type[Loss]] = {
+    c.name: c for c in (CrossEntropy, MSE, L1, Huber, BCEWithLogits)
+}
+
+
+def get(loss: str | Loss) -> Loss:
+    """A loss object from a name or an instance."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss in _BY_NAME:
+        return _BY_NAME[loss]()
+    raise EdgetrainError(f"unknown loss {loss!r}; choose one of {sorted(_BY_NAME)} or pass an "
+                         "edgetrain.losses object")
+
+
+def from_config(cfg: dict[str, Any]) -> Loss:
+    cfg = dict(cfg)
+    cls = _BY_NAME[cfg.pop("name")]
+    return cls(**cfg)
+
+
+def _np(op: Builder, v: Value) -> np.dtype:
+    from ._graph import np_dtype
+
+    return np_dtype(op.types[v])

@@ -1,0 +1,149 @@
+"""Optimizers compiled into the training step, with the update formulas of ``torch.optim``.
+
+The learning rate is a graph input (the runtime feeds the configured default, a caller may
+override it per step); optimizer state lives in the file as initializers and in checkpoints.
+Bias corrections are computed in float64 inside the graph, as torch computes them in Python
+doubles, so long runs stay bit-close to torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from onnx import TensorProto
+
+from ._graph import Builder, Value
+from .errors import EdgetrainError
+
+
+@dataclass
+class Optimizer:
+    """Base class. ``clip_norm`` clips the global gradient norm (torch ``clip_grad_norm_``)."""
+
+    lr: float = 0.01
+    clip_norm: float | None = None
+    name: ClassVar[str] = "optimizer"
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise EdgetrainError(f"learning rate must be positive, got {self.lr}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise EdgetrainError(f"clip_norm must be positive, got {self.clip_norm}")
+
+    def slots(self) -> list[str]:
+        """Names of the per-parameter state tensors (same shape as the parameter)."""
+        return []
+
+    def update(self, op: Builder, p: Value, g: Value, state: dict[str, Value], lr: Value,
+               step: Value) -> tuple[Value, dict[str, Value]]:
+        """New parameter and new state; ``step`` is the float64 step number, 1-based."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["name"] = self.name
+        return d
+
+
+@dataclass
+class SGD(Optimizer):
+    """SGD with momentum, dampening, Nesterov and L2 weight decay (``torch.optim.SGD``)."""
+
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    name: ClassVar[str] = "sgd"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise EdgetrainError("Nesterov momentum requires a momentum and zero dampening")
+
+    def slots(self) -> list[str]:
+        return ["momentum_buffer"] if self.momentum else []
+
+    def update(self, op: Builder, p: Value, g: Value, state: dict[str, Value], lr: Value,
+               step: Value) -> tuple[Value, dict[str, Value]]:
+        if self.weight_decay:
+            g = op.Add(g, op.Mul(p, self.weight_decay))
+        new_state: dict[str, Value] = {}
+        if self.momentum:
+            buf = op.Add(op.Mul(state["momentum_buffer"], self.momentum),
+                         op.Mul(g, 1.0 - self.dampening) if self.dampening else g)
+            if self.dampening:
+                # torch starts the buffer at the raw gradient on the first step.
+                buf = op.Where(op.Equal(step, 1.0), g, buf)
+            new_state["momentum_buffer"] = buf
+            g = op.Add(g, op.Mul(buf, self.momentum)) if self.nesterov else buf
+        return op.Sub(p, op.Mul(g, lr)), new_state
+
+
+@dataclass
+class Adam(Optimizer):
+    """Adam with L2 weight decay added to the gradient (``torch.optim.Adam``)."""
+
+    lr: float = 0.001
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    name: ClassVar[str] = "adam"
+    decoupled: ClassVar[bool] = False
+
+    def slots(self) -> list[str]:
+        return ["exp_avg", "exp_avg_sq"]
+
+    def update(self, op: Builder, p: Value, g: Value, state: dict[str, Value], lr: Value,
+               step: Value) -> tuple[Value, dict[str, Value]]:
+        b1, b2 = (float(b) for b in self.betas)
+        if self.weight_decay and self.decoupled:
+            p = op.Mul(p, op.Sub(1.0, op.Mul(lr, self.weight_decay)))
+        elif self.weight_decay:
+            g = op.Add(g, op.Mul(p, self.weight_decay))
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m_new = op.Add(m, op.Mul(op.Sub(g, m), 1.0 - b1))  # torch's lerp
+        v_new = op.Add(op.Mul(v, b2), op.Mul(op.Mul(g, g), 1.0 - b2))
+        dtype = op.types[p]
+        bc1 = op.Sub(1.0, op.Pow(op.const(np.array(b1)), step))
+        bc2 = op.Sub(1.0, op.Pow(op.const(np.array(b2)), step))
+        step_size = op.Cast(op.Div(op.Cast(lr, to=TensorProto.DOUBLE), bc1), to=dtype)
+        bc2_sqrt = op.Cast(op.Sqrt(bc2), to=dtype)
+        denom = op.Add(op.Div(op.Sqrt(v_new), bc2_sqrt), self.eps)
+        p_new = op.Sub(p, op.Mul(op.Div(m_new, denom), step_size))
+        return p_new, {"exp_avg": m_new, "exp_avg_sq": v_new}
+
+
+@dataclass
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``torch.optim.AdamW``; default decay 0.01)."""
+
+    weight_decay: float = 0.01
+    name: ClassVar[str] = "adamw"
+    decoupled: ClassVar[bool] = True
+
+
+_BY_NAME: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Adam, AdamW)}
+
+
+def get(optimizer: str | Optimizer | None, lr: float | None = None) -> Optimizer:
+    if optimizer is None:
+        return SGD(lr=lr if lr is not None else 0.01)
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str) and optimizer.lower() in _BY_NAME:
+        cls = _BY_NAME[optimizer.lower()]
+        return cls(lr=lr) if lr is not None else cls()
+    raise EdgetrainError(f"unknown optimizer {optimizer!r}; choose one of {sorted(_BY_NAME)}")
+
+
+def from_config(cfg: dict[str, Any]) -> Optimizer:
+    cfg = dict(cfg)
+    cls = _BY_NAME[cfg.pop("name")]
+    if "betas" in cfg:
+        cfg["betas"] = tuple(cfg["betas"])
+    return cls(**cfg)
+
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "field"]

@@ -1,0 +1,420 @@
+"""The on-device runtime: load a trainable file, call its signatures by name."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .. import format as fmt
+from .._validate import validate
+from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
+from ._backends import BACKENDS, Backend
+
+__all__ = ["History", "Model", "Signature", "load"]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A named entry point: its inputs and outputs (name → dtype and shape)."""
+
+    name: str
+    kind: str
+    inputs: tuple[dict[str, Any], ...]
+    outputs: tuple[dict[str, Any], ...]
+    updates: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        def fmt_io(specs: tuple[dict[str, Any], ...]) -> str:
+            return ", ".join(f"{s['name']}: {s['dtype']}{list(s['shape'])}" for s in specs)
+
+        return f"{self.name}({fmt_io(self.inputs)}) -> ({fmt_io(self.outputs)})"
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of :meth:`Model.fit`."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    skipped_steps: int = 0
+    seconds: float = 0.0
+    #: With ``fit(cache_features=True)``: seconds spent computing the cached features, and the
+    #: estimated backbone seconds that recomputing them every epoch would have cost on top.
+    feature_seconds: float = 0.0
+    saved_seconds: float = 0.0
+
+    def add(self, key: str, value: float) -> None:
+        self.history.setdefault(key, []).append(float(value))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def plot(self, path: str | os.PathLike[str], title: str = "edgetrain training") -> str:
+        """Write a PNG of the loss (and accuracy) curves."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys_loss = [k for k in self.history if "loss" in k]
+        keys_acc = [k for k in self.history if "accuracy" in k]
+        fig, axes = plt.subplots(1, 2 if keys_acc else 1, figsize=(10 if keys_acc else 5, 3.6))
+        axes = np.atleast_1d(axes)
+        for k in keys_loss:
+            axes[0].plot(range(1, len(self.history[k]) + 1), self.history[k], marker="o", label=k)
+        axes[0].set_xlabel("epoch")
+        axes[0].set_ylabel("loss")
+        axes[0].legend()
+        axes[0].grid(alpha=0.3)
+        if keys_acc:
+            for k in keys_acc:
+                axes[1].plot(range(1, len(self.history[k]) + 1), self.history[k], marker="o",
+                             label=k)
+            axes[1].set_xlabel("epoch")
+            axes[1].set_ylabel("accuracy")
+            axes[1].set_ylim(0, 1.02)
+            axes[1].legend()
+            axes[1].grid(alpha=0.3)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(os.fspath(path), dpi=110)
+        plt.close(fig)
+        return os.fspath(path)
+
+
+class Model:
+    """A loaded trainable file. ``run(name, **inputs)`` calls a signature."""
+
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike[str] | bytes,
+                 backend: str = "onnxruntime", **backend_options: Any) -> None:
+        proto = fmt.load_model(model if not isinstance(model, os.PathLike) else os.fspath(model))
+        self.meta = fmt.read_meta(proto)
+        validate(proto, self.meta)  # untrusted file: everything it declares is checked first
+        self.proto = proto
+        if backend not in BACKENDS:
+            raise EdgetrainError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        self.backend_name = backend
+        try:
+            self._backend: Backend = BACKENDS[backend](proto, self.meta, **backend_options)
+        except EdgetrainError:
+            raise
+        except Exception as e:  # a backend refusing the graphs: the file is at fault
+            raise FormatError(f"the {backend} backend cannot load this file: {e}") from e
+        self._lock = threading.RLock()
+        self._sigs = {
+            name: Signature(name, spec["kind"], tuple(spec["inputs"]), tuple(spec["outputs"]),
+                            tuple(spec.get("updates", {})))
+            for name, spec in self.meta["signatures"].items()
+        }
+
+    # -- introspection ---------------------------------------------------------------------
+    @property
+    def signatures(self) -> dict[str, Signature]:
+        return dict(self._sigs)
+
+    @property
+    def trainable(self) -> list[str]:
+        return list(self.meta["trainable"])
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Current trainable values (copies)."""
+        with self._lock:
+            state = self._backend.get_state()
+        return {k: state[k] for k in self.meta["trainable"]}
+
+    def set_parameters(self, params: Mapping[str, Any], strict: bool = True) -> None:
+        """Replace trainable values (e.g. from a federated server); shapes and dtypes must match.
+
+        With ``strict`` every trainable must be given. Nothing changes if any value is refused.
+        """
+        with self._lock:
+            current = self._backend.get_state()
+            trainable = set(self.meta["trainable"])
+            unknown = sorted(set(params) - trainable)
+            if unknown:
+                raise InputError(f"set_parameters: not trainable parameters of this model: "
+                                 f"{unknown[:5]}")
+            missing = sorted(trainable - set(params))
+            if strict and missing:
+                raise InputError(f"set_parameters: missing parameters {missing[:5]}")
+            new = {}
+            for k, v in params.items():
+                arr = np.asarray(v)
+                want = current[k]
+                if arr.shape != want.shape or arr.dtype != want.dtype:
+                    raise InputError(f"set_parameters: {k!r} is {arr.dtype}{list(arr.shape)}, "
+                                     f"expected {want.dtype}{list(want.shape)}")
+                new[k] = arr
+            self._backend.set_state(new)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything a checkpoint holds: parameters, optimizer state, step (copies)."""
+        with self._lock:
+            return self._backend.get_state()
+
+    @property
+    def step(self) -> int:
+        return int(self.state()[self.meta.get("step", fmt.STEP_NAME)])
+
+    # -- calling ---------------------------------------------------------------------------
+    def run(self, signature: str, **inputs: Any) -> dict[str, Any]:
+        """Call a signature by name with its inputs as keyword arguments."""
+        sig = self._sigs.get(signature)
+        if sig is None:
+            raise InputError(f"unknown signature {signature!r}; this model has "
+                             f"{sorted(self._sigs)}")
+        if sig.kind == "builtin":
+            return self._builtin(sig, inputs)
+        feeds = self._check_inputs(sig, inputs)
+        # The step graph skips a non-finite update and leaves the step count as it was: the
+        # count tells whether the update happened, even when only the gradient overflowed.
+        step = self.meta.get("step", fmt.STEP_NAME)
+        counted = step in sig.updates
+        with self._lock:
+            before = int(self._backend.read(step)) if counted else 0
+            try:
+                out = self._backend.run(signature, feeds)
+            except EdgetrainError:
+                raise
+            except Exception as e:  # the backend refused the graph or the data
+                raise EdgetrainError(f"{signature}: the {self.backend_name} backend failed: "
+                                     f"{e}") from e
+            skipped = counted and int(self._backend.read(step)) == before
+        if sig.updates and "loss" in out and not np.all(np.isfinite(out["loss"])):
+            raise NonFiniteError(f"{signature}: the loss is {float(out['loss'])}; the step was "
+                                 "skipped and the weights are unchanged")
+        if skipped:
+            loss = f"{float(out['loss'])}" if "loss" in out else "n/a"
+            raise NonFiniteError(f"{signature}: the gradient is not finite (loss {loss}); the "
+                                 "step was skipped and the weights are unchanged")
+        return out
+
+    def _builtin(self, sig: Signature, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(inputs) - {"checkpoint_path"}
+        if unknown or "checkpoint_path" not in inputs:
+            raise InputError(f"{sig.name} takes exactly one input, checkpoint_path; got "
+                             f"{sorted(inputs)}")
+        path = os.fspath(inputs["checkpoint_path"])
+        if sig.name == "save":
+            with self._lock:
+                state = self._backend.get_state()
+            fmt.save_checkpoint(path, self.meta, state)
+        elif sig.name == "restore":
+            with self._lock:
+                current = self._backend.get_state()
+                loaded = fmt.load_checkpoint(path, self.meta, current)
+                self._backend.set_state(loaded)
+        else:
+            raise EdgetrainError(f"unknown builtin signature {sig.name!r}")
+        return {"checkpoint_path": path}
+
+    def save(self, checkpoint_path: str | os.PathLike[str]) -> str:
+        return str(self.run("save", checkpoint_path=checkpoint_path)["checkpoint_path"])
+
+    def restore(self, checkpoint_path: str | os.PathLike[str]) -> str:
+        return str(self.run("restore", checkpoint_path=checkpoint_path)["checkpoint_path"])
+
+    def _check_inputs(self, sig: Signature, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        specs = {s["name"]: s for s in sig.inputs}
+        unknown = [k for k in inputs if k not in specs]
+        if unknown:
+            raise InputError(f"{sig.name}: unknown input(s) {unknown}; expected "
+                             f"{list(specs)}")
+        feeds: dict[str, np.ndarray] = {}
+        dims: dict[str, tuple[int, str]] = {}
+        for name, spec in specs.items():
+            if name not in inputs:
+                if spec.get("optional"):
+                    feeds[name] = np.asarray(spec["default"], dtype=spec["dtype"])
+                    continue
+                raise InputError(f"{sig.name}: missing input {name!r} "
+                                 f"({spec['dtype']}{list(spec['shape'])})")
+            value = inputs[name]
+            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+            if spec.get("optional") and arr.ndim == 0 and arr.dtype.kind in "fi":
+                arr = arr.astype(spec["dtype"])
+            if arr.dtype != np.dtype(spec["dtype"]):
+                raise InputError(f"{sig.name}: input {name!r} has dtype {arr.dtype}, expected "
+                                 f"{spec['dtype']} (convert with .astype(np.{spec['dtype']}))")
+            shape = list(spec["shape"])
+            if arr.ndim != len(shape):
+                raise InputError(f"{sig.name}: input {name!r} has shape {list(arr.shape)} "
+                                 f"(rank {arr.ndim}), expected rank {len(shape)}: {shape}")
+            for i, (d, want) in enumerate(zip(arr.shape, shape)):
+                if isinstance(want, int) and want > 0 and d != want:
+                    raise InputError(f"{sig.name}: input {name!r} has shape {list(arr.shape)}, "
+                                     f"expected {shape} (dim {i} must be {want})")
+                if isinstance(want, str):
+                    if want in dims and dims[want][0] != d:
+                        other = dims[want][1]
+                        raise InputError(f"{sig.name}: input {name!r} dim {i} is {d} but "
+                                         f"{other!r} has {dims[want][0]} for {want!r}")
+                    dims.setdefault(want, (d, name))
+            if arr.ndim and arr.shape[0] == 0:
+                raise InputError(f"{sig.name}: input {name!r} is an empty batch")
+            feeds[name] = arr
+        if sig.updates or sig.name == "eval":
+            self._check_values(sig, feeds)
+        return feeds
+
+    def _check_values(self, sig: Signature, feeds: Mapping[str, np.ndarray]) -> None:
+        """Training data must be finite and labels in range: bad data must not reach weights."""
+        label = self.meta.get("label", "y")
+        for name, arr in feeds.items():
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise InputError(f"{sig.name}: input {name!r} contains NaN or infinity")
+        y = feeds.get(label)
+        if y is not None and self.meta.get("labels") == "index" and y.dtype.kind in "iu":
+            out = next((o for o in self._sigs["infer"].outputs
+                        if o["name"] == self.meta["output"]), None)
+            n_classes = out["shape"][1] if out and len(out["shape"]) > 1 else None
+            if y.size and (y.min() < 0 or (isinstance(n_classes, int) and y.max() >= n_classes)):
+                raise InputError(f"{sig.name}: labels in {label!r} must lie in "
+                                 f"[0, {n_classes}); got min {y.min()}, max {y.max()}")
+
+    # -- high level ------------------------------------------------------------------------
+    def fit(self, x: Any, y: np.ndarray, epochs: int = 1, batch_size: int = 32, *,
+            shuffle: bool = True, seed: int = 0, validation_data: tuple[Any, Any] | None = None,
+            lr: float | None = None, progress: bool = True, on_nonfinite: str = "raise",
+            cache_features: bool = False) -> History:
+        """Train for ``epochs`` over (x, y) in mini-batches; returns per-epoch metrics.
+
+        ``x`` is an array for single-input models or a dict of arrays by input name.
+        ``on_nonfinite``: "raise" stops at a step with a non-finite loss, "skip" skips it.
+        ``cache_features`` (models compiled with ``split_features=True``): run the frozen
+        backbone once per example and train the head on the cached features.
+        """
+        if on_nonfinite not in ("raise", "skip"):
+            raise EdgetrainError("on_nonfinite must be 'raise' or 'skip'")
+        xs = self._as_inputs(x)
+        y = np.asarray(y)
+        n = len(y)
+        if n == 0:
+            raise InputError("fit: empty training set")
+        for k, v in xs.items():
+            if len(v) != n:
+                raise InputError(f"fit: input {k!r} has {len(v)} rows but y has {n}")
+        label = self.meta.get("label", "y")
+        train_sig, eval_sig, cache = "train", "eval", None
+        if cache_features:
+            from ._cache import FeatureCache
+
+            cache = FeatureCache(self, batch_size)
+            xs = cache.features(xs)
+            if validation_data is not None:
+                validation_data = (cache.features(self._as_inputs(validation_data[0]),
+                                                  "validation"), validation_data[1])
+            train_sig, eval_sig = "train_features", "eval_features"
+        rng = np.random.default_rng(seed)
+        hist = History()
+        t0 = time.perf_counter()
+        bar = _progress(epochs * ((n + batch_size - 1) // batch_size), progress)
+        try:
+            for epoch in range(epochs):
+                order = rng.permutation(n) if shuffle else np.arange(n)
+                losses, weights = [], []
+                for start in range(0, n, batch_size):
+                    idx = order[start:start + batch_size]
+                    feeds = {k: v[idx] for k, v in xs.items()}
+                    feeds[label] = y[idx]
+                    if lr is not None:
+                        feeds["lr"] = np.asarray(lr)
+                    try:
+                        out = self.run(train_sig, **feeds)
+                    except NonFiniteError:
+                        if on_nonfinite == "raise":
+                            raise
+                        hist.skipped_steps += 1
+                        continue
+                    finally:
+                        if bar is not None:
+                            bar.update(1)
+                    losses.append(float(out["loss"]))
+                    weights.append(len(idx))
+                    if bar is not None:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+                if losses:
+                    hist.add("loss", float(np.average(losses, weights=weights)))
+                if "accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs}:
+                    hist.add("accuracy", self.evaluate(xs, y, batch_size,
+                                                       signature=eval_sig)["accuracy"])
+                if validation_data is not None:
+                    for k, val in self.evaluate(*validation_data, batch_size=batch_size,
+                                                signature=eval_sig).items():
+                        hist.add(f"val_{k}", val)
+        finally:
+            if bar is not None:
+                bar.close()
+        hist.seconds = time.perf_counter() - t0
+        if cache is not None:
+            evals = int("accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs})
+            cache.report(hist, epochs, evals, progress)
+        return hist
+
+    def evaluate(self, x: Any, y: np.ndarray, batch_size: int = 256, *,
+                 signature: str = "eval") -> dict[str, float]:
+        """Mean loss (and accuracy) over a data set, without changing the model.
+
+        ``signature="eval_features"`` evaluates from cached features (``{"features": …}``).
+        """
+        xs = self._as_inputs(x)
+        y = np.asarray(y)
+        label = self.meta.get("label", "y")
+        totals: dict[str, float] = {}
+        for start in range(0, len(y), batch_size):
+            feeds = {k: v[start:start + batch_size] for k, v in xs.items()}
+            feeds[label] = y[start:start + batch_size]
+            out = self.run(signature, **feeds)
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(feeds[label])
+        return {k: v / len(y) for k, v in totals.items()}
+
+    def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
+        """The model output (the one the loss uses) over a data set, in batches."""
+        xs = self._as_inputs(x)
+        n = len(next(iter(xs.values())))
+        outs = [self.run("infer", **{k: v[s:s + batch_size] for k, v in xs.items()})
+                [self.meta["output"]] for s in range(0, n, batch_size)]
+        return np.concatenate(outs)
+
+    def _as_inputs(self, x: Any) -> dict[str, np.ndarray]:
+        names = [s["name"] for s in self._sigs["infer"].inputs]
+        if isinstance(x, Mapping):
+            return {k: np.asarray(v) for k, v in x.items()}
+        if len(names) != 1:
+            raise InputError(f"this model has inputs {names}; pass x as a dict")
+        return {names[0]: np.asarray(x)}
+
+    def export(self, path: str | os.PathLike[str], merge_lora: bool = True) -> str:
+        """A plain inference ONNX file with the current weights baked in (LoRA adapters merged
+        into their weights unless ``merge_lora=False``)."""
+        with self._lock:
+            state = self._backend.get_state()
+        return fmt.save_model(fmt.plain_inference(self.proto, self.meta, state, merge_lora),
+                              path)
+
+    def __repr__(self) -> str:
+        return (f"Model(backend={self.backend_name!r}, signatures={sorted(self._sigs)}, "
+                f"trainable={len(self.meta['trainable'])})")
+
+
+def load(model: onnx.ModelProto | str | os.PathLike[str] | bytes,
+         backend: str = "onnxruntime", **backend_options: Any) -> Model:
+    """Load a trainable file (path, bytes or ModelProto) on a backend."""
+    return Model(model, backend=backend, **backend_options)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but a device build may strip it
+        return None
+    return tqdm(total=total, unit="step", leave=False, dynamic_ncols=True)

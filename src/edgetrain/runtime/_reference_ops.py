@@ -1,0 +1,58 @@
+"""Kernels that replace onnx.reference's own where those are inexact or broken.
+
+- Erf: onnx.reference computes it with ``np.vectorize(math.erf, otypes=["f"])``, so every
+  result is rounded to float32, also for float64 models; Gelu (a function op expanded into Erf)
+  inherits it. The reference backend is the exact oracle of the tests and the fallback runtime,
+  so both run in the input's own precision here.
+- GatherElements: onnx.reference uses ``np.choose``, which takes at most 32 choices, and its
+  fallback fails on a [1, 16] index into a [1, 512] table (BERT's position/token-type ids);
+  ``np.take_along_axis`` is the exact equivalent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from onnx.reference.op_run import OpRun
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _erf_like(x: np.ndarray) -> np.ndarray:
+    return np.asarray(_erf(x.astype(np.float64)), dtype=x.dtype).reshape(x.shape)
+
+
+class Erf(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray]:
+        return (_erf_like(x),)
+
+
+class Gelu(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, approximate: Any = "none") -> tuple[np.ndarray]:
+        mode = approximate.decode() if isinstance(approximate, bytes) else approximate or "none"
+        if mode == "tanh":
+            k = math.sqrt(2.0 / math.pi)
+            y = 0.5 * x * (1.0 + np.tanh(k * (x + 0.044715 * x ** 3)))
+        else:
+            y = 0.5 * x * (1.0 + _erf_like(x / math.sqrt(2.0)))
+        return (np.asarray(y, dtype=x.dtype),)
+
+
+class GatherElements(OpRun):
+    op_domain = ""
+
+    def _run(self, data: np.ndarray, indices: np.ndarray, axis: Any = 0
+             ) -> tuple[np.ndarray]:
+        axis = int(axis or 0)
+        idx = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, idx.astype(np.int64), axis=axis),)
+
+
+#: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements]

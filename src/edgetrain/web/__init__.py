@@ -1,0 +1,63 @@
+"""Train in the browser: export a trainable file for onnxruntime-web and serve the demo page.
+
+    from edgetrain.web import export_web, serve
+    export_web("model.onnx", "site/")          # graphs, state, driver, demo page, onnxruntime-web
+    serve("site/")                             # http://127.0.0.1:<port>/
+
+The page's driver (``edgetrain.js``) runs the same standalone graphs the Python runtime runs, so
+a training step in the browser and in Python compute the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._batches import Mulberry32, batch_indices, read_dataset
+from ._export import ORT_WEB_VERSION, export_web, find_ort_web
+from ._server import WebServer, serve, start_server
+
+__all__ = [
+    "ORT_WEB_VERSION", "Mulberry32", "WebServer", "add_cli", "batch_indices", "export_web",
+    "find_ort_web", "read_dataset", "serve", "start_server",
+]
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    dataset = None if args.no_dataset else "auto"
+    out = export_web(args.file, args.out_dir, checkpoint=args.checkpoint, dataset=dataset,
+                     webgpu=not args.no_webgpu)
+    print(f"edgetrain: wrote the web export to {out}; serve it with "
+          f"`edgetrain serve-web {out}`")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    serve(args.out_dir, host=args.host, port=args.port)
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``export-web`` and ``serve-web`` on an argparse sub-parser collection.
+
+    Each sub-command sets ``func`` (``args.func(args)`` returns the exit code).
+    """
+    p = subparsers.add_parser("export-web", help="write a folder that trains FILE in a browser",
+                              description="Write the standalone graphs, the initial state, the "
+                              "manifest, the edgetrain.js driver, the demo page and the vendored "
+                              "onnxruntime-web into OUT_DIR.")
+    p.add_argument("file", metavar="FILE", help="trainable edgetrain file (.onnx)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
+    p.add_argument("--checkpoint", metavar="CK", help="start from this checkpoint's state")
+    p.add_argument("--no-dataset", action="store_true",
+                   help="do not embed the digits demo data set")
+    p.add_argument("--no-webgpu", action="store_true",
+                   help="vendor only the wasm build of onnxruntime-web (smaller)")
+    p.set_defaults(func=_cmd_export)
+    s = subparsers.add_parser("serve-web", help="serve a web export on 127.0.0.1",
+                              description="Serve OUT_DIR (from export-web) with the headers "
+                              "onnxruntime-web's threads need.")
+    s.add_argument("out_dir", metavar="OUT_DIR")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    s.set_defaults(func=_cmd_serve)
