@@ -258,6 +258,11 @@ def _check_against_python(res: dict[str, Any], site: Path, trainable: Path,
     py_acc = ref.evaluate({name: x[test]}, y[test])["accuracy"]
     assert abs(res["accuracy"] - py_acc) <= 1.5 / int(info["test"])
 
+    # A NaN learning rate: refused with NonFiniteError, the step count and the weights kept.
+    nf = res["nonfinite"]
+    assert nf["refused"] and nf["refused"]["name"] == "NonFiniteError", nf
+    assert nf["step_before"] == nf["step_after"] == steps and nf["unchanged"], nf
+
     # Save / restore in the browser reproduces the inference outputs exactly.
     sr = {k: np.array(v, dtype=np.float32) for k, v in res["save_restore"].items()}
     assert np.abs(sr["perturbed"] - sr["saved"]).max() > 1e-3  # training on changed them

@@ -138,9 +138,14 @@ def validate(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
         kind = spec.get("kind")
         ins = _spec_list(spec.get("inputs"), f"signature {name!r} inputs")
         outs = _spec_list(spec.get("outputs"), f"signature {name!r} outputs")
+        updates = spec.get("updates", {})
+        if not isinstance(updates, dict):
+            raise _fail(f"signature {name!r} updates must be an object")
         if kind == "builtin":
             if name not in ("save", "restore"):
                 raise _fail(f"unknown builtin signature {name!r}")
+            if updates:
+                raise _fail(f"builtin signature {name!r} cannot declare updates")
             continue
         if kind != "graph":
             raise _fail(f"signature {name!r} has unknown kind {kind!r}")
@@ -157,7 +162,11 @@ def validate(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
             if vi is None:
                 raise _fail(f"signature {name!r} input {s['name']!r} is not an input of {ref}")
             tt = vi.type.tensor_type
-            if np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name != s["dtype"]:
+            try:
+                graph_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+            except (KeyError, TypeError, ValueError):
+                graph_dtype = None
+            if graph_dtype != s["dtype"]:
                 raise _fail(f"signature {name!r} input {s['name']!r} dtype disagrees with "
                             "its graph")
             if tt.HasField("shape") and len(tt.shape.dim) != len(s["shape"]):
@@ -166,9 +175,6 @@ def validate(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
         for s in outs:
             if s["name"] not in g_outputs:
                 raise _fail(f"signature {name!r} output {s['name']!r} is not an output of {ref}")
-        updates = spec.get("updates", {})
-        if not isinstance(updates, dict):
-            raise _fail(f"signature {name!r} updates must be an object")
         for k, v in updates.items():
             if k not in variable or not isinstance(v, str) or v not in g_outputs:
                 raise _fail(f"signature {name!r} updates {k!r} from {v!r}, which is not a "

@@ -289,8 +289,14 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
         taken |= graph_names(src.graph)
     fwd = _loss_part(src, op, model_inputs, y_vi, pred, loss_obj, labels, training=True)
 
+    inits = {t.name: t for t in graph.initializer}
+    dtype = inits[trainables[0]].data_type
+    lr_in = helper.make_tensor_value_info("lr", dtype, [])
     bop = Builder(prefix="t/", types=op.types, taken=taken | graph_names(fwd))
-    grads = build_gradients(fwd, "loss", trainables, bop, opset,
+    bop.types["lr"] = dtype
+    # Plain SGD: seeding the backward with lr makes every gradient lr * g (see linear_in_lr).
+    scaled = opt.linear_in_lr
+    grads = build_gradients(fwd, "loss", trainables, bop, opset, seed="lr" if scaled else None,
                             initializers=graph.initializer)
     missing = [p for p in trainables if p not in grads]
     if missing:
@@ -299,11 +305,6 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
     kept = [p for p in trainables if p in grads]
     if not kept:
         raise EdgetrainError("no selected parameter affects the loss; nothing to train")
-
-    inits = {t.name: t for t in graph.initializer}
-    dtype = inits[kept[0]].data_type
-    lr_in = helper.make_tensor_value_info("lr", dtype, [])
-    bop.types["lr"] = dtype
 
     # Step counter and per-parameter optimizer state, stored as initializers.
     state_inits: list[onnx.TensorProto] = [
@@ -320,46 +321,58 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
                 np.zeros(shape, dtype=np_dtype(inits[p].data_type)), name))
             bop.types[name] = inits[p].data_type
 
-    # Guard: a non-finite loss, gradient or learning rate leaves everything unchanged (the sum
-    # is non-finite whenever one of its terms is). The graph guards itself because another
-    # driver of the same graph (a browser, a phone) may not check its inputs as the runtime does.
-    # ReduceSumSquare reads each gradient once, with no squared temporary (Mul + ReduceSum
-    # cost two passes and an allocation per parameter); the result is the same squared norm.
-    sq = [bop.ReduceSumSquare(grads[p], keepdims=0) for p in kept]
-    gsq = bop.Sum(*sq) if len(sq) > 1 else sq[0]  # only clipping needs it alone
-    check = bop.Sum("loss", *sq, "lr")  # one node for all the terms
-    ok = bop.Not(bop.Or(bop.IsNaN(check), bop.IsInf(check)))
+    # Guard: the step counts (and the runtime commits the new state) only when the loss, the
+    # learning rate and every gradient are finite: a sum is non-finite whenever one of its
+    # terms is. ReduceSumSquare reads each tensor once with no squared temporary. Where the
+    # update is fused into the gradient's GEMM the gradient never exists; the new weight is
+    # checked instead (finite old weight and rate: non-finite new weight iff gradient).
+    checked: dict[str, Value] = {p: grads[p] for p in kept}
     if opt.clip_norm is not None:
+        sq = [bop.ReduceSumSquare(grads[p], keepdims=0) for p in kept]
+        gsq = bop.Sum(*sq) if len(sq) > 1 else sq[0]
         norm = bop.Sqrt(gsq)
         coef = bop.Min(bop.Div(bop.const(np.array(opt.clip_norm, dtype=np_dtype(dtype))),
                                bop.Add(norm, 1e-6)), 1.0)
         grads = {p: bop.Mul(g, coef) for p, g in grads.items()}
+    else:
+        sq = []
 
-    step_new = bop.Add(fmt.STEP_NAME, np.array(1, dtype=np.int64))
-    step_f = bop.Cast(step_new, to=TensorProto.DOUBLE)
+    step_f = bop.Cast(bop.Add(fmt.STEP_NAME, np.array(1, dtype=np.int64)),
+                      to=TensorProto.DOUBLE)
     updates: dict[str, str] = {}
     outputs = [helper.make_tensor_value_info("loss", dtype, [])]
+    new_values: dict[str, Value] = {}
     for p in kept:
-        state = {s: n for s, n in slot_names[p].items()}
-        p_new, s_new = opt.update(bop, p, grads[p], state, "lr", step_f)
-        for key, new in [(p, p_new)] + [(slot_names[p][s], v) for s, v in s_new.items()]:
-            name = unique_name(f"{key}.new", taken)
-            bop.Where(ok, new, key, _names=[name])
-            updates[key] = name
-            t = inits[key] if key in inits else next(s for s in state_inits if s.name == key)
-            outputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
-    for key, new in bn_updates.items():  # running statistics (batch_norm="train")
-        name = unique_name(f"{key}.new", taken)
-        bop.Where(ok, new, key, _names=[name])
-        updates[key] = name
-        outputs.append(helper.make_tensor_value_info(name, inits[key].data_type,
-                                                     list(inits[key].dims)))
+        if scaled:
+            fused = _fuse_into_gemm(bop, fwd, p, grads[p])
+            if fused is not None:
+                checked[p] = fused
+            p_new, s_new = fused or bop.Sub(p, grads[p]), {}
+        else:
+            state = {s: n for s, n in slot_names[p].items()}
+            p_new, s_new = opt.update(bop, p, grads[p], state, "lr", step_f)
+        new_values[p] = p_new
+        new_values.update((slot_names[p][s], v) for s, v in s_new.items())
+    new_values.update(bn_updates)  # running statistics (batch_norm="train")
+    if not sq:
+        sq = [bop.ReduceSumSquare(checked[p], keepdims=0) for p in kept]
+    check = bop.Sum("loss", *sq, "lr")  # one node for all the terms
+    ok = bop.Not(bop.Or(bop.IsNaN(check), bop.IsInf(check)))
     step_out = unique_name(f"{fmt.STEP_NAME}.new", taken)
-    bop.Where(ok, step_new, fmt.STEP_NAME, _names=[step_out])
+    bop.Add(fmt.STEP_NAME, bop.Cast(ok, to=TensorProto.INT64), _names=[step_out])
+
+    all_nodes = list(fwd.node) + bop.nodes
+    for key in new_values:
+        updates[key] = unique_name(f"{key}.new", taken)
+    _name_outputs(all_nodes, bop, {new_values[k]: updates[k] for k in new_values}, fwd)
+    for key in new_values:
+        name = updates[key]
+        t = inits[key] if key in inits else next(s for s in state_inits if s.name == key)
+        outputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
     updates[fmt.STEP_NAME] = step_out
     outputs.append(helper.make_tensor_value_info(step_out, TensorProto.INT64, []))
 
-    nodes = _live(list(fwd.node) + bop.nodes, [o.name for o in outputs])
+    nodes = _live(all_nodes, [o.name for o in outputs])
     used = {i for n in nodes for i in n.input}
     consts = [t for t in list(fwd.initializer) + bop.initializers if t.name in used]
     g = helper.make_graph(nodes, "train", list(model_inputs) + [y_vi, lr_in], outputs,
@@ -395,6 +408,53 @@ def _eval_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto],
 
 
 # -- small helpers ---------------------------------------------------------------------------
+
+def _fuse_into_gemm(op: Builder, fwd: onnx.GraphProto, p: str, g: Value) -> Value | None:
+    """``p - g`` folded into the GEMM that computes ``g`` (an lr-scaled weight gradient).
+
+    Gemm computes ``alpha * A' B' + beta * C``; with ``C = p``, ``beta = 1`` and ``alpha``
+    negated it writes the updated weight directly. Returns the new weight, or None when ``g``
+    does not come straight from a two-input Gemm that nothing else reads.
+    """
+    producer = next((n for n in op.nodes if g in n.output), None)
+    if producer is None or producer.op_type != "Gemm" or len([i for i in producer.input if i]) != 2:
+        return None
+    readers = [n for n in list(fwd.node) + op.nodes if g in n.input or g in _subgraph_names(n)]
+    if readers:
+        return None
+    alpha = next((a.f for a in producer.attribute if a.name == "alpha"), 1.0)
+    kept = [a for a in producer.attribute if a.name not in ("alpha", "beta")]
+    del producer.attribute[:]
+    producer.attribute.extend(kept + [helper.make_attribute("alpha", -alpha),
+                                      helper.make_attribute("beta", 1.0)])
+    del producer.input[2:]
+    producer.input.append(p)
+    return g
+
+
+def _name_outputs(nodes: list[onnx.NodeProto], op: Builder, names: dict[Value, str],
+                  fwd: onnx.GraphProto) -> None:
+    """Make each value of ``names`` available as the graph output it maps to: rename the node
+    output that produces it (an Identity would copy the whole tensor every step), or add an
+    Identity when the value is no node's own output (an input passed through, say)."""
+    produced = {o for n in nodes for o in n.output}
+    outer = {v.name for v in list(fwd.input) + list(fwd.output)}
+    outer |= {t.name for t in fwd.initializer}
+    implicit = set().union(*(_subgraph_names(n) for n in nodes))
+    rename = {v: out for v, out in names.items()
+              if v in produced and v not in outer and v not in implicit}
+    for n in nodes:
+        for field in (n.input, n.output):
+            for i, v in enumerate(field):
+                if v in rename:
+                    field[i] = rename[v]
+    for v, out in rename.items():
+        op.types[out] = op.types.get(v, 0)
+    for v, out in names.items():
+        if v not in rename:
+            op.Identity(v, _names=[out])
+            nodes.append(op.nodes[-1])
+
 
 def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
     """The nodes that the outputs depend on, in order: values no output needs (the float64

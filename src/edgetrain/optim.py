@@ -41,6 +41,17 @@ class Optimizer:
         """New parameter and new state; ``step`` is the float64 step number, 1-based."""
         raise NotImplementedError
 
+    @property
+    def linear_in_lr(self) -> bool:
+        """True when the update is ``p - lr * g`` exactly (plain SGD).
+
+        The compiler then seeds the backward pass with ``lr`` instead of 1, so every gradient
+        arrives already scaled, and a weight gradient computed by a GEMM takes the update into
+        that same GEMM (``C = p``, ``beta = 1``, ``alpha = -1``): no separate passes over the
+        weights to scale, subtract and write them.
+        """
+        return False
+
     def config(self) -> dict[str, Any]:
         d = asdict(self)
         d["name"] = self.name
@@ -64,6 +75,10 @@ class SGD(Optimizer):
 
     def slots(self) -> list[str]:
         return ["momentum_buffer"] if self.momentum else []
+
+    @property
+    def linear_in_lr(self) -> bool:
+        return not (self.momentum or self.weight_decay or self.clip_norm is not None)
 
     def update(self, op: Builder, p: Value, g: Value, state: dict[str, Value], lr: Value,
                step: Value) -> tuple[Value, dict[str, Value]]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -37,6 +38,13 @@ class Signature:
         return f"{self.name}({fmt_io(self.inputs)}) -> ({fmt_io(self.outputs)})"
 
 
+class _InputSpec(NamedTuple):
+    dtype: np.dtype
+    shape: list[Any]
+    optional: bool
+    default: np.ndarray | None
+
+
 @dataclass
 class History:
     """Per-epoch metrics of :meth:`Model.fit`."""
@@ -44,6 +52,8 @@ class History:
     history: dict[str, list[float]] = field(default_factory=dict)
     skipped_steps: int = 0
     seconds: float = 0.0
+    #: Wall-clock seconds of each epoch (its steps and evaluations).
+    epoch_seconds: list[float] = field(default_factory=list)
     #: With ``fit(cache_features=True)``: seconds spent computing the cached features, and the
     #: estimated backbone seconds that recomputing them every epoch would have cost on top.
     feature_seconds: float = 0.0
@@ -107,6 +117,7 @@ class Model:
         except Exception as e:  # a backend refusing the graphs: the file is at fault
             raise FormatError(f"the {backend} backend cannot load this file: {e}") from e
         self._lock = threading.RLock()
+        self._plans: dict[str, dict[str, _InputSpec]] = {}
         self._sigs = {
             name: Signature(name, spec["kind"], tuple(spec["inputs"]), tuple(spec["outputs"]),
                             tuple(spec.get("updates", {})))
@@ -172,28 +183,25 @@ class Model:
         if sig.kind == "builtin":
             return self._builtin(sig, inputs)
         feeds = self._check_inputs(sig, inputs)
-        # The step graph skips a non-finite update and leaves the step count as it was: the
-        # count tells whether the update happened, even when only the gradient overflowed.
-        step = self.meta.get("step", fmt.STEP_NAME)
-        counted = step in sig.updates
+        # The step graph counts only a step whose loss, rate and gradients are finite, and the
+        # backend commits the new state only when the count advanced: a skipped step leaves
+        # every weight as it was, even when only the gradient overflowed.
         with self._lock:
-            before = int(self._backend.read(step)) if counted else 0
             try:
-                out = self._backend.run(signature, feeds)
+                out, committed = self._backend.run(signature, feeds)
             except EdgetrainError:
                 raise
             except Exception as e:  # the backend refused the graph or the data
                 raise EdgetrainError(f"{signature}: the {self.backend_name} backend failed: "
                                      f"{e}") from e
-            skipped = counted and int(self._backend.read(step)) == before
-        if sig.updates and "loss" in out and not np.all(np.isfinite(out["loss"])):
+        if committed:
+            return out
+        if "loss" in out and not math.isfinite(float(out["loss"])):
             raise NonFiniteError(f"{signature}: the loss is {float(out['loss'])}; the step was "
                                  "skipped and the weights are unchanged")
-        if skipped:
-            loss = f"{float(out['loss'])}" if "loss" in out else "n/a"
-            raise NonFiniteError(f"{signature}: the gradient is not finite (loss {loss}); the "
-                                 "step was skipped and the weights are unchanged")
-        return out
+        loss = f"{float(out['loss'])}" if "loss" in out else "n/a"
+        raise NonFiniteError(f"{signature}: the gradient is not finite (loss {loss}); the step "
+                             "was skipped and the weights are unchanged")
 
     def _builtin(self, sig: Signature, inputs: Mapping[str, Any]) -> dict[str, Any]:
         unknown = set(inputs) - {"checkpoint_path"}
@@ -220,8 +228,21 @@ class Model:
     def restore(self, checkpoint_path: str | os.PathLike[str]) -> str:
         return str(self.run("restore", checkpoint_path=checkpoint_path)["checkpoint_path"])
 
+    def _input_plan(self, sig: Signature) -> dict[str, _InputSpec]:
+        """The input specs of ``sig`` parsed once (a step pays for checks, not for parsing)."""
+        plan = self._plans.get(sig.name)
+        if plan is None:
+            plan = {}
+            for s in sig.inputs:
+                dtype = np.dtype(s["dtype"])
+                default = np.asarray(s["default"], dtype=dtype) if s.get("optional") else None
+                plan[s["name"]] = _InputSpec(dtype, list(s["shape"]), bool(s.get("optional")),
+                                             default)
+            self._plans[sig.name] = plan
+        return plan
+
     def _check_inputs(self, sig: Signature, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        specs = {s["name"]: s for s in sig.inputs}
+        specs = self._input_plan(sig)
         unknown = [k for k in inputs if k not in specs]
         if unknown:
             raise InputError(f"{sig.name}: unknown input(s) {unknown}; expected "
@@ -229,20 +250,20 @@ class Model:
         feeds: dict[str, np.ndarray] = {}
         dims: dict[str, tuple[int, str]] = {}
         for name, spec in specs.items():
+            shape = spec.shape
             if name not in inputs:
-                if spec.get("optional"):
-                    feeds[name] = np.asarray(spec["default"], dtype=spec["dtype"])
+                if spec.default is not None:
+                    feeds[name] = spec.default
                     continue
                 raise InputError(f"{sig.name}: missing input {name!r} "
-                                 f"({spec['dtype']}{list(spec['shape'])})")
+                                 f"({spec.dtype}{shape})")
             value = inputs[name]
             arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-            if spec.get("optional") and arr.ndim == 0 and arr.dtype.kind in "fi":
-                arr = arr.astype(spec["dtype"])
-            if arr.dtype != np.dtype(spec["dtype"]):
+            if spec.optional and arr.ndim == 0 and arr.dtype.kind in "fi":
+                arr = arr.astype(spec.dtype)
+            if arr.dtype != spec.dtype:
                 raise InputError(f"{sig.name}: input {name!r} has dtype {arr.dtype}, expected "
-                                 f"{spec['dtype']} (convert with .astype(np.{spec['dtype']}))")
-            shape = list(spec["shape"])
+                                 f"{spec.dtype} (convert with .astype(np.{spec.dtype}))")
             if arr.ndim != len(shape):
                 raise InputError(f"{sig.name}: input {name!r} has shape {list(arr.shape)} "
                                  f"(rank {arr.ndim}), expected rank {len(shape)}: {shape}")
@@ -267,16 +288,25 @@ class Model:
         """Training data must be finite and labels in range: bad data must not reach weights."""
         label = self.meta.get("label", "y")
         for name, arr in feeds.items():
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            if arr.dtype.kind == "f" and not _all_finite(arr):
                 raise InputError(f"{sig.name}: input {name!r} contains NaN or infinity")
         y = feeds.get(label)
-        if y is not None and self.meta.get("labels") == "index" and y.dtype.kind in "iu":
+        if y is not None and y.size and self.meta.get("labels") == "index" \
+                and y.dtype.kind in "iu":
+            n_classes = self._n_classes()
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or (n_classes is not None and hi >= n_classes):
+                raise InputError(f"{sig.name}: labels in {label!r} must lie in "
+                                 f"[0, {n_classes}); got min {lo}, max {hi}")
+
+    def _n_classes(self) -> int | None:
+        """The class count of the model output, if the file fixes it (cached)."""
+        if not hasattr(self, "_classes"):
             out = next((o for o in self._sigs["infer"].outputs
                         if o["name"] == self.meta["output"]), None)
-            n_classes = out["shape"][1] if out and len(out["shape"]) > 1 else None
-            if y.size and (y.min() < 0 or (isinstance(n_classes, int) and y.max() >= n_classes)):
-                raise InputError(f"{sig.name}: labels in {label!r} must lie in "
-                                 f"[0, {n_classes}); got min {y.min()}, max {y.max()}")
+            n = out["shape"][1] if out and len(out["shape"]) > 1 else None
+            self._classes = n if isinstance(n, int) and n > 0 else None
+        return self._classes
 
     # -- high level ------------------------------------------------------------------------
     def fit(self, x: Any, y: np.ndarray, epochs: int = 1, batch_size: int = 32, *,
@@ -317,6 +347,7 @@ class Model:
         bar = _progress(epochs * ((n + batch_size - 1) // batch_size), progress)
         try:
             for epoch in range(epochs):
+                t_epoch = time.perf_counter()
                 order = rng.permutation(n) if shuffle else np.arange(n)
                 losses, weights = [], []
                 for start in range(0, n, batch_size):
@@ -348,6 +379,7 @@ class Model:
                     for k, val in self.evaluate(*validation_data, batch_size=batch_size,
                                                 signature=eval_sig).items():
                         hist.add(f"val_{k}", val)
+                hist.epoch_seconds.append(time.perf_counter() - t_epoch)
         finally:
             if bar is not None:
                 bar.close()
@@ -402,6 +434,19 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model(backend={self.backend_name!r}, signatures={sorted(self._sigs)}, "
                 f"trainable={len(self.meta['trainable'])})")
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """Whether every element is finite, in one reduction without a temporary array.
+
+    max − min is finite exactly when every element is, unless the range of finite values
+    overflows; only then does it fall back to the element-wise test.
+    """
+    if arr.size and arr.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            if math.isfinite(float(np.ptp(arr))):
+                return True
+    return bool(np.all(np.isfinite(arr)))
 
 
 def load(model: onnx.ModelProto | str | os.PathLike[str] | bytes,

@@ -5,6 +5,11 @@ optimizer state, step) goes in as inputs and comes back as outputs. The onnxrunt
 keeps the state as ``OrtValue`` s and binds them with IOBinding; each step writes the new state
 into a second set of buffers and the two sets swap, so no state crosses into NumPy per step.
 Frozen weights are handed to every session as one shared ``OrtValue`` each.
+
+A training step commits its new state only when it advanced the step counter: the step graph
+counts a step only when the loss, the learning rate and the gradients (or, where the update
+is fused into the gradient's GEMM, the new weights) are finite. A skipped step leaves every
+state value as it was, without a per-tensor select in the graph.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ class Backend:
     def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
         self.model = model
         self.meta = meta
+        self.step_name = str(meta.get("step", fmt.STEP_NAME))
 
-    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+        """Public outputs, and whether the step's state updates were committed."""
         raise NotImplementedError
 
     def get_state(self) -> dict[str, np.ndarray]:
@@ -64,15 +71,18 @@ class ReferenceBackend(Backend):
             self._sessions[sig] = (self._evaluator(m), state_inputs, updates, outs)
         return self._sessions[sig]
 
-    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
         sess, state_inputs, updates, outs = self._session(sig)
         all_feeds = dict(feeds)
         all_feeds.update({k: self._state[k] for k in state_inputs})
         results = dict(zip(outs, sess.run(None, all_feeds)))
-        for k, out in updates.items():
-            self._state[k] = np.asarray(results[out])
+        step_out = updates.get(self.step_name)
+        commit = step_out is None or int(results[step_out]) > int(self._state[self.step_name])
+        if commit:
+            for k, out in updates.items():
+                self._state[k] = np.asarray(results[out])
         produced = set(updates.values())
-        return {k: np.asarray(v) for k, v in results.items() if k not in produced}
+        return {k: np.asarray(v) for k, v in results.items() if k not in produced}, commit
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._state.items()}
@@ -172,11 +182,12 @@ class OrtBackend(Backend):
                     io.bind_ortvalue_output(o, fixed[o])
                 else:
                     dynamic.append(o)
-            b = _Binding(sess, io, fixed, dynamic, list(updates), len(outs) - len(dynamic))
+            b = _Binding(sess, io, fixed, dynamic, list(updates), len(outs) - len(dynamic),
+                         self.step_name in updates)
             self._bindings[key] = b
         return b
 
-    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
         b = self._binding(sig)
         io = b.io
         for k, v in feeds.items():
@@ -197,9 +208,12 @@ class OrtBackend(Backend):
             values = io.get_outputs()[b.n_fixed:]
             result.update((o, v.numpy()) for o, v in zip(b.dynamic, values))
         front, back = self._front, self._back
-        for k in b.updated:
-            front[k], back[k] = back[k], front[k]
-        return result
+        step = self.step_name
+        commit = not b.counted or int(back[step].numpy()) > int(front[step].numpy())
+        if commit:
+            for k in b.updated:
+                front[k], back[k] = back[k], front[k]
+        return result, commit
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {k: v.numpy().copy() for k, v in self._front.items()}
@@ -221,6 +235,7 @@ class _Binding(NamedTuple):
     dynamic: list[str]  # public outputs bound to the device afresh each step
     updated: list[str]  # state keys whose front and back buffers swap after a step
     n_fixed: int  # outputs bound once (state and fixed), which come first in get_outputs
+    counted: bool  # the step counter is among the updates: commit only if it advanced
 
 
 def _static_shape(vi: onnx.ValueInfoProto) -> tuple[list[int], Any] | None:

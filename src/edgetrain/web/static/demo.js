@@ -425,6 +425,17 @@ async function autorun() {
   const msPerStep = (performance.now() - tTrain) / steps;
   const saved = Array.from(await logits(probe));
   const ev = await evaluate();
+  // A step with a NaN learning rate must be refused and change nothing.
+  const stepBefore = await model.step();
+  let refused = null;
+  try {
+    await trainStep(plan[0], NaN);
+  } catch (e) {
+    refused = { name: e.name, message: e.message };
+  }
+  const afterNaN = Array.from(await logits(probe));
+  const nonfinite = { refused, step_before: stepBefore, step_after: await model.step(),
+    unchanged: afterNaN.every((v, i) => v === saved[i]) };
   // Save / restore round trip: save, train on, restore, compare the inference outputs.
   await model.save('autorun');
   const ck = await model.checkpoint();
@@ -460,6 +471,7 @@ async function autorun() {
     step: await model.step(),
     probe: { indices: data.testIdx.slice(0, PROBE), before: probeBefore, after: saved },
     save_restore: { saved, perturbed, restored_idb: restoredIdb, restored_file: restoredFile },
+    nonfinite,
     checkpoint_b64: b64(ck),
     ms_per_step: msPerStep,
     seconds: (performance.now() - t0) / 1000,

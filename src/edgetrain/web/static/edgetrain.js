@@ -365,8 +365,9 @@ export class Model {
         try {  // keep the new state on the GPU between steps
           this.sessions[name] = await this.ort.InferenceSession.create(graph, {
             ...opts, executionProviders: ['webgpu', 'wasm'],
-            preferredOutputLocation: Object.fromEntries(
-              Object.values(sig.updates).map((out) => [out, 'gpu-buffer'])),
+            preferredOutputLocation: Object.fromEntries(Object.entries(sig.updates)
+              .filter(([k]) => k !== m.step)  // the step count is read after every step
+              .map(([, out]) => [out, 'gpu-buffer'])),
           });
           this.providers[name] = 'webgpu';
           continue;
@@ -516,17 +517,28 @@ export class Model {
     }
     for (const k of sig.state_inputs) feeds[k] = this.state.get(k);
     const results = await this.sessions[name].run(feeds);
+    // The graph counts a step only when its loss, rate and gradients are finite; the new state
+    // is committed only then, so a skipped step leaves every weight as it was.
+    const stepOut = sig.updates[this.manifest.step];
+    const commit = stepOut === undefined || Number(results[stepOut].data[0]) >
+      Number(this.state.get(this.manifest.step).data[0]);
     for (const [k, out] of Object.entries(sig.updates)) {
+      if (!commit) {
+        results[out].dispose();
+        continue;
+      }
       const old = this.state.get(k);
       this.state.set(k, results[out]);
       if (old && old !== results[out]) old.dispose();
     }
     const outputs = {};
     for (const o of sig.outputs) outputs[o.name] = results[o.name];
-    const loss = outputs.loss;
-    if (Object.keys(sig.updates).length && loss && !Number.isFinite(Number(loss.data[0]))) {
-      throw new NonFiniteError(`${name}: the loss is ${loss.data[0]}; the step was skipped and ` +
-        'the weights are unchanged');
+    if (!commit) {
+      const loss = outputs.loss ? Number(outputs.loss.data[0]) : NaN;
+      throw new NonFiniteError(Number.isFinite(loss)
+        ? `${name}: the gradient is not finite (loss ${loss}); the step was skipped and the ` +
+          'weights are unchanged'
+        : `${name}: the loss is ${loss}; the step was skipped and the weights are unchanged`);
     }
     return outputs;
   }
