@@ -255,7 +255,7 @@ def _infer(proto: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.GraphProto:
 
 def _loss_part(proto: onnx.ModelProto, op: Builder, model_inputs: list[onnx.ValueInfoProto],
                y_vi: onnx.ValueInfoProto, pred: Value, loss_obj: _losses.Loss, labels: str,
-               training: bool) -> onnx.GraphProto:
+               training: bool) -> tuple[onnx.GraphProto, _losses.PredGradient | None]:
     nodes = _forward_nodes(proto.graph, op, training)
     op.types[y_vi.name] = y_vi.type.tensor_type.elem_type  # constants next to y take its type
     # Static shapes the losses may specialize on (read with getattr: a plain Builder has none).
@@ -264,12 +264,12 @@ def _loss_part(proto: onnx.ModelProto, op: Builder, model_inputs: list[onnx.Valu
             pred: _shape_of(_value_info(proto.graph, pred))}
     except EdgetrainError:
         pass
-    loss_v = loss_obj.build(op, pred, y_vi.name, labels)
+    loss_v, pred_grad = loss_obj.build_with_gradient(op, pred, y_vi.name, labels)
     op.Identity(loss_v, _names=["loss"])
     g = helper.make_graph(nodes + op.nodes, "step", list(model_inputs) + [y_vi],
                           [helper.make_tensor_value_info("loss", op.types[pred], [])],
                           initializer=list(op.initializers))
-    return _infer(proto, g)
+    return _infer(proto, g), pred_grad
 
 
 def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto],
@@ -287,7 +287,8 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
 
         src, bn_updates = use_batch_statistics(proto, taken)
         taken |= graph_names(src.graph)
-    fwd = _loss_part(src, op, model_inputs, y_vi, pred, loss_obj, labels, training=True)
+    fwd, pred_grad = _loss_part(src, op, model_inputs, y_vi, pred, loss_obj, labels,
+                                training=True)
 
     inits = {t.name: t for t in graph.initializer}
     dtype = inits[trainables[0]].data_type
@@ -296,8 +297,13 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
     bop.types["lr"] = dtype
     # Plain SGD: seeding the backward with lr makes every gradient lr * g (see linear_in_lr).
     scaled = opt.linear_in_lr
-    grads = build_gradients(fwd, "loss", trainables, bop, opset, seed="lr" if scaled else None,
-                            initializers=graph.initializer)
+    seed = "lr" if scaled else bop.const(np.array(1.0, dtype=np_dtype(dtype)))
+    if pred_grad is not None:  # the loss's closed-form gradient: start at the prediction
+        grads = build_gradients(fwd, pred, trainables, bop, opset, seed=pred_grad(bop, seed),
+                                initializers=graph.initializer)
+    else:
+        grads = build_gradients(fwd, "loss", trainables, bop, opset, seed=seed,
+                                initializers=graph.initializer)
     missing = [p for p in trainables if p not in grads]
     if missing:
         warnings.warn(f"{len(missing)} selected parameter(s) do not affect the loss and stay "
@@ -347,7 +353,7 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
             fused = _fuse_into_gemm(bop, fwd, p, grads[p])
             if fused is not None:
                 checked[p] = fused
-            p_new, s_new = fused or bop.Sub(p, grads[p]), {}
+            p_new, s_new = fused or bop.Sub(p, grads[p]), dict[str, Value]()
         else:
             state = {s: n for s, n in slot_names[p].items()}
             p_new, s_new = opt.update(bop, p, grads[p], state, "lr", step_f)
@@ -357,7 +363,7 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
     if not sq:
         sq = [bop.ReduceSumSquare(checked[p], keepdims=0) for p in kept]
     check = bop.Sum("loss", *sq, "lr")  # one node for all the terms
-    ok = bop.Not(bop.Or(bop.IsNaN(check), bop.IsInf(check)))
+    ok = bop.Equal(bop.Sub(check, check), 0.0)  # x − x is 0 for finite x, NaN for ±inf and NaN
     step_out = unique_name(f"{fmt.STEP_NAME}.new", taken)
     bop.Add(fmt.STEP_NAME, bop.Cast(ok, to=TensorProto.INT64), _names=[step_out])
 
@@ -387,7 +393,7 @@ def _eval_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto],
     taken = graph_names(graph) | {"loss", "accuracy", y_vi.name}
     op = Builder(prefix="e/", taken=taken)
     op.types.update(_types(graph))
-    fwd = _loss_part(proto, op, model_inputs, y_vi, pred, loss_obj, labels, training=False)
+    fwd, _ = _loss_part(proto, op, model_inputs, y_vi, pred, loss_obj, labels, training=False)
     dtype = op.types[pred]
     outputs = [helper.make_tensor_value_info("loss", dtype, [])]
     extra = Builder(prefix="e/", types=op.types, taken=taken | graph_names(fwd))

@@ -6,6 +6,7 @@ differentiates through them. Formulas and reductions follow ``torch.nn.functiona
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -14,6 +15,9 @@ from onnx import TensorProto
 
 from ._graph import Builder, Value
 from .errors import EdgetrainError
+
+#: Builds d(loss)/d(prediction) into a builder, given the seed d(loss) (1, or the lr).
+PredGradient = Callable[[Builder, Value], Value]
 
 
 @dataclass
@@ -36,6 +40,16 @@ class Loss:
 
     def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
         raise NotImplementedError
+
+    def build_with_gradient(self, op: Builder, pred: Value, y: Value, labels: str
+                            ) -> tuple[Value, PredGradient | None]:
+        """The loss, and optionally a builder of d(loss)/d(pred) from the seed d(loss).
+
+        A loss whose gradient has a short closed form returns one, and the compiler starts
+        the backward pass at the prediction instead of differentiating the loss nodes one by
+        one (softmax cross-entropy: 5 nodes instead of 17, which shows on small models).
+        """
+        return self.build(op, pred, y, labels), None
 
     def _reduce(self, op: Builder, per_elem: Value) -> Value:
         if self.reduction == "sum":
@@ -65,6 +79,13 @@ class CrossEntropy(Loss):
         return pred_type, list(pred_shape) if pred_shape is not None else [batch, None]
 
     def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
+        return self.build_with_gradient(op, pred, y, labels)[0]
+
+    def build_with_gradient(self, op: Builder, pred: Value, y: Value, labels: str
+                            ) -> tuple[Value, PredGradient | None]:
+        """d(loss)/d(logits) = (softmax · Σ target − target) · seed / n, per row. Plain index
+        targets are exact one-hot rows, so Σ target = 1 drops the row sum; smoothed ones sum
+        to 1 only up to rounding, and training runs long enough to show the difference."""
         logp = op.LogSoftmax(pred, axis=1)
         if labels == "index":
             # one_hot(y) as Equal(y[:, None], arange(C)): OneHot has no float64 kernel in
@@ -89,7 +110,20 @@ class CrossEntropy(Loss):
             target = op.Add(op.Mul(target, 1.0 - eps), op.Div(op.const(
                 np.array(eps, dtype=_np(op, pred))), n))
         per_row = op.Neg(op.ReduceSum(op.Mul(target, logp), [1], keepdims=0))
-        return self._reduce(op, per_row)
+        loss = self._reduce(op, per_row)
+        normalized = labels == "index" and not self.label_smoothing
+        mean = self.reduction == "mean"
+
+        def gradient(bop: Builder, seed: Value) -> Value:
+            # In torch's rounding order: g = −target·k for the log-probabilities, then the
+            # LogSoftmax backward g − softmax·Σg (k = seed / n for the mean).
+            k = bop.Div(seed, bop.Cast(bop.Size(per_row), to=bop.types[pred])) if mean \
+                else seed
+            p = bop.Exp(logp)
+            total = k if normalized else bop.Mul(bop.ReduceSum(target, [1], keepdims=1), k)
+            return bop.Sub(bop.Mul(p, total), bop.Mul(target, k))
+
+        return loss, gradient
 
 
 @dataclass
