@@ -61,7 +61,7 @@ PEER_DISTS = {"pytorch": ["torch", "numpy"],
               "ortt": ["onnxruntime-training", "numpy", "onnx", "torch"],
               "tflite": ["tensorflow-cpu", "tf_keras"]}
 DOCS_BEGIN, DOCS_END = "<!-- results:begin -->", "<!-- results:end -->"
-THREADS = 2  # intra-op threads of every system (--threads)
+THREADS: int | None = None  # intra-op threads forced on every system (--threads); None: defaults
 LOSS_RTOL = 1e-4  # losses of the first steps agree to this, relative to max(1, |loss|)
 
 
@@ -92,7 +92,7 @@ print(json.dumps(best))
 
 def sgemm_peak() -> dict[str, float]:
     """GFLOP/s of numpy float32 matmul on the benchmark's threads (best of several sizes)."""
-    n = str(THREADS)
+    n = str(THREADS or os.cpu_count() or 1)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
     out = subprocess.run([sys.executable, "-c", SGEMM], env=env, capture_output=True, text=True,
                          check=True)
@@ -120,7 +120,7 @@ class Worker:
         script = os.path.join(HERE, "peers", f"{'torch' if peer == 'pytorch' else peer}"
                               "_worker.py")
         env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
-                   EDGETRAIN_BENCH_THREADS=str(THREADS))
+                   EDGETRAIN_BENCH_THREADS=str(THREADS or ""))
         with open(log, "w") as errf:
             proc = subprocess.Popen([python, script, "serve", "--workdir", workdir,
                                      "--outdir", outdir], stdin=subprocess.PIPE,
@@ -179,7 +179,7 @@ def _tail(path: str, n: int = 600) -> str:
 def cold_start(peer: str, python: str, workdir: str, outdir: str, steps: int, log: str,
                timeout: float) -> dict[str, Any]:
     script = os.path.join(HERE, "peers", f"{'torch' if peer == 'pytorch' else peer}_worker.py")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", EDGETRAIN_BENCH_THREADS=str(THREADS))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", EDGETRAIN_BENCH_THREADS=str(THREADS or ""))
     with open(log, "a") as errf:
         out = subprocess.run([python, script, "cold", "--workdir", workdir, "--outdir", outdir,
                               "--steps", str(steps)], capture_output=False,
@@ -389,13 +389,21 @@ def _mb(b: float | None) -> str:
     return "–" if b is None else f"{b / 1e6:.2f} MB" if b < 1e8 else f"{b / 1e6:.0f} MB"
 
 
+def _threads_text(threads: int | None) -> str:
+    if threads:
+        return f"every system forced to {threads} intra-op threads (`--threads`)"
+    return ("every system with its own thread-pool defaults, which use every core: "
+            "onnxruntime (edgetrain, onnxruntime-training) one intra-op thread per physical "
+            "core, pinned; PyTorch one per physical core; TensorFlow one per logical core")
+
+
 def markdown(report: dict[str, Any], images: str = "", level: int = 1) -> str:
     """The report as markdown; ``images`` prefixes chart paths, ``level`` is the title's."""
     peak = report["sgemm_peak_gflops"]
     h1, h2 = "#" * level, "#" * (level + 1)
     lines = [f"{h1} edgetrain benchmark ({report['date']})", "",
-             f"Machine: {report['machine']}; every system on {report['threads']} intra-op threads. "
-             f"sgemm peak (numpy float32 matmul, {report['threads']} threads, "
+             f"Machine: {report['machine']}; {_threads_text(report['threads'])}. "
+             f"sgemm peak (numpy float32 matmul, {report['threads'] or os.cpu_count()} threads, "
              f"measured in this run): **{peak:.0f} GFLOP/s**. Command: `{report['command']}`",
              "", "ms/step is the median over interleaved blocks; x fastest is the ratio to the "
              "fastest system of the same run; cold start = load the file + first step done, "
@@ -546,7 +554,9 @@ def main() -> int:
     ap.add_argument("--loss-steps", type=int, default=5, help="first steps whose losses agree")
     ap.add_argument("--cold-runs", type=int, default=3, help="fresh processes per peer")
     ap.add_argument("--cold-steps", type=int, default=20, help="steps after the first (RSS)")
-    ap.add_argument("--threads", type=int, default=2, help="intra-op threads per system")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="force this many intra-op threads on every system (default: each "
+                         "system's own thread-pool defaults, which use every core)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per worker command")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest"))
@@ -568,7 +578,8 @@ def main() -> int:
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0]
     peak_before = sgemm_peak()
-    print(f"sgemm peak ({THREADS} threads): {max(peak_before.values()):.0f} GFLOP/s "
+    print(f"sgemm peak ({THREADS or os.cpu_count()} threads): "
+          f"{max(peak_before.values()):.0f} GFLOP/s "
           f"{ {k: round(v) for k, v in peak_before.items()} }", flush=True)
     results = [run_workload(w.upper(), list(args.peers), args, out) for w in args.workloads]
     peak_after = sgemm_peak()

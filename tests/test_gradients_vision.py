@@ -125,6 +125,16 @@ row("MaxPool", [X((2, 2, 7, 7))], lambda x: F.max_pool2d(x, 2, 1, dilation=2),
     "dilated-stride1", attrs={"kernel_shape": [2, 2], "dilations": [2, 2]})
 row("MaxPool", [X((2, 3, 8))], lambda x: F.max_pool1d(x, 2, 2), "1d",
     attrs={"kernel_shape": [2], "strides": [2]})
+# Windows that never overlap take MaxUnpool in float32 (the onnxruntime rows): floor mode
+# leaving a trailing row out, ceil mode running past the end, padding, stride > kernel.
+row("MaxPool", [X((2, 2, 7, 7))], lambda x: F.max_pool2d(x, 2, 2), "disjoint-floor",
+    attrs={"kernel_shape": [2, 2], "strides": [2, 2]})
+row("MaxPool", [X((2, 2, 5, 5))], lambda x: F.max_pool2d(x, 2, 2, ceil_mode=True),
+    "disjoint-ceil", attrs={"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1})
+row("MaxPool", [X((2, 2, 6, 6))], lambda x: F.max_pool2d(x, 2, 2, padding=1),
+    "disjoint-padded", attrs={"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1]})
+row("MaxPool", [X((2, 2, 8, 7))], lambda x: F.max_pool2d(x, (2, 1), (3, 2)),
+    "disjoint-stride-gt-kernel", attrs={"kernel_shape": [2, 1], "strides": [3, 2]})
 row("MaxPool", [X((2, 2, 5, 5))],
     lambda x: F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=-np.inf), 2, 2), "same-upper",
     attrs={"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"})
@@ -301,3 +311,41 @@ def test_grouped_conv_transpose() -> None:
     np.testing.assert_allclose(loss, tl.item(), rtol=1e-4)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("dtype", "kernel", "stride", "scatter"), [
+    (TensorProto.FLOAT, 2, 2, "MaxUnpool"), (TensorProto.FLOAT, 3, 2, "ScatterElements"),
+    (TensorProto.DOUBLE, 2, 2, "ScatterElements")])
+def test_max_pool_backward_kernel(dtype: int, kernel: int, stride: int, scatter: str) -> None:
+    """Disjoint float32 windows scatter with MaxUnpool; overlapping windows (a position can
+    be the maximum of two windows, so contributions add) and float64 (no onnxruntime kernel)
+    keep ScatterElements with reduction="add"; the table rows check both numerically."""
+    from gradcheck import differentiate
+
+    g = helper.make_graph(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[kernel, kernel],
+                          strides=[stride, stride]),
+         helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)], "pool",
+        [helper.make_tensor_value_info("x", dtype, [2, 3, 9, 9])],
+        [helper.make_tensor_value_info("loss", dtype, [])])
+    m = onnx.shape_inference.infer_shapes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), strict_mode=True)
+    model, _ = differentiate(m, ["x"])
+    ops = {n.op_type for n in model.graph.node}
+    assert scatter in ops and not {"MaxUnpool", "ScatterElements"} - {scatter} & ops
+    # Both backends (onnx.reference with edgetrain's MaxUnpool kernel) against torch; the
+    # 9×9 input leaves a trailing row and column out of every window.
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 9)).astype(
+        np.float32 if dtype == TensorProto.FLOAT else np.float64)
+    xt = torch.tensor(x, requires_grad=True)
+    F.max_pool2d(xt, kernel, stride).sum().backward()
+    from onnx.reference import ReferenceEvaluator
+
+    from edgetrain.runtime._reference_ops import EXACT_OPS
+
+    sessions = [ort.InferenceSession(model.SerializeToString(),
+                                     providers=["CPUExecutionProvider"]),
+                ReferenceEvaluator(model, new_ops=EXACT_OPS)]
+    for sess in sessions:
+        grad = sess.run(["grad_x"], {"x": x})[0]
+        np.testing.assert_array_equal(grad, xt.grad.numpy(), err_msg=type(sess).__name__)

@@ -36,9 +36,12 @@ HEAVY = ("torch", "tensorflow", "keras", "tf_keras", "matplotlib", "scipy", "sym
          "onnxruntime.training", "jax")
 
 
-def threads() -> int:
-    """Intra-op threads every system gets (run.py --threads; the machine has 2 cores)."""
-    return int(os.environ.get("EDGETRAIN_BENCH_THREADS", "2"))
+def threads() -> int | None:
+    """Intra-op threads forced on every system (run.py --threads), or None: the system's own
+    defaults (onnxruntime pins one thread per physical core, which an explicit count does not).
+    """
+    value = os.environ.get("EDGETRAIN_BENCH_THREADS", "")
+    return int(value) if value else None
 
 
 def peak_rss_mb() -> float:

@@ -47,7 +47,8 @@ class OrtTrainingPeer(Peer):
 
         api = self.api
         so = onnxruntime.SessionOptions()
-        so.intra_op_num_threads = threads()
+        if threads() is not None:
+            so.intra_op_num_threads = threads()
         state = api.CheckpointState.load_checkpoint(os.path.join(outdir, "checkpoint"))
         self.module = api.Module(os.path.join(outdir, "training_model.onnx"), state,
                                  os.path.join(outdir, "eval_model.onnx"), device="cpu",

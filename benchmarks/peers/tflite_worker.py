@@ -22,7 +22,8 @@ class TFLitePeer(Peer):
         import tensorflow as tf
 
         # The Flex (TF) kernels run on TF's own pools; builtin kernels on num_threads.
-        tf.config.threading.set_intra_op_parallelism_threads(threads())
+        if threads() is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(threads())
         tf.config.threading.set_inter_op_parallelism_threads(1)
         self.tf = tf
         return f"tensorflow {tf.__version__} (tf.lite.Interpreter + Flex)"
@@ -127,7 +128,7 @@ class TFLitePeer(Peer):
     def load(self, spec: dict[str, Any], outdir: str) -> None:
         self.spec = spec
         self.interp = self.tf.lite.Interpreter(model_path=os.path.join(outdir, "model.tflite"),
-                                               num_threads=threads())
+                                               num_threads=threads() or os.cpu_count())
         self.train = self.interp.get_signature_runner("train")
 
     def prepare(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[Any]:

@@ -17,7 +17,8 @@ class TorchPeer(Peer):
     def import_runtime(self) -> str:
         import torch
 
-        torch.set_num_threads(threads())
+        if threads() is not None:
+            torch.set_num_threads(threads())
         # Building the first optimizer imports torch._dynamo (seconds): a library import, so
         # it is paid here, in the import time, not in the cold start of loading a model.
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)

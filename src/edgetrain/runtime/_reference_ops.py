@@ -7,6 +7,10 @@
 - GatherElements: onnx.reference uses ``np.choose``, which takes at most 32 choices, and its
   fallback fails on a [1, 16] index into a [1, 512] table (BERT's position/token-type ids);
   ``np.take_along_axis`` is the exact equivalent.
+- MaxUnpool: onnx.reference sizes its output from the kernel, strides and pads and ignores the
+  ``output_shape`` input, so it fails when a floor-mode pool dropped trailing rows (an 11×11
+  input pooled 2×2 to 5×5). Placing each value at its index in a zero tensor of
+  ``output_shape`` is the operator's definition.
 """
 
 from __future__ import annotations
@@ -54,5 +58,18 @@ class GatherElements(OpRun):
         return (np.take_along_axis(data, idx.astype(np.int64), axis=axis),)
 
 
+class MaxUnpool(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, indices: np.ndarray, output_shape: np.ndarray | None = None,
+             kernel_shape: Any = None, pads: Any = None, strides: Any = None
+             ) -> tuple[np.ndarray]:
+        if output_shape is None:
+            raise ValueError("MaxUnpool here needs its output_shape input")
+        out = np.zeros(int(np.prod(output_shape)), dtype=x.dtype)
+        out[indices.reshape(-1)] = x.reshape(-1)
+        return (out.reshape(tuple(int(d) for d in output_shape)),)
+
+
 #: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
-EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements]
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, MaxUnpool]
