@@ -50,7 +50,7 @@ def max_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
 
 
 def _unpool_pads(ctx: GradContext) -> list[int] | None:
-    """MaxUnpool pads that make its inferred output fit inside X, or None where MaxUnpool does not apply.
+    """MaxUnpool pads that fit its inferred output inside X; None where it does not apply.
 
     It applies to float32 pools whose windows never overlap (stride ≥ kernel, no dilation)
     over static spatial sizes. MaxUnpool checks that ``output_shape`` is at least
