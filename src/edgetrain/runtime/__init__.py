@@ -196,6 +196,10 @@ class Model:
                                      f"{e}") from e
         if committed:
             return out
+        for name, arr in feeds.items():  # name the culprit when it was the data
+            if arr.dtype.kind == "f" and not _all_finite(arr):
+                raise InputError(f"{signature}: input {name!r} contains NaN or infinity; the "
+                                 "step was skipped and the weights are unchanged")
         if "loss" in out and not math.isfinite(float(out["loss"])):
             raise NonFiniteError(f"{signature}: the loss is {float(out['loss'])}; the step was "
                                  "skipped and the weights are unchanged")
@@ -280,15 +284,21 @@ class Model:
             if arr.ndim and arr.shape[0] == 0:
                 raise InputError(f"{sig.name}: input {name!r} is an empty batch")
             feeds[name] = arr
-        if sig.updates or sig.name == "eval":
-            self._check_values(sig, feeds)
+        if sig.updates or sig.name == "eval":  # defaults are valid: check what was given
+            self._check_values(sig, {k: feeds[k] for k in inputs})
         return feeds
 
     def _check_values(self, sig: Signature, feeds: Mapping[str, np.ndarray]) -> None:
-        """Training data must be finite and labels in range: bad data must not reach weights."""
+        """Training data must be finite and labels in range: bad data must not reach weights.
+
+        A training step's large inputs are not scanned here: non-finite data makes the step's
+        loss or gradients non-finite, the step is not committed, and :meth:`run` then names
+        the input (scanning a batch up front cost more than a tenth of a small model's step).
+        """
         label = self.meta.get("label", "y")
         for name, arr in feeds.items():
-            if arr.dtype.kind == "f" and not _all_finite(arr):
+            if arr.dtype.kind == "f" and (not sig.updates or arr.size <= _SCAN_UP_FRONT) \
+                    and not _all_finite(arr):
                 raise InputError(f"{sig.name}: input {name!r} contains NaN or infinity")
         y = feeds.get(label)
         if y is not None and y.size and self.meta.get("labels") == "index" \
@@ -436,12 +446,18 @@ class Model:
                 f"trainable={len(self.meta['trainable'])})")
 
 
+#: Float inputs of a training step up to this size (rates, labels) are checked before it runs.
+_SCAN_UP_FRONT = 4096
+
+
 def _all_finite(arr: np.ndarray) -> bool:
     """Whether every element is finite, in one reduction without a temporary array.
 
     max − min is finite exactly when every element is, unless the range of finite values
     overflows; only then does it fall back to the element-wise test.
     """
+    if arr.size == 1:
+        return math.isfinite(float(arr.reshape(-1)[0]))
     if arr.size and arr.dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
             if math.isfinite(float(np.ptp(arr))):

@@ -121,6 +121,7 @@ class OrtBackend(Backend):
         self._sessions: dict[str, tuple[Any, list[str], dict[str, str], list[str]]] = {}
         self._static: dict[str, dict[str, tuple[list[int], Any] | None]] = {}
         self._bindings: dict[tuple[Any, ...], _Binding] = {}
+        self._keys: dict[str, list[str]] = {}
         self._lr: tuple[float, np.ndarray, Any] | None = None
 
     def _options(self) -> Any:
@@ -142,6 +143,7 @@ class OrtBackend(Backend):
                                               providers=self.providers)
             outs = [o.name for o in m.graph.output]
             self._sessions[sig] = (sess, state_inputs, updates, outs)
+            self._keys[sig] = list(dict.fromkeys([*state_inputs, *updates]))
             self._static[sig] = {o.name: _static_shape(o) for o in m.graph.output}
         return self._sessions[sig]
 
@@ -163,10 +165,13 @@ class OrtBackend(Backend):
         output cost about as much as a small step's arithmetic).
         """
         sess, state_inputs, updates, outs = self._session(sig)
-        key = (sig, *(id(self._front[k]) for k in state_inputs),
-               *(id(self._back_buffer(k)) for k in updates))
+        # Each state value has two buffers for good, so the front ones fix the binding.
+        front = self._front
+        key = (sig, *[id(front[k]) for k in self._keys[sig]])
         b = self._bindings.get(key)
         if b is None:
+            for k in updates:
+                self._back_buffer(k)
             io = sess.io_binding()
             for k in state_inputs:
                 io.bind_ortvalue_input(k, self._front[k])
