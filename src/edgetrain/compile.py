@@ -348,9 +348,14 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
     updates: dict[str, str] = {}
     outputs = [helper.make_tensor_value_info("loss", dtype, [])]
     new_values: dict[str, Value] = {}
+    read: set[str] = set()
+    if scaled:  # what the graph reads so far: a gradient read elsewhere cannot be fused away
+        for n in list(fwd.node) + bop.nodes:
+            read.update(n.input)
+            read.update(_subgraph_names(n))
     for p in kept:
         if scaled:
-            fused = _fuse_into_gemm(bop, fwd, p, grads[p])
+            fused = _fuse_into_gemm(bop, read, p, grads[p])
             if fused is not None:
                 checked[p] = fused
             p_new, s_new = fused or bop.Sub(p, grads[p]), dict[str, Value]()
@@ -415,18 +420,18 @@ def _eval_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto],
 
 # -- small helpers ---------------------------------------------------------------------------
 
-def _fuse_into_gemm(op: Builder, fwd: onnx.GraphProto, p: str, g: Value) -> Value | None:
+def _fuse_into_gemm(op: Builder, read: set[str], p: str, g: Value) -> Value | None:
     """``p - g`` folded into the GEMM that computes ``g`` (an lr-scaled weight gradient).
 
     Gemm computes ``alpha * A' B' + beta * C``; with ``C = p``, ``beta = 1`` and ``alpha``
     negated it writes the updated weight directly. Returns the new weight, or None when ``g``
-    does not come straight from a two-input Gemm that nothing else reads.
+    does not come straight from a two-input Gemm that nothing else reads (``read``: every
+    value some node reads, subgraphs included).
     """
     producer = next((n for n in op.nodes if g in n.output), None)
     if producer is None or producer.op_type != "Gemm" or len([i for i in producer.input if i]) != 2:
         return None
-    readers = [n for n in list(fwd.node) + op.nodes if g in n.input or g in _subgraph_names(n)]
-    if readers:
+    if g in read:
         return None
     alpha = next((a.f for a in producer.attribute if a.name == "alpha"), 1.0)
     kept = [a for a in producer.attribute if a.name not in ("alpha", "beta")]
