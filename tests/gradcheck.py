@@ -21,8 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from edgetrain._graph import Builder
-from edgetrain.autodiff import build_gradients
+from edgetrain import autodiff
 from edgetrain.runtime._reference_ops import EXACT_OPS
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -217,42 +216,8 @@ def build(case: Case) -> Built:
 
 def differentiate(inferred: onnx.ModelProto, wrt: Sequence[str],
                   loss: str = "loss") -> tuple[onnx.ModelProto, int]:
-    """Append edgetrain's backward of ``loss`` w.r.t. ``wrt``; outputs ``loss, grad_<w>…``.
-
-    Works on a copy: a rule may add an output to a forward node (Dropout's mask).
-    """
-    g = onnx.GraphProto()
-    g.CopyFrom(inferred.graph)
-    taken = {v.name for v in list(g.input) + list(g.output) + list(g.value_info)}
-    taken |= {t.name for t in g.initializer}
-    for n in g.node:
-        taken.update(n.input)
-        taken.update(n.output)
-        taken.add(n.name)
-    op = Builder(prefix="grad/", taken=taken)
-    opset = next(o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx"))
-    grads = build_gradients(g, loss, list(wrt), op, opset)
-    outs = [helper.make_tensor_value_info(loss, op.types[loss], [])]
-    tail = []
-    for w in wrt:
-        if w in grads:
-            tail.append(helper.make_node("Identity", [grads[w]], [f"grad_{w}"]))
-            shape = _declared_shape(g, w)
-            outs.append(helper.make_tensor_value_info(f"grad_{w}", op.types[grads[w]], shape))
-    graph = helper.make_graph(list(g.node) + op.nodes + tail, "case_grad", list(g.input), outs,
-                              initializer=list(g.initializer) + op.initializers)
-    model = helper.make_model(graph, opset_imports=list(inferred.opset_import),
-                              ir_version=inferred.ir_version)
-    return model, len(op.nodes)
-
-
-def _declared_shape(g: onnx.GraphProto, name: str) -> list[int | str | None]:
-    for t in g.initializer:
-        if t.name == name:
-            return list(t.dims)
-    vi = next(v for v in g.input if v.name == name)
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in vi.type.tensor_type.shape.dim]
+    """Append edgetrain's backward of ``loss`` w.r.t. ``wrt``; outputs ``loss, grad_<w>…``."""
+    return autodiff.differentiate(inferred, wrt, loss)
 
 
 # -- the three ways to get a gradient ----------------------------------------------------------

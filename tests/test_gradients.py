@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 import edgetrain
-from edgetrain.autodiff import RULES, build_gradients
+from edgetrain.autodiff import RULES
 from edgetrain.autodiff._registry import NON_DIFFERENTIABLE
 from gradcheck import (
     C,
@@ -512,11 +512,8 @@ def test_missing_rule_names_op_node_and_supported_ops() -> None:
     assert isinstance(err.value, edgetrain.EdgetrainError)
 
 
-def test_weights_as_outer_initializers() -> None:
-    """The compiler's calling convention: parameters live in the main graph and reach the
-    step graph as outer-scope initializers, given to build_gradients separately."""
-    from edgetrain._graph import Builder
-
+def test_weights_as_initializers() -> None:
+    """The compiler's calling convention: parameters are initializers of the step graph."""
     rng = np.random.default_rng(5)
     w = rng.standard_normal((3, 2))
     b = rng.standard_normal((2,))
@@ -524,25 +521,16 @@ def test_weights_as_outer_initializers() -> None:
     nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["y"]),
              helper.make_node("Tanh", ["y"], ["t"]),
              helper.make_node("ReduceMean", ["t"], ["loss"], keepdims=0)]
-    outer = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")]
     g = helper.make_graph(nodes, "step", [helper.make_tensor_value_info("x", TensorProto.DOUBLE,
                                                                         [4, 3])],
-                          [helper.make_tensor_value_info("loss", TensorProto.DOUBLE, [])])
-    with_w = helper.make_graph(nodes, "step", list(g.input), list(g.output), initializer=outer)
+                          [helper.make_tensor_value_info("loss", TensorProto.DOUBLE, [])],
+                          initializer=[numpy_helper.from_array(w, "W"),
+                                       numpy_helper.from_array(b, "b")])
     inferred = onnx.shape_inference.infer_shapes(
-        helper.make_model(with_w, opset_imports=[helper.make_opsetid("", 18)]),
-        strict_mode=True).graph
-    del inferred.initializer[:]  # the weights are outer-scope, as in a training_info graph
-    op = Builder(prefix="grad/", taken={"x", "W", "b", "y", "t", "loss"})
-    grads = build_gradients(inferred, "loss", ["W", "b"], op, 18, initializers=outer)
-    outs = [helper.make_tensor_value_info(f"g{n}", TensorProto.DOUBLE, shape)
-            for n, shape in [("W", [3, 2]), ("b", [2])]]
-    tail = [helper.make_node("Identity", [v], [f"g{n}"]) for n, v in grads.items()]
-    full = helper.make_graph(list(inferred.node) + op.nodes + tail, "full", list(g.input),
-                             outs, initializer=outer + op.initializers)
-    model = helper.make_model(full, opset_imports=[helper.make_opsetid("", 18)])
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), strict_mode=True)
+    model, _ = differentiate(inferred, ["W", "b"])
     onnx.checker.check_model(model, full_check=True)
-    gw, gb = evaluator(model).run(["gW", "gb"], {"x": x})
+    gw, gb = evaluator(model).run(["grad_W", "grad_b"], {"x": x})
     tw = torch.tensor(w, requires_grad=True)
     tb = torch.tensor(b, requires_grad=True)
     torch.tanh(torch.tensor(x) @ tw + tb).mean().backward()

@@ -1,124 +1,87 @@
-"""Reverse-mode differentiation of an ONNX graph into more ONNX nodes.
+"""Reverse-mode differentiation of an ONNX graph into more nodes of the same graph.
 
 Only nodes on a path from a trainable parameter to the loss are differentiated (backward
-pruning): a frozen prefix gets no backward nodes at all.
+pruning): a frozen prefix gets no backward nodes at all. A node that holds subgraphs reads
+the outer values they capture; those count as its inputs for deciding what depends on a
+parameter, so a weight read only inside an If branch still reaches the loss through the If.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
 
-from .._graph import Builder, Value, is_float
+from .._ir import Builder, Namer, Value, is_float, reads, value_names
 from ..errors import UnsupportedOpError
-from ._registry import NON_DIFFERENTIABLE, RULES, GradContext, Shape
+from ._registry import NON_DIFFERENTIABLE, RULES, GradContext
 
 
-def static_facts(graph: onnx.GraphProto, extra: Sequence[onnx.TensorProto] = (),
-                 ) -> tuple[dict[str, Shape | None], dict[str, int], dict[str, np.ndarray]]:
-    """Shapes and element types of every value, and known constant values."""
-    shapes: dict[str, Shape | None] = {}
-    types: dict[str, int] = {}
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        tt = vi.type.tensor_type
-        types[vi.name] = tt.elem_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in tt.shape.dim)
-        else:
-            shapes[vi.name] = None
-    consts: dict[str, np.ndarray] = {}
-    for init in list(extra) + list(graph.initializer):
-        types[init.name] = init.data_type
-        shapes[init.name] = tuple(int(d) for d in init.dims)
-        if int(np.prod(init.dims)) <= 4096:  # small constants: axes, shapes, scalars
-            consts[init.name] = numpy_helper.to_array(init)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            a = node.attribute[0]
-            if a.name == "value":
-                arr = numpy_helper.to_array(a.t)
-            elif a.name in ("value_float", "value_int"):
-                arr = np.array(a.f if a.name == "value_float" else a.i)
-            elif a.name in ("value_floats", "value_ints"):
-                arr = np.array(list(a.floats) if a.name == "value_floats" else list(a.ints))
-            else:
-                continue
-            consts[node.output[0]] = arr
-    return shapes, types, consts
-
-
-def differentiable_values(graph: onnx.GraphProto, wrt: Sequence[str],
-                          types: dict[str, int]) -> set[str]:
-    """Float values that depend on at least one of ``wrt``."""
-    dep = set(wrt)
-    for node in graph.node:
+def differentiable_values(nodes: Sequence[ir.Node], wrt: Sequence[Value]) -> set[int]:
+    """Ids of the float values that depend on at least one of ``wrt`` (subgraph reads too)."""
+    dep = {id(v) for v in wrt}
+    for node in nodes:
         if node.op_type in NON_DIFFERENTIABLE:
             continue
-        if any(i in dep for i in node.input if i):
-            for o in node.output:
-                if o and is_float(types.get(o)):
-                    dep.add(o)
+        if any(id(v) in dep for v in reads(node)):
+            dep.update(id(o) for o in node.outputs if is_float(o.dtype))
     return dep
 
 
-def build_gradients(graph: onnx.GraphProto, loss: Value, wrt: Sequence[str], op: Builder,
-                    opset: int, seed: Value | None = None,
-                    initializers: Sequence[onnx.TensorProto] = ()) -> dict[str, Value]:
-    """Append to ``op`` the nodes computing d(loss)/d(w) for each ``w`` in ``wrt``.
+def _path(nodes: Sequence[ir.Node], loss: Value, dep: set[int]) -> tuple[list[ir.Node], set[int]]:
+    """The nodes between the parameters and ``loss``, in reverse order, and the ids of the
+    values on that path."""
+    reaches = {id(loss)}
+    needed: list[ir.Node] = []
+    for node in reversed(nodes):
+        if node.op_type in NON_DIFFERENTIABLE:
+            continue
+        if any(id(o) in reaches for o in node.outputs) and any(id(v) in dep
+                                                               for v in reads(node)):
+            needed.append(node)
+            reaches.update(id(v) for v in reads(node) if id(v) in dep)
+    return needed, reaches
 
-    ``graph`` must be shape-inferred (value_info filled in); ``initializers`` are outer-scope
-    tensors it reads (the main graph's weights). Returns ``{w: grad}`` for the parameters that
-    reach the loss; the others are absent.
+
+def build_gradients(graph: ir.Graph, loss: Value, wrt: Sequence[Value], op: Builder,
+                    seed: Value | None = None) -> dict[str, Value]:
+    """Append to ``graph`` (through ``op``) the nodes computing d(loss)/d(w) for each w.
+
+    ``seed`` is d(final)/d(loss) (1 when absent; the learning rate for plain SGD). Returns
+    ``{w.name: gradient}`` for the parameters that reach the loss; the others are absent.
     """
-    shapes, types, consts = static_facts(graph, initializers)
-    op.types.update({k: v for k, v in types.items() if k not in op.types})
-    dep = differentiable_values(graph, wrt, types)
-    if loss not in dep:
+    nodes = list(graph)  # the forward nodes, before any backward node is appended
+    dep = differentiable_values(nodes, wrt)
+    if id(loss) not in dep:
         return {}
-    # Nodes that lead to the loss.
-    reaches: set[str] = {loss}
-    needed: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
-        if any(o in reaches for o in node.output if o) and node.op_type not in NON_DIFFERENTIABLE:
-            if any(i in dep for i in node.input if i):
-                needed.append(node)
-                reaches.update(i for i in node.input if i in dep)
-    grads: dict[str, list[Value]] = {loss: [seed or op.const(np.array(1.0, dtype=_np(types,
-                                                                                     loss)))]}
-    for node in needed:  # already in reverse topological order
-        douts = [_total(op, grads.get(o)) if o else None for o in node.output]
+    needed, reaches = _path(nodes, loss, dep)
+    grads: dict[int, list[Value]] = {id(loss): [seed if seed is not None
+                                                else op.scalar(1.0, loss)]}
+    for node in needed:
+        douts = [_total(op, grads.get(id(o))) for o in node.outputs]
         if all(d is None for d in douts):
             continue
         rule = RULES.get(node.op_type)
         if rule is None:
             raise UnsupportedOpError(
                 f"no gradient rule for op {node.op_type!r} (node {node.name or '<unnamed>'!r}, "
-                f"outputs {list(node.output)}) on the path from the trainable parameters to the "
-                f"loss. Freeze the parameters before it or use a supported op. Supported: "
-                f"{', '.join(sorted(RULES))}")
-        needs = [bool(i) and i in dep and i in reaches for i in node.input]
-        ctx = GradContext(node, douts, needs, shapes, types, consts, opset)
-        result = list(rule(ctx, op))
-        for i, g in enumerate(result):
-            if g is not None and i < len(needs) and needs[i]:
-                grads.setdefault(node.input[i], []).append(g)
+                f"outputs {[o.name for o in node.outputs]}) on the path from the trainable "
+                f"parameters to the loss. Freeze the parameters before it or use a supported "
+                f"op. Supported: {', '.join(sorted(RULES))}")
+        explicit = {id(v) for v in node.inputs if v is not None}
+        targets = list(node.inputs) + [v for v in reads(node) if id(v) not in explicit]
+        needs = [v is not None and id(v) in dep and id(v) in reaches for v in targets]
+        ctx = GradContext(node, douts, needs, dep, op, implicit=targets[len(node.inputs):])
+        for v, g in zip(targets, rule(ctx, op)):
+            if g is not None and v is not None and id(v) in dep and id(v) in reaches:
+                grads.setdefault(id(v), []).append(g)
     out: dict[str, Value] = {}
     for w in wrt:
-        total = _total(op, grads.get(w))
-        if total is not None:
-            out[w] = total
+        total = _total(op, grads.get(id(w)))
+        if total is not None and w.name:
+            out[w.name] = total
     return out
-
-
-def _np(types: dict[str, int], name: str) -> np.dtype:
-    from .._graph import np_dtype
-
-    return np_dtype(types.get(name, onnx.TensorProto.FLOAT))
 
 
 def _total(op: Builder, parts: list[Value] | None) -> Value | None:
@@ -128,3 +91,30 @@ def _total(op: Builder, parts: list[Value] | None) -> Value | None:
         total = op.Sum(*parts)
         parts[:] = [total]
     return parts[0]
+
+
+def differentiate(model: onnx.ModelProto, wrt: Sequence[str], loss: str = "loss"
+                  ) -> tuple[onnx.ModelProto, int]:
+    """``model`` with the backward of ``loss`` appended: outputs ``loss, grad_<w>…``.
+
+    The autodiff pass on its own, for tests and tools: ``model`` must be shape-inferred;
+    ``wrt`` names graph inputs or initializers. Returns the model and the number of backward
+    nodes emitted.
+    """
+    m = ir.serde.deserialize_model(model)
+    g = m.graph
+    op = Builder(g, m.opset_imports.get("", 18), Namer(value_names(g), prefix="grad/"))
+    values = {v.name: v for v in g.inputs}
+    values.update(g.initializers)
+    values.update((v.name, v) for n in g for v in n.outputs if v.name)
+    grads = build_gradients(g, values[loss], [values[w] for w in wrt], op)
+    n_backward = len(op.nodes)
+    outputs = [values[loss]]
+    for w in wrt:
+        if w in grads:
+            out = op.named("Identity", f"grad_{w}", grads[w])
+            out.shape = values[w].shape
+            outputs.append(out)
+    g.outputs.clear()
+    g.outputs.extend(outputs)
+    return ir.serde.serialize_model(m), n_backward

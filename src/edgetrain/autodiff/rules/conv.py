@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..._graph import Builder, Value
+from ..._ir import Builder, Value
 from ...errors import UnsupportedOpError
+from .._helpers import INT64_MAX, INT64_MIN
 from .._registry import GradContext, grad_rule
-
-INT64_MIN = int(np.iinfo(np.int64).min)
 
 
 @dataclass(frozen=True)
@@ -55,21 +54,14 @@ class ConvGeometry:
         return (self.k[i] - 1) * self.dilations[i] + 1
 
 
-def output_grad(ctx: GradContext, i: int = 0) -> Value:
-    """The gradient of output ``i``; the engine calls a rule only when one exists."""
-    dy = ctx.dout(i)
-    if dy is None:
-        raise UnsupportedOpError(f"{ctx.where()}: no gradient for output {i}")
-    return dy
-
-
-def static_spatial(ctx: GradContext, name: str) -> tuple[int, ...]:
+def static_spatial(ctx: GradContext, name: Value) -> tuple[int, ...]:
     """Spatial sizes (axes 2..) of ``name``; they must be known at compile time."""
     shape = ctx.shape(name)
     dims = [d for d in (shape or ())[2:] if isinstance(d, int) and d > 0]
     if shape is None or len(dims) != len(shape) - 2:
         raise UnsupportedOpError(
-            f"{ctx.where()}: the gradient needs static spatial sizes, but {name!r} has shape "
+            f"{ctx.where()}: the gradient needs static spatial sizes, but {name.name!r} has "
+            f"shape "
             f"{shape}; export the model with a fixed image size (a dynamic batch is fine)")
     return tuple(dims)
 
@@ -91,8 +83,8 @@ def auto_pads(mode: str, x: tuple[int, ...], k_eff: list[int], strides: list[int
     return begin, end
 
 
-def conv_geometry(ctx: GradContext, x: str, k: tuple[int, ...], group: int = 1,
-                  y: str | None = None) -> ConvGeometry:
+def conv_geometry(ctx: GradContext, x: Value, k: tuple[int, ...], group: int = 1,
+                  y: Value | None = None) -> ConvGeometry:
     """Resolve strides, dilations and (auto) pads of a Conv/MaxPool/AveragePool node."""
     xs = static_spatial(ctx, x)
     n = len(xs)
@@ -143,7 +135,7 @@ def crop_or_pad(op: Builder, g: Value, begin: list[int], end: list[int]) -> tupl
     axes = [2 + i for i, (b, e) in enumerate(zip(begin, end)) if b < 0 or e < 0]
     if axes:
         starts = [max(-begin[a - 2], 0) for a in axes]
-        ends = [-end[a - 2] if end[a - 2] < 0 else np.iinfo(np.int64).max for a in axes]
+        ends = [-end[a - 2] if end[a - 2] < 0 else INT64_MAX for a in axes]
         g = op.Slice(g, starts, ends, axes)
     return g, [max(b, 0) for b in begin], [max(e, 0) for e in end]
 
@@ -198,10 +190,6 @@ def weight_grad(op: Builder, x: Value, dy: Value, geo: ConvGeometry, in_channels
     if any(f != k for f, k in zip(full, geo.k)):
         r = op.Slice(r, [0] * n, list(geo.k), list(range(2, 2 + n)))
     return op.Transpose(r, perm=[1, 0, *range(2, 2 + n)])
-
-
-#: Input gradients of ungrouped convolutions as one ConvTranspose (the adjoint itself).
-INPUT_GRAD_CONV_TRANSPOSE = True
 
 
 def input_grad_transposed(op: Builder, dy: Value, w: Value, geo: ConvGeometry) -> Value:
@@ -262,11 +250,11 @@ def bias_grad(op: Builder, dy: Value, rank: int) -> Value:
     return op.ReduceSum(dy, [0, *range(2, rank)], keepdims=0)
 
 
-def _weight_shape(ctx: GradContext, w: str) -> tuple[int, ...]:
+def _weight_shape(ctx: GradContext, w: Value) -> tuple[int, ...]:
     shape = ctx.shape(w)
     dims = [d for d in (shape or ()) if isinstance(d, int)]
     if shape is None or len(dims) != len(shape):
-        raise UnsupportedOpError(f"{ctx.where()}: the kernel {w!r} needs a static shape, got "
+        raise UnsupportedOpError(f"{ctx.where()}: the kernel {w.name!r} needs a static shape, got "
                                  f"{shape}")
     return tuple(dims)
 
@@ -279,15 +267,15 @@ def conv(ctx: GradContext, op: Builder) -> list[Value | None]:
     dW = Conv(Xᵀ, dYᵀ, strides = d, dilations = stride)ᵀ cropped to the kernel;
     dB = Σ dY over batch and space.
     """
-    x, w = ctx.inputs[0], ctx.inputs[1]
-    dy = output_grad(ctx)
+    x, w = ctx.x(0), ctx.x(1)
+    dy = ctx.dy()
     ws = _weight_shape(ctx, w)
     group = int(ctx.attr("group", 1))
     geo = conv_geometry(ctx, x, ws[2:], group, y=ctx.outputs[0])
     in_channels = ws[1] * group
     grads: list[Value | None] = [None, None, None]
     if ctx.needs_grad(0):
-        if group == 1 and INPUT_GRAD_CONV_TRANSPOSE:
+        if group == 1:
             grads[0] = input_grad_transposed(op, dy, w, geo)
         else:
             grads[0] = input_grad(op, dy, w, geo, ws[0], in_channels)
@@ -304,7 +292,7 @@ def conv(ctx: GradContext, op: Builder) -> list[Value | None]:
 def _conv_transpose_geometry(ctx: GradContext, ws: tuple[int, ...], group: int
                              ) -> ConvGeometry:
     """The Conv (from Y's space to X's) whose adjoint the ConvTranspose node is."""
-    x, y = ctx.inputs[0], ctx.outputs[0]
+    x, y = ctx.x(0), ctx.outputs[0]
     xs, ys = static_spatial(ctx, x), static_spatial(ctx, y)
     n = len(xs)
     k = ws[2:]
@@ -340,8 +328,8 @@ def conv_transpose(ctx: GradContext, op: Builder) -> list[Value | None]:
     dX = Conv(dY, W); dW = the Conv weight gradient with input dY and output gradient X;
     dB = Σ dY over batch and space.
     """
-    x, w = ctx.inputs[0], ctx.inputs[1]
-    dy = output_grad(ctx)
+    x, w = ctx.x(0), ctx.x(1)
+    dy = ctx.dy()
     ws = _weight_shape(ctx, w)
     group = int(ctx.attr("group", 1))
     geo = _conv_transpose_geometry(ctx, ws, group)

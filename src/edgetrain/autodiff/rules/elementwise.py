@@ -6,66 +6,50 @@ shape with :func:`unbroadcast`. Gradients at kinks follow torch (Relu'(0) = 0, |
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..._graph import Builder, Value, is_float, np_dtype
-from .._registry import GradContext, grad_rule, unbroadcast
-
-
-def _ub(ctx: GradContext, op: Builder, g: Value, i: int) -> Value:
-    return unbroadcast(ctx, op, g, ctx.inputs[i], ctx.outputs[0])
-
-
-def zero(op: Builder, like: Value) -> Value:
-    """A scalar 0 of ``like``'s element type (for ``Where`` branches, which broadcast)."""
-    return op.const(np.array(0, dtype=np_dtype(op.types[like])))
-
-
-def same_type(op: Builder, v: Value, like: Value) -> Value:
-    """``v`` cast to ``like``'s element type when they differ (Pow's exponent, Dropout's ratio)."""
-    if op.types[v] == op.types[like]:
-        return v
-    return op.Cast(v, to=op.types[like])
+from ..._ir import Builder, Value, is_float
+from .._helpers import float_const, same_type, unbroadcast, zero
+from .._registry import GradContext, grad_rule
 
 
 @grad_rule("Add")
 def add(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = a + b: da = dy, db = dy (summed over broadcast axes)."""
-    dy = ctx.dy
-    return [_ub(ctx, op, dy, i) if ctx.needs_grad(i) else None for i in range(2)]
+    dy = ctx.dy()
+    return [unbroadcast(ctx, op, dy, i) if ctx.needs_grad(i) else None for i in range(2)]
 
 
 @grad_rule("Sum")
 def sum_(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x₀ + x₁ + … (variadic, broadcasting): dxᵢ = dy summed to xᵢ's shape."""
-    dy = ctx.dy
-    return [_ub(ctx, op, dy, i) if ctx.needs_grad(i) else None for i in range(len(ctx.inputs))]
+    dy = ctx.dy()
+    return [unbroadcast(ctx, op, dy, i) if ctx.needs_grad(i) else None
+            for i in range(len(ctx.inputs))]
 
 
 @grad_rule("Sub")
 def sub(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = a - b: da = dy, db = -dy."""
-    dy = ctx.dy
-    return [_ub(ctx, op, dy, 0) if ctx.needs_grad(0) else None,
-            _ub(ctx, op, op.Neg(dy), 1) if ctx.needs_grad(1) else None]
+    dy = ctx.dy()
+    return [unbroadcast(ctx, op, dy, 0) if ctx.needs_grad(0) else None,
+            unbroadcast(ctx, op, op.Neg(dy), 1) if ctx.needs_grad(1) else None]
 
 
 @grad_rule("Mul")
 def mul(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = a·b: da = dy·b, db = dy·a."""
-    a, b = ctx.inputs
-    dy = ctx.dy
-    return [_ub(ctx, op, op.Mul(dy, b), 0) if ctx.needs_grad(0) else None,
-            _ub(ctx, op, op.Mul(dy, a), 1) if ctx.needs_grad(1) else None]
+    a, b = ctx.x(0), ctx.x(1)
+    dy = ctx.dy()
+    return [unbroadcast(ctx, op, op.Mul(dy, b), 0) if ctx.needs_grad(0) else None,
+            unbroadcast(ctx, op, op.Mul(dy, a), 1) if ctx.needs_grad(1) else None]
 
 
 @grad_rule("Div")
 def div(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = a/b: da = dy/b, db = -dy·y/b."""
-    b = ctx.inputs[1]
-    dy = ctx.dy
-    return [_ub(ctx, op, op.Div(dy, b), 0) if ctx.needs_grad(0) else None,
-            _ub(ctx, op, op.Neg(op.Div(op.Mul(dy, ctx.outputs[0]), b)), 1)
+    b = ctx.x(1)
+    dy = ctx.dy()
+    return [unbroadcast(ctx, op, op.Div(dy, b), 0) if ctx.needs_grad(0) else None,
+            unbroadcast(ctx, op, op.Neg(op.Div(op.Mul(dy, ctx.outputs[0]), b)), 1)
             if ctx.needs_grad(1) else None]
 
 
@@ -75,32 +59,32 @@ def pow_(ctx: GradContext, op: Builder) -> list[Value | None]:
 
     ``aᵇ⁻¹`` is a Pow of its own (not y/a) so that a = 0 gives the right limit.
     """
-    a, b = ctx.inputs
-    dy = ctx.dy
+    a, b = ctx.x(0), ctx.x(1)
+    dy = ctx.dy()
     da = db = None
     if ctx.needs_grad(0):
         bf = same_type(op, b, a)
-        da = _ub(ctx, op, op.Mul(dy, op.Mul(bf, op.Pow(a, op.Sub(bf, 1.0)))), 0)
+        da = unbroadcast(ctx, op, op.Mul(dy, op.Mul(bf, op.Pow(a, op.Sub(bf, 1.0)))), 0)
     if ctx.needs_grad(1):
         af = same_type(op, a, b)
         yf = same_type(op, ctx.outputs[0], b)
         dyf = same_type(op, dy, b)
         pos = op.Greater(af, 0.0)
         g = op.Where(pos, op.Mul(dyf, op.Mul(yf, op.Log(af))), zero(op, b))
-        db = _ub(ctx, op, g, 1)
+        db = unbroadcast(ctx, op, g, 1)
     return [da, db]
 
 
 @grad_rule("Neg")
 def neg(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = -x: dx = -dy."""
-    return [op.Neg(ctx.dy)]
+    return [op.Neg(ctx.dy())]
 
 
 @grad_rule("Abs")
 def abs_(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = |x|: dx = dy·sign(x) (0 at 0, as torch)."""
-    return [op.Mul(ctx.dy, op.Sign(ctx.inputs[0]))]
+    return [op.Mul(ctx.dy(), op.Sign(ctx.x(0)))]
 
 
 @grad_rule("Relu")
@@ -112,22 +96,22 @@ def relu(ctx: GradContext, op: Builder) -> list[Value | None]:
     its convolution's). The two differ only where dy is already non-finite: NaN instead of 0
     at inactive units, so the step's guard skips that step.
     """
-    x, dy = ctx.inputs[0], ctx.dy
-    return [op.Mul(dy, op.Cast(op.Greater(x, 0.0), to=op.types[dy]))]
+    x, dy = ctx.x(0), ctx.dy()
+    return [op.Mul(dy, op.Cast(op.Greater(x, 0.0), to=dy.dtype))]
 
 
 @grad_rule("LeakyRelu")
 def leaky_relu(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x if x ≥ 0 else α·x: dx = dy where x > 0, else α·dy (torch's choice at 0)."""
-    x, dy = ctx.inputs[0], ctx.dy
-    alpha = float(np.float32(ctx.attr("alpha", 0.01)))  # a float32 attribute, as the forward
+    x, dy = ctx.x(0), ctx.dy()
+    alpha = float_const(op, ctx.attr("alpha", 0.01), dy)  # float32, as the forward sees it
     return [op.Where(op.Greater(x, 0.0), dy, op.Mul(dy, alpha))]
 
 
 @grad_rule("Elu")
 def elu(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x if x > 0 else α·(eˣ - 1): dx = dy where x > 0, else dy·(y + α)."""
-    x, y, dy = ctx.inputs[0], ctx.outputs[0], ctx.dy
+    x, y, dy = ctx.x(0), ctx.outputs[0], ctx.dy()
     alpha = float(ctx.attr("alpha", 1.0))
     return [op.Where(op.Greater(x, 0.0), dy, op.Mul(dy, op.Add(y, alpha)))]
 
@@ -136,45 +120,45 @@ def elu(ctx: GradContext, op: Builder) -> list[Value | None]:
 def sigmoid(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = σ(x): dx = dy·y·(1 - y)."""
     y = ctx.outputs[0]
-    return [op.Mul(ctx.dy, op.Mul(y, op.Sub(1.0, y)))]
+    return [op.Mul(ctx.dy(), op.Mul(y, op.Sub(1.0, y)))]
 
 
 @grad_rule("Tanh")
 def tanh(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = tanh(x): dx = dy·(1 - y²)."""
     y = ctx.outputs[0]
-    return [op.Mul(ctx.dy, op.Sub(1.0, op.Mul(y, y)))]
+    return [op.Mul(ctx.dy(), op.Sub(1.0, op.Mul(y, y)))]
 
 
 @grad_rule("Softplus")
 def softplus(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = ln(1 + eˣ): dx = dy·σ(x)."""
-    return [op.Mul(ctx.dy, op.Sigmoid(ctx.inputs[0]))]
+    return [op.Mul(ctx.dy(), op.Sigmoid(ctx.x(0)))]
 
 
 @grad_rule("Exp")
 def exp(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = eˣ: dx = dy·y."""
-    return [op.Mul(ctx.dy, ctx.outputs[0])]
+    return [op.Mul(ctx.dy(), ctx.outputs[0])]
 
 
 @grad_rule("Log")
 def log(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = ln x: dx = dy/x."""
-    return [op.Div(ctx.dy, ctx.inputs[0])]
+    return [op.Div(ctx.dy(), ctx.x(0))]
 
 
 @grad_rule("Sqrt")
 def sqrt(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = √x: dx = dy/(2y)."""
-    return [op.Div(op.Mul(ctx.dy, 0.5), ctx.outputs[0])]
+    return [op.Div(op.Mul(ctx.dy(), 0.5), ctx.outputs[0])]
 
 
 @grad_rule("Reciprocal")
 def reciprocal(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = 1/x: dx = -dy·y²."""
     y = ctx.outputs[0]
-    return [op.Neg(op.Mul(ctx.dy, op.Mul(y, y)))]
+    return [op.Neg(op.Mul(ctx.dy(), op.Mul(y, y)))]
 
 
 @grad_rule("Clip")
@@ -184,7 +168,7 @@ def clip(ctx: GradContext, op: Builder) -> list[Value | None]:
 
     ``lo`` and ``hi`` are optional inputs; an absent bound passes everything on its side.
     """
-    x, dy = ctx.inputs[0], ctx.dy
+    x, dy = ctx.x(0), ctx.dy()
     lo, hi = ctx.input(1), ctx.input(2)
     z = zero(op, dy)
     grads: list[Value | None] = [None] * len(ctx.inputs)
@@ -206,7 +190,7 @@ def clip(ctx: GradContext, op: Builder) -> list[Value | None]:
 @grad_rule("Identity")
 def identity(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x: dx = dy."""
-    return [ctx.dy]
+    return [ctx.dy()]
 
 
 @grad_rule("Cast", "CastLike")
@@ -216,21 +200,21 @@ def cast(ctx: GradContext, op: Builder) -> list[Value | None]:
     Casts to or from integer and bool types carry no gradient (the engine never reaches them
     through an integer output; an integer input gets ``None``).
     """
-    x = ctx.inputs[0]
+    x = ctx.x(0)
     rest: list[Value | None] = [None] * (len(ctx.inputs) - 1)  # CastLike's target gets none
-    if not is_float(ctx.dtype(x)):
+    if not is_float(x.dtype):
         return [None, *rest]
-    dy = ctx.dy
-    return [dy if ctx.dtype(x) == op.types[dy] else op.Cast(dy, to=ctx.dtype(x)), *rest]
+    dy = ctx.dy()
+    return [op.cast(dy, x.dtype), *rest]
 
 
 @grad_rule("Where")
 def where(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = c ? a : b: da = dy where c else 0, db = dy where not c else 0 (c gets nothing)."""
-    c, dy = ctx.inputs[0], ctx.dy
+    c, dy = ctx.x(0), ctx.dy()
     grads: list[Value | None] = [None, None, None]
     if ctx.needs_grad(1):
-        grads[1] = _ub(ctx, op, op.Where(c, dy, zero(op, dy)), 1)
+        grads[1] = unbroadcast(ctx, op, op.Where(c, dy, zero(op, dy)), 1)
     if ctx.needs_grad(2):
-        grads[2] = _ub(ctx, op, op.Where(c, zero(op, dy), dy), 2)
+        grads[2] = unbroadcast(ctx, op, op.Where(c, zero(op, dy), dy), 2)
     return grads

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from onnx import TensorProto
+import onnx_ir as ir
 
-from ..._graph import Builder, Value
+from ..._ir import Builder, Value
+from .._helpers import same_type, zero
 from .._registry import GradContext, grad_rule
-from .elementwise import same_type, zero
 
 
 @grad_rule("LogSoftmax")
 def log_softmax(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x - logΣeˣ along axis: dx = dy - eʸ·Σdy."""
     axis = int(ctx.attr("axis", -1))
-    dy, y = ctx.dy, ctx.outputs[0]
+    dy, y = ctx.dy(), ctx.outputs[0]
     return [op.Sub(dy, op.Mul(op.Exp(y), op.ReduceSum(dy, [axis], keepdims=1)))]
 
 
@@ -21,7 +21,7 @@ def log_softmax(ctx: GradContext, op: Builder) -> list[Value | None]:
 def softmax(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = eˣ/Σeˣ along axis: dx = y·(dy - Σ(dy·y))."""
     axis = int(ctx.attr("axis", -1))
-    dy, y = ctx.dy, ctx.outputs[0]
+    dy, y = ctx.dy(), ctx.outputs[0]
     return [op.Mul(y, op.Sub(dy, op.ReduceSum(op.Mul(dy, y), [axis], keepdims=1)))]
 
 
@@ -34,7 +34,7 @@ def dropout(ctx: GradContext, op: Builder) -> list[Value | None]:
     model did not ask for it. A training_mode only known at run time selects between the two
     formulas in the graph. The ratio r and training_mode get no gradient.
     """
-    dy = ctx.dy
+    dy = ctx.dy()
     ratio_in, mode_in = ctx.input(1), ctx.input(2)
     if mode_in is None:
         return [dy, None, None]
@@ -44,7 +44,7 @@ def dropout(ctx: GradContext, op: Builder) -> list[Value | None]:
     ratio_c = ctx.const_value(ratio_in) if ratio_in is not None else 0.5
     if ratio_c is not None and float(ratio_c) == 0.0:
         return [dy, None, None]
-    mask = ctx.forward_output(1, op, "dropout_mask", TensorProto.BOOL)
+    mask = ctx.forward_output(1, "dropout_mask", ir.DataType.BOOL)
     if ratio_c is not None:
         scaled: Value = op.Mul(dy, 1.0 / (1.0 - float(ratio_c)))
     else:

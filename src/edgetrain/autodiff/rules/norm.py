@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from ..._graph import Builder, Value
+from ..._ir import Builder, Value
+from .._helpers import per_channel
 from .._registry import GradContext, grad_rule
-
-
-def _per_channel(op: Builder, v: Value, rank: int) -> Value:
-    """A [C] vector shaped [C, 1, …] to broadcast over [N, C, spatial…]."""
-    return op.Unsqueeze(v, list(range(1, rank - 1))) if rank > 2 else v
 
 
 @grad_rule("BatchNormalization")
@@ -22,8 +18,8 @@ def batch_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
     itself) gets the full batch-norm backward:
     dX = s·r·(dY - mean(dY) - x̂·mean(dY·x̂)), x̂ = (X - μ)·r.
     """
-    x, s, _b, m, v = ctx.inputs[:5]
-    dy = ctx.dout(0)
+    x, s, m, v = ctx.x(0), ctx.x(1), ctx.x(3), ctx.x(4)
+    dy = ctx.dy()
     rank = ctx.rank(x)
     eps = float(ctx.attr("epsilon", 1e-5))
     red = [0, *range(2, rank)]
@@ -34,9 +30,9 @@ def batch_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
         var = op.ReduceMean(op.Mul(xc, xc), red, keepdims=1)
         r = op.Reciprocal(op.Sqrt(op.Add(var, eps)))
     else:
-        xc = op.Sub(x, _per_channel(op, m, rank))
-        r = _per_channel(op, op.Reciprocal(op.Sqrt(op.Add(v, eps))), rank)
-    sc = _per_channel(op, s, rank)
+        xc = op.Sub(x, per_channel(op, m, rank))
+        r = per_channel(op, op.Reciprocal(op.Sqrt(op.Add(v, eps))), rank)
+    sc = per_channel(op, s, rank)
     grads: list[Value | None] = [None] * len(ctx.inputs)
     need_xhat_sum = training and ctx.needs_grad(0)
     dy_xc = op.Mul(dy, xc) if (ctx.needs_grad(1) or ctx.needs_grad(4) or need_xhat_sum) \
@@ -68,8 +64,8 @@ def instance_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
     dX = s·r·(dY - mean(dY) - x̂·mean(dY·x̂)) (means over space), ds = Σ dY·x̂,
     db = Σ dY (Σ over batch and space).
     """
-    x = ctx.inputs[0]
-    dy = ctx.dout(0)
+    x = ctx.x(0)
+    dy = ctx.dy()
     rank = ctx.rank(x)
     eps = float(ctx.attr("epsilon", 1e-5))
     sp = list(range(2, rank))
@@ -80,7 +76,7 @@ def instance_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
     red = [0, *sp]
     grads: list[Value | None] = [None, None, None]
     if ctx.needs_grad(0):
-        sc = _per_channel(op, ctx.inputs[1], rank)
+        sc = per_channel(op, ctx.x(1), rank)
         dxhat = dy
         g = op.Sub(op.Sub(dxhat, op.ReduceMean(dxhat, sp, keepdims=1)),
                    op.Mul(xhat, op.ReduceMean(op.Mul(dxhat, xhat), sp, keepdims=1)))

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
+import onnx_ir as ir
 
-from ..._graph import Builder, Value, np_dtype
+from ..._ir import Builder, Value, np_dtype
 from ...errors import UnsupportedOpError
 from .._registry import GradContext, grad_rule
-from .conv import ConvGeometry, conv_geometry, input_grad, output_grad
-
-
-def _indices(ctx: GradContext, op: Builder) -> Value:
-    """MaxPool's argmax output, requested from the forward node (or recomputed)."""
-    if len(ctx.outputs) > 1 and ctx.outputs[1]:
-        return ctx.outputs[1]
-    forward_output = getattr(ctx, "forward_output", None)
-    if forward_output is not None:
-        return str(forward_output(1, op, "maxpool_indices", TensorProto.INT64))
-    attrs = {k: ctx.attr(k) for k in ("auto_pad", "ceil_mode", "dilations", "kernel_shape",
-                                      "pads", "strides")}
-    return str(op.MaxPool(ctx.inputs[0], _outputs=2, **attrs)[1])
+from .conv import ConvGeometry, conv_geometry, input_grad
 
 
 @grad_rule("MaxPool")
@@ -33,8 +21,8 @@ def max_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     """
     if int(ctx.attr("storage_order", 0)) != 0:
         raise UnsupportedOpError(f"{ctx.where()}: storage_order=1 is not supported")
-    x, dy = ctx.inputs[0], output_grad(ctx)
-    idx = _indices(ctx, op)
+    x, dy = ctx.x(0), ctx.dy()
+    idx = ctx.forward_output(1, "maxpool_indices", ir.DataType.INT64)
     unpool_pads = _unpool_pads(ctx)
     if unpool_pads is not None:
         # Windows that never overlap put each input position under at most one maximum, so
@@ -57,8 +45,8 @@ def _unpool_pads(ctx: GradContext) -> list[int] | None:
     (Y − 1)·stride + kernel − pads; a pool that left trailing rows out (floor mode) or ran past
     the end (ceil mode, pads) gets end pads that bring the inferred size down to X's.
     """
-    x, y = ctx.inputs[0], ctx.outputs[0]
-    if ctx.dtype(x) != TensorProto.FLOAT:
+    x, y = ctx.x(0), ctx.outputs[0]
+    if x.dtype != ir.DataType.FLOAT:
         return None
     k = [int(v) for v in ctx.attr("kernel_shape")]
     n = len(k)
@@ -88,18 +76,19 @@ def average_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     gradient of a depthwise convolution with an all-ones kernel. Windows that run past the
     padded end (ceil_mode) get extra zero padding so that S has exactly Y's windows.
     """
-    x, y, dy = ctx.inputs[0], ctx.outputs[0], output_grad(ctx)
+    x, y, dy = ctx.x(0), ctx.outputs[0], ctx.dy()
     k = tuple(int(v) for v in ctx.attr("kernel_shape"))
     xshape = ctx.shape(x)
     if xshape is None or not isinstance(xshape[1], int):
-        raise UnsupportedOpError(f"{ctx.where()}: the channel count of {x!r} must be static")
+        raise UnsupportedOpError(f"{ctx.where()}: the channel count of {x.name!r} must be "
+                                 "static")
     channels = int(xshape[1])
     geo = conv_geometry(ctx, x, k, group=channels, y=y)
     end = tuple(max(geo.end[i], (geo.y[i] - 1) * geo.strides[i] + geo.eff(i) - geo.x[i]
                     - geo.begin[i]) for i in range(geo.rank))
     geo = ConvGeometry(geo.x, geo.y, geo.k, geo.strides, geo.dilations, geo.begin, end,
                        channels)
-    dt = np_dtype(ctx.dtype(x))
+    dt = np_dtype(x.dtype or ir.DataType.FLOAT)
     ones = op.const(np.ones((1, 1, *geo.x), dtype=dt), hint="pool_ones")
     attrs = {a: ctx.attr(a) for a in ("auto_pad", "ceil_mode", "count_include_pad",
                                       "dilations", "kernel_shape", "pads", "strides")}
@@ -112,28 +101,27 @@ def average_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     return [input_grad(op, op.Mul(dy, q), kernel, geo, channels, channels)]
 
 
-def _spatial_scale(ctx: GradContext, op: Builder, x: str, y: str) -> Value | float:
+def _spatial_scale(ctx: GradContext, op: Builder, x: Value, y: Value) -> Value | float:
     xs = ctx.shape(x)
     if xs is not None and all(isinstance(d, int) for d in xs[2:]):
         return 1.0 / float(np.prod([int(d) for d in xs[2:]]))  # type: ignore[arg-type]
-    to = ctx.dtype(x)
-    return op.Div(op.Cast(op.Size(y), to=to), op.Cast(op.Size(x), to=to))
+    return op.Div(op.cast(op.Size(y), x.dtype), op.cast(op.Size(x), x.dtype))
 
 
 @grad_rule("GlobalAveragePool")
 def global_average_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     """Y = mean of X over space: dX = dY/|space| broadcast over space."""
-    x, y = ctx.inputs[0], ctx.outputs[0]
+    x, y = ctx.x(0), ctx.outputs[0]
     scale = _spatial_scale(ctx, op, x, y)
-    return [op.Expand(op.Mul(ctx.dout(0), scale), op.Shape(x))]
+    return [op.Expand(op.Mul(ctx.dy(), scale), op.Shape(x))]
 
 
 @grad_rule("GlobalMaxPool")
 def global_max_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     """Y = max of X over space: dX = dY shared equally among the positions that reach it."""
-    x, y = ctx.inputs[0], ctx.outputs[0]
+    x, y = ctx.x(0), ctx.outputs[0]
     rank = ctx.rank(x)
-    mask = op.Cast(op.Equal(x, y), to=ctx.dtype(x))
+    mask = op.cast(op.Equal(x, y), x.dtype)
     count = op.ReduceSum(mask, list(range(2, rank)), keepdims=1)
-    return [op.Mul(mask, op.Div(ctx.dout(0), count))]
+    return [op.Mul(mask, op.Div(ctx.dy(), count))]
 

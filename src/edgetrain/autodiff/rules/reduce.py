@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from ..._graph import Builder, Value
+from ..._ir import Builder, Value
+from .._helpers import axes as reduced_axes
 from .._registry import GradContext, grad_rule
-
-
-def _axes(ctx: GradContext) -> list[int] | str | None:
-    """Reduced axes: a static list, a value name (known at run time only), or None if absent."""
-    if len(ctx.inputs) > 1 and ctx.inputs[1]:
-        known = ctx.const_value(ctx.inputs[1])
-        return [int(a) for a in known.reshape(-1)] if known is not None else ctx.inputs[1]
-    attr = ctx.attr("axes")
-    return [int(a) for a in attr] if attr is not None else None
 
 
 def _spread(ctx: GradContext, op: Builder, g: Value) -> Value:
@@ -22,8 +14,8 @@ def _spread(ctx: GradContext, op: Builder, g: Value) -> Value:
     count in the input's rank, so negative axes work unchanged); absent or empty axes reduce
     everything (y is a scalar, broadcast as is) unless noop_with_empty_axes makes y = x.
     """
-    axes = _axes(ctx)
-    x = ctx.inputs[0]
+    axes = reduced_axes(ctx)
+    x = ctx.x(0)
     if not axes:  # None or []: absent or empty
         if int(ctx.attr("noop_with_empty_axes", 0)):
             return g
@@ -36,13 +28,13 @@ def _spread(ctx: GradContext, op: Builder, g: Value) -> Value:
 @grad_rule("ReduceSum")
 def reduce_sum(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = Σ x over axes: dx = dy broadcast back over the reduced axes."""
-    return [_spread(ctx, op, ctx.dy), None]
+    return [_spread(ctx, op, ctx.dy()), None]
 
 
 @grad_rule("ReduceMean")
 def reduce_mean(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = mean x over axes: dx = dy·(|y|/|x|) broadcast back over the reduced axes."""
-    x, y = ctx.inputs[0], ctx.outputs[0]
+    x, y = ctx.x(0), ctx.outputs[0]
     xs, ys = ctx.shape(x), ctx.shape(y)
     if xs is not None and ys is not None and all(isinstance(d, int) for d in (*xs, *ys)):
         n_in = 1
@@ -53,7 +45,6 @@ def reduce_mean(ctx: GradContext, op: Builder) -> list[Value | None]:
             n_out *= int(d)  # type: ignore[arg-type]
         scale: Value | float = n_out / n_in
     else:
-        to = ctx.dtype(x)
-        scale = op.Div(op.Cast(op.Size(y), to=to), op.Cast(op.Size(x), to=to))
-    dy = ctx.dy
+        scale = op.Div(op.cast(op.Size(y), x.dtype), op.cast(op.Size(x), x.dtype))
+    dy = ctx.dy()
     return [_spread(ctx, op, dy if scale == 1.0 else op.Mul(dy, scale)), None]

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._graph import Builder, Value
+from ..._ir import Builder, Value, static_dims
+from .._helpers import INT64_MIN, axis, zero
 from .._registry import GradContext, grad_rule
-from .elementwise import zero
-
-_INT64_MIN = int(np.iinfo(np.int64).min)
 
 
 @grad_rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape_like(ctx: GradContext, op: Builder) -> list[Value | None]:
     """A pure re-indexing of the elements in row-major order: dx = reshape(dy, shape(x))."""
-    return [op.Reshape(ctx.dy, op.Shape(ctx.inputs[0]))] + [None] * (len(ctx.inputs) - 1)
+    return [op.Reshape(ctx.dy(), op.Shape(ctx.x(0)))] + [None] * (len(ctx.inputs) - 1)
 
 
 @grad_rule("Transpose")
@@ -25,31 +23,26 @@ def transpose(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = transpose(x, perm): dx = transpose(dy, perm⁻¹) (perm defaults to reversed axes)."""
     perm = ctx.attr("perm")
     if perm is None:
-        perm = list(reversed(range(ctx.rank(ctx.inputs[0]))))
+        perm = list(reversed(range(ctx.rank(ctx.x(0)))))
     inverse = [int(i) for i in np.argsort(np.asarray(perm, dtype=np.int64))]
-    return [op.Transpose(ctx.dy, perm=inverse)]
-
-
-def _axis(ctx: GradContext, name: str, default: int, like: str) -> int:
-    axis = int(ctx.attr(name, default))
-    return axis + ctx.rank(like) if axis < 0 else axis
+    return [op.Transpose(ctx.dy(), perm=inverse)]
 
 
 @grad_rule("Concat")
 def concat(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = concat(x₀, x₁, …; axis): dxᵢ = the slab of dy that xᵢ filled (one Split of dy)."""
-    n = len(ctx.inputs)
-    dy = ctx.dy
-    if n == 1:
+    xs = [ctx.x(i) for i in range(len(ctx.inputs))]
+    dy = ctx.dy()
+    if len(xs) == 1:
         return [dy]
-    axis = _axis(ctx, "axis", 0, ctx.inputs[0])
-    dims = [(ctx.shape(x) or (None,) * (axis + 1))[axis] for x in ctx.inputs]
-    if all(isinstance(d, int) for d in dims):
-        sizes: Value = op.const(np.array(dims, dtype=np.int64))
+    a = axis(ctx, xs[0])
+    sizes_known = [(ctx.shape(x) or (None,) * (a + 1))[a] for x in xs]
+    if all(isinstance(d, int) for d in sizes_known):
+        sizes: Value = op.const(np.array(sizes_known, dtype=np.int64))
     else:
-        sizes = op.Concat(*[op.Slice(op.Shape(x), [axis], [axis + 1]) for x in ctx.inputs],
-                          axis=0)
-    parts = op.Split(dy, sizes, axis=axis, _outputs=n)
+        sizes = op.Concat(*[op.Slice(op.Shape(x), [a], [a + 1]) for x in xs], axis=0)
+    n = len(xs)
+    parts = op.Split(dy, sizes, axis=a, outputs=n)
     return [parts[i] if ctx.needs_grad(i) else None for i in range(n)]
 
 
@@ -58,19 +51,16 @@ def split(ctx: GradContext, op: Builder) -> list[Value | None]:
     """(y₀, y₁, …) = split(x; axis): dx = concat(dy₀, dy₁, …; axis), zeros for outputs that
     nothing downstream uses. The outputs tile x exactly, whichever way the sizes were given
     (split input, num_outputs, or equal parts)."""
-    x = ctx.inputs[0]
-    axis = _axis(ctx, "axis", 0, x)
+    x = ctx.x(0)
+    a = axis(ctx, x)
     parts = []
     for i, y in enumerate(ctx.outputs):
-        g = ctx.dout(i)
-        if g is None:
-            ys = ctx.shape(y)
-            if ys is not None and all(isinstance(d, int) for d in ys):
-                g = op.Expand(zero(op, x), [int(d) for d in ys])  # type: ignore[arg-type]
-            else:
-                g = op.zeros_like(y)
-        parts.append(g)
-    dx = parts[0] if len(parts) == 1 else op.Concat(*parts, axis=axis)
+        ys = static_dims(y)
+        if not ctx.has_dy(i) and ys is not None:  # a constant zero block: no Shape at run time
+            parts.append(op.Expand(zero(op, x), list(ys)))
+        else:
+            parts.append(ctx.dy(i))
+    dx = parts[0] if len(parts) == 1 else op.Concat(*parts, axis=a)
     return [dx] + [None] * (len(ctx.inputs) - 1)
 
 
@@ -83,7 +73,7 @@ def slice_(ctx: GradContext, op: Builder) -> list[Value | None]:
     known only at run time) the same Slice is applied to the flat indices of x, and dy is
     scattered into a zero vector at those indices (ScatterElements), then reshaped.
     """
-    x, dy = ctx.inputs[0], ctx.dy
+    x, dy = ctx.x(0), ctx.dy()
     padded = _slice_grad_pad(ctx, op, x, dy)
     if padded is not None:
         return [padded, None, None, None, None][: len(ctx.inputs)]
@@ -95,10 +85,9 @@ def slice_(ctx: GradContext, op: Builder) -> list[Value | None]:
     return [op.Reshape(flat, op.Shape(x))] + [None] * (len(ctx.inputs) - 1)
 
 
-def _slice_grad_pad(ctx: GradContext, op: Builder, x: str, dy: Value) -> Value | None:
+def _slice_grad_pad(ctx: GradContext, op: Builder, x: Value, dy: Value) -> Value | None:
     """The Pad form of Slice's gradient, or None when the slice is not static with steps ±1."""
-    ins = [ctx.input(i) for i in range(1, 5)] + [None] * (5 - len(ctx.inputs))
-    starts_v, ends_v, axes_v, steps_v = ins[:4]
+    starts_v, ends_v, axes_v, steps_v = (ctx.input(i) for i in range(1, 5))
     vals = [ctx.const_value(v) if v is not None else None for v in (starts_v, ends_v, axes_v,
                                                                     steps_v)]
     if vals[0] is None or vals[1] is None:
@@ -117,24 +106,24 @@ def _slice_grad_pad(ctx: GradContext, op: Builder, x: str, dy: Value) -> Value |
     if any(s not in (1, -1) for s in steps):
         return None
     pad_axes, begins, finals, flips = [], [], [], []
-    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-        axis = axis + rank if axis < 0 else axis
-        dim = xs[axis]
+    for start, end, ax, step in zip(starts, ends, axes, steps, strict=True):
+        ax = ax + rank if ax < 0 else ax
+        dim = xs[ax]
         if not isinstance(dim, int):
             return None
         idx = range(*slice(start, end, step).indices(dim))
         if len(idx) == 0:
-            lo = hi = 0  # dy is empty along this axis: all of dx is zero there
+            lo = hi = 0  # dy is empty along this ax: all of dx is zero there
         else:
             lo, hi = min(idx[0], idx[-1]), max(idx[0], idx[-1])
         if step == -1:
-            flips.append(axis)
-        pad_axes.append(axis)
+            flips.append(ax)
+        pad_axes.append(ax)
         begins.append(lo)
         finals.append(dim - hi - 1 if len(idx) else dim)
     g = dy
     if flips:
-        g = op.Slice(g, [-1] * len(flips), [_INT64_MIN] * len(flips), flips, [-1] * len(flips))
+        g = op.Slice(g, [-1] * len(flips), [INT64_MIN] * len(flips), flips, [-1] * len(flips))
     if not any(begins) and not any(finals):
         return g
     return op.Pad(g, begins + finals, zero(op, dy), pad_axes)

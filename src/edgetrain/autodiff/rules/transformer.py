@@ -13,33 +13,13 @@ import math
 import string
 
 import numpy as np
-from onnx import TensorProto, helper
+import onnx_ir as ir
 
-from ..._graph import Builder, Value, np_dtype
+from ..._ir import Builder, Value
 from ...errors import UnsupportedOpError
-from .._registry import GradContext, grad_rule, unbroadcast
-
-
-def _dy(ctx: GradContext) -> Value:
-    g = ctx.dout(0)
-    if g is None:
-        raise ValueError(f"{ctx.where()}: output 0 has no gradient")
-    return g
-
-
-def _axis(ctx: GradContext, name: str, default: int, like: str) -> int:
-    """A non-negative axis attribute (negative ones count from the end of ``like``'s rank)."""
-    a = int(ctx.attr(name, default))
-    return a + ctx.rank(like) if a < 0 else a
-
-
-def _zeros(op: Builder, shape: Value, like: Value) -> Value:
-    """Zeros of a runtime ``shape`` in ``like``'s element type (no arithmetic on ``like``)."""
-    dtype = op.types[like]
-    value = helper.make_tensor("value", dtype, [1], np.zeros(1, dtype=np_dtype(dtype)))
-    out: Value = op.ConstantOfShape(shape, value=value)
-    op.types[out] = dtype
-    return out
+from .._helpers import axes as reduced_axes
+from .._helpers import axis, sum_to_shape, unbroadcast, zeros_of_shape
+from .._registry import GradContext, grad_rule
 
 
 def _nonnegative(ctx: GradContext, op: Builder, idx: Value, dim: Value) -> Value:
@@ -71,38 +51,37 @@ def layer_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
     μ and r are recomputed in x's own precision rather than read from the optional Mean and
     InvStdDev outputs, which opset 17 keeps in ``stash_type`` (float32 even for float64 x).
     """
-    if ctx.dout(1) is not None or ctx.dout(2) is not None:
+    if ctx.has_dy(1) or ctx.has_dy(2):
         raise _unsupported(ctx, "gradients through the Mean/InvStdDev outputs are not supported")
-    x = ctx.inputs[0]
+    x = ctx.x(0)
     scale, bias = ctx.input(1), ctx.input(2)
-    y, dy = ctx.outputs[0], _dy(ctx)
+    y, dy = ctx.outputs[0], ctx.dy()
     rank = ctx.rank(x)
-    axis = _axis(ctx, "axis", -1, x)
-    axes = list(range(axis, rank))
+    norm_axes = list(range(axis(ctx, x, default=-1), rank))
     eps = float(ctx.attr("epsilon", 1e-5))
-    mu = op.ReduceMean(x, axes, keepdims=1)
+    mu = op.ReduceMean(x, norm_axes, keepdims=1)
     xc = op.Sub(x, mu)
-    var = op.ReduceMean(op.Mul(xc, xc), axes, keepdims=1)
+    var = op.ReduceMean(op.Mul(xc, xc), norm_axes, keepdims=1)
     rstd = op.Reciprocal(op.Sqrt(op.Add(var, eps)))
     xhat = op.Mul(xc, rstd)
     grads: list[Value | None] = [None, None, None]
     if ctx.needs_grad(0):
         g = op.Mul(dy, scale) if scale is not None else dy
-        mean_g = op.ReduceMean(g, axes, keepdims=1)
-        mean_gx = op.ReduceMean(op.Mul(g, xhat), axes, keepdims=1)
+        mean_g = op.ReduceMean(g, norm_axes, keepdims=1)
+        mean_gx = op.ReduceMean(op.Mul(g, xhat), norm_axes, keepdims=1)
         grads[0] = op.Mul(rstd, op.Sub(op.Sub(g, mean_g), op.Mul(xhat, mean_gx)))
     if scale is not None and ctx.needs_grad(1):
-        grads[1] = unbroadcast(ctx, op, op.Mul(dy, xhat), scale, y)
+        grads[1] = sum_to_shape(op, op.Mul(dy, xhat), scale, y)
     if bias is not None and ctx.needs_grad(2):
-        grads[2] = unbroadcast(ctx, op, dy, bias, y)
+        grads[2] = sum_to_shape(op, dy, bias, y)
     return grads
 
 
 @grad_rule("Erf")
 def erf(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = erf x: dx = dy·(2/√π)·exp(-x²)."""
-    x = ctx.inputs[0]
-    return [op.Mul(_dy(ctx), op.Mul(op.Exp(op.Neg(op.Mul(x, x))), 2.0 / math.sqrt(math.pi)))]
+    x = ctx.x(0)
+    return [op.Mul(ctx.dy(), op.Mul(op.Exp(op.Neg(op.Mul(x, x))), 2.0 / math.sqrt(math.pi)))]
 
 
 @grad_rule("Gelu")
@@ -112,7 +91,7 @@ def gelu(ctx: GradContext, op: Builder) -> list[Value | None]:
     approximate="tanh": y = ½x(1 + t), t = tanh(u), u = √(2/π)(x + 0.044715x³):
     dx = dy·(½(1 + t) + ½x(1 - t²)·√(2/π)(1 + 3·0.044715x²)).
     """
-    x, dy = ctx.inputs[0], _dy(ctx)
+    x, dy = ctx.x(0), ctx.dy()
     mode = ctx.attr("approximate", "none")
     x2 = op.Mul(x, x)
     if mode == "none":
@@ -138,23 +117,22 @@ def gather(ctx: GradContext, op: Builder) -> list[Value | None]:
 
     For a ≠ 0 the indexed axis is moved to the front, scattered with ScatterND, and moved back.
     """
-    data, idx = ctx.inputs
-    dy = _dy(ctx)
+    data, idx = ctx.x(0), ctx.x(1)
+    dy = ctx.dy()
     if not ctx.needs_grad(0):
         return [None, None]
     rd, ri = ctx.rank(data), ctx.rank(idx)
-    a = _axis(ctx, "axis", 0, data)
+    a = axis(ctx, data)
     dshape = op.Shape(data)
-    if ctx.dtype(idx) != TensorProto.INT64:  # ScatterND takes int64 indices only
-        idx = op.Cast(idx, to=TensorProto.INT64)
+    idx = op.cast(idx, ir.DataType.INT64)  # ScatterND takes int64 indices only
     idx = _nonnegative(ctx, op, idx, op.Gather(dshape, op.const(np.array(a, dtype=np.int64))))
     perm = [a] + [d for d in range(rd) if d != a]  # data's axes with a first
     if a:
         lead = list(range(a, a + ri))
         dy = op.Transpose(dy, perm=lead + list(range(a)) + list(range(a + ri, rd - 1 + ri)))
-        zeros = _zeros(op, op.Gather(dshape, perm), dy)
+        zeros = zeros_of_shape(op, op.Gather(dshape, perm), dy)
     else:
-        zeros = _zeros(op, dshape, dy)
+        zeros = zeros_of_shape(op, dshape, dy)
     out = op.ScatterND(zeros, op.Unsqueeze(idx, [-1]), dy, reduction="add")
     if a:
         out = op.Transpose(out, perm=[int(i) for i in np.argsort(perm)])
@@ -165,21 +143,21 @@ def gather(ctx: GradContext, op: Builder) -> list[Value | None]:
 def gather_elements(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y[i][j] = data[idx[i][j]][j] (axis 0; likewise others): d data = ScatterElements of dy
     at idx into zeros, with reduction="add"."""
-    data, idx = ctx.inputs
+    data, idx = ctx.x(0), ctx.x(1)
     if not ctx.needs_grad(0):
         return [None, None]
-    a = _axis(ctx, "axis", 0, data)
+    a = axis(ctx, data)
     dshape = op.Shape(data)
     idx = _nonnegative(ctx, op, idx, op.Gather(dshape, op.const(np.array(a, dtype=np.int64))))
-    zeros = _zeros(op, dshape, data)
-    return [op.ScatterElements(zeros, idx, _dy(ctx), axis=a, reduction="add"), None]
+    zeros = zeros_of_shape(op, dshape, data)
+    return [op.ScatterElements(zeros, idx, ctx.dy(), axis=a, reduction="add"), None]
 
 
 @grad_rule("GatherND")
 def gather_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = data[idx[..., :]] (batch_dims = 0): d data = ScatterND of dy at idx into zeros,
     with reduction="add"."""
-    data, idx = ctx.inputs
+    data, idx = ctx.x(0), ctx.x(1)
     if not ctx.needs_grad(0):
         return [None, None]
     if int(ctx.attr("batch_dims", 0)):
@@ -190,7 +168,7 @@ def gather_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
         raise _unsupported(ctx, "the last dimension of GatherND's indices must be static")
     dshape = op.Shape(data)
     idx = _nonnegative(ctx, op, idx, op.Slice(dshape, [0], [k]))
-    return [op.ScatterND(_zeros(op, dshape, data), idx, _dy(ctx), reduction="add"), None]
+    return [op.ScatterND(zeros_of_shape(op, dshape, data), idx, ctx.dy(), reduction="add"), None]
 
 
 def _scatter_reduction(ctx: GradContext) -> str:
@@ -204,13 +182,12 @@ def _scatter_reduction(ctx: GradContext) -> str:
 def scatter_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = data with y[idx[k]] = upd[k] (reduction none) or += upd[k] (add):
     d data = dy with the written slots zeroed (none) or dy (add); d upd = dy[idx[k]]."""
-    _, idx, _ = ctx.inputs
-    dy = _dy(ctx)
+    idx, dy = ctx.x(1), ctx.dy()
     red = _scatter_reduction(ctx)
     grads: list[Value | None] = [None, None, None]
     if ctx.needs_grad(0):
         grads[0] = dy if red == "add" else op.ScatterND(
-            dy, idx, _zeros(op, op.Shape(ctx.inputs[2]), dy))
+            dy, idx, zeros_of_shape(op, op.Shape(ctx.x(2)), dy))
     if ctx.needs_grad(2):
         grads[2] = op.GatherND(dy, idx)
     return grads
@@ -221,14 +198,13 @@ def scatter_elements(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = data with y[idx[i][j]][j] = upd[i][j] (axis 0; reduction none) or += (add):
     d data = dy with the written elements zeroed (none) or dy (add);
     d upd = GatherElements(dy, idx)."""
-    data, idx, _ = ctx.inputs
-    dy = _dy(ctx)
+    data, idx, dy = ctx.x(0), ctx.x(1), ctx.dy()
     red = _scatter_reduction(ctx)
-    a = _axis(ctx, "axis", 0, data)
+    a = axis(ctx, data)
     grads: list[Value | None] = [None, None, None]
     if ctx.needs_grad(0):
         grads[0] = dy if red == "add" else op.ScatterElements(
-            dy, idx, _zeros(op, op.Shape(ctx.inputs[2]), dy), axis=a)
+            dy, idx, zeros_of_shape(op, op.Shape(ctx.x(2)), dy), axis=a)
     if ctx.needs_grad(2):
         grads[2] = op.GatherElements(dy, idx, axis=a)
     return grads
@@ -236,28 +212,18 @@ def scatter_elements(ctx: GradContext, op: Builder) -> list[Value | None]:
 
 # -- max and min -------------------------------------------------------------------------------
 
-def _reduce_axes(ctx: GradContext) -> list[int] | str | None:
-    """Reduced axes: a static list, a value name (known at run time only), or None if absent."""
-    if len(ctx.inputs) > 1 and ctx.inputs[1]:
-        known = ctx.const_value(ctx.inputs[1])
-        return [int(a) for a in known.reshape(-1)] if known is not None else ctx.inputs[1]
-    attr = ctx.attr("axes")
-    return [int(a) for a in attr] if attr is not None else None
-
-
 @grad_rule("ReduceMax", "ReduceMin")
 def reduce_extremum(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = max (min) of x over axes: dx = dy·[x = y]/#{x = y}, i.e. the gradient goes to the
     extremal elements and is shared evenly between ties (as torch.amax/amin)."""
-    x, y = ctx.inputs[0], ctx.outputs[0]
-    dy = _dy(ctx)
-    axes = _reduce_axes(ctx)
+    x, y = ctx.x(0), ctx.outputs[0]
+    dy = ctx.dy()
+    axes = reduced_axes(ctx)
     if not axes and int(ctx.attr("noop_with_empty_axes", 0)):
         return [dy, None]
     if axes and not int(ctx.attr("keepdims", 1)):
-        ax: list[int] | str = axes
-        y, dy = op.Unsqueeze(y, ax), op.Unsqueeze(dy, ax)
-    mask = op.Cast(op.Equal(x, y), to=ctx.dtype(x))
+        y, dy = op.Unsqueeze(y, axes), op.Unsqueeze(dy, axes)
+    mask = op.cast(op.Equal(x, y), x.dtype)
     count = op.ReduceSum(mask, axes, keepdims=1) if axes else op.ReduceSum(mask, keepdims=1)
     return [op.Div(op.Mul(dy, mask), count), None]
 
@@ -266,16 +232,14 @@ def reduce_extremum(ctx: GradContext, op: Builder) -> list[Value | None]:
 def elementwise_extremum(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = max(x₀, x₁, …) (broadcasting): dxᵢ = dy·[xᵢ = y]/#{j: xⱼ = y}, summed to xᵢ's
     shape; ties share the gradient evenly (torch.maximum gives each of two ties dy/2)."""
-    dy, y = _dy(ctx), ctx.outputs[0]
-    n = len(ctx.inputs)
-    if n == 1:
+    dy, y = ctx.dy(), ctx.outputs[0]
+    xs = [ctx.x(i) for i in range(len(ctx.inputs))]
+    if len(xs) == 1:
         return [dy]
-    dtype = ctx.dtype(y)
-    masks = [op.Cast(op.Equal(x, y), to=dtype) for x in ctx.inputs]
-    count = op.Sum(*masks)
-    share = op.Div(dy, count)
-    return [unbroadcast(ctx, op, op.Mul(share, masks[i]), ctx.inputs[i], y)
-            if ctx.needs_grad(i) else None for i in range(n)]
+    masks = [op.cast(op.Equal(x, y), y.dtype) for x in xs]
+    share = op.Div(dy, op.Sum(*masks))
+    return [unbroadcast(ctx, op, op.Mul(share, masks[i]), i) if ctx.needs_grad(i) else None
+            for i in range(len(xs))]
 
 
 # -- Einsum and CumSum -------------------------------------------------------------------------
@@ -297,8 +261,8 @@ def _einsum_terms(ctx: GradContext) -> tuple[list[str], str]:
         rhs = ("..." if "..." in lhs else "") + "".join(
             sorted(c for c in set(letters) if letters.count(c) == 1))
     free = [c for c in string.ascii_letters if c not in eq]
-    widths = [ctx.rank(x) - len(t.replace("...", "")) if "..." in t else 0
-              for x, t in zip(ctx.inputs, terms)]
+    widths = [ctx.rank(ctx.x(i)) - len(t.replace("...", "")) if "..." in t else 0
+              for i, t in enumerate(terms)]
     width = max(widths, default=0)
     if len(free) < width:
         raise _unsupported(ctx, "too many ellipsis dimensions")
@@ -315,9 +279,10 @@ def einsum(ctx: GradContext, op: Builder) -> list[Value | None]:
     operand (traces, diagonals) are not supported.
     """
     terms, out = _einsum_terms(ctx)
-    dy = _dy(ctx)
+    dy = ctx.dy()
     grads: list[Value | None] = []
-    for i, (x, term) in enumerate(zip(ctx.inputs, terms)):
+    operands = [ctx.x(i) for i in range(len(ctx.inputs))]
+    for i, (x, term) in enumerate(zip(operands, terms)):
         if not ctx.needs_grad(i):
             grads.append(None)
             continue
@@ -328,13 +293,13 @@ def einsum(ctx: GradContext, op: Builder) -> list[Value | None]:
         seen = set(out) | set("".join(others))
         kept = "".join(c for c in term if c in seen)
         eq = ",".join([out, *others]) + "->" + kept
-        g = op.Einsum(dy, *[v for j, v in enumerate(ctx.inputs) if j != i], equation=eq)
+        g = op.Einsum(dy, *[v for j, v in enumerate(operands) if j != i], equation=eq)
         if kept != term:  # letters summed out of xᵢ alone: broadcast dy back over them
             g = op.Expand(op.Unsqueeze(g, [k for k, c in enumerate(term) if c not in seen]),
                           op.Shape(x))
         xs = ctx.shape(x)
         if xs is None or any(d == 1 or not isinstance(d, int) for d in xs):
-            g = unbroadcast(ctx, op, g, x, g)  # a size-1 dim of xᵢ may have broadcast
+            g = sum_to_shape(op, g, x)  # a size-1 dim of xᵢ may have broadcast
         grads.append(g)
     return grads
 
@@ -345,5 +310,5 @@ def cumsum(ctx: GradContext, op: Builder) -> list[Value | None]:
     of dy in the opposite direction, with the same exclusivity."""
     reverse = int(ctx.attr("reverse", 0))
     exclusive = int(ctx.attr("exclusive", 0))
-    return [op.CumSum(_dy(ctx), ctx.inputs[1], exclusive=exclusive, reverse=1 - reverse), None]
+    return [op.CumSum(ctx.dy(), ctx.x(1), exclusive=exclusive, reverse=1 - reverse), None]
 

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto, helper
 
-from ..._graph import Builder, Value, np_dtype
+from ..._ir import Builder, Value, np_dtype
 from ...errors import UnsupportedOpError
-from .._registry import GradContext, grad_rule, unbroadcast
-from .conv import output_grad
+from .._helpers import INT64_MAX, float_const, unbroadcast, zero
+from .._registry import GradContext, grad_rule
 
 
 @grad_rule("HardSigmoid")
 def hard_sigmoid(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = clip(αx + β, 0, 1): dx = α·dy where 0 < αx + β < 1, else 0."""
-    alpha = float(np.float32(ctx.attr("alpha", 0.2)))  # attributes are float32
-    beta = float(np.float32(ctx.attr("beta", 0.5)))
-    z = op.Add(op.Mul(ctx.inputs[0], alpha), beta)
+    x, dy = ctx.x(0), ctx.dy()
+    alpha = float_const(op, ctx.attr("alpha", 0.2), x)  # attributes are float32
+    z = op.Add(op.Mul(x, alpha), float_const(op, ctx.attr("beta", 0.5), x))
     inside = op.And(op.Greater(z, 0.0), op.Less(z, 1.0))
-    dy = output_grad(ctx)
-    return [op.Where(inside, op.Mul(dy, alpha), op.zeros_like(dy))]
+    return [op.Where(inside, op.Mul(dy, alpha), zero(op, dy))]
 
 
 @grad_rule("HardSwish")
@@ -29,17 +29,17 @@ def hard_swish(ctx: GradContext, op: Builder) -> list[Value | None]:
 
     α is taken as float32(1/6), the constant runtimes use, so gradients match their forward.
     """
-    x, dy = ctx.inputs[0], ctx.dout(0)
+    x, dy = ctx.x(0), ctx.dy()
     mid = op.Add(op.Mul(x, 2.0 * float(np.float32(1.0 / 6.0))), 0.5)
-    slope = op.Where(op.Less(x, -3.0), op.zeros_like(x),
-                     op.Where(op.Greater(x, 3.0), op.ones_like(x), mid))
+    slope = op.Where(op.Less(x, -3.0), zero(op, x),
+                     op.Where(op.Greater(x, 3.0), op.scalar(1.0, x), mid))
     return [op.Mul(dy, slope)]
 
 
 @grad_rule("Mish")
 def mish(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x·tanh(softplus(x)): dx = dy·(t + x·σ(x)·(1 - t²)), t = tanh(softplus(x))."""
-    x, dy = ctx.inputs[0], ctx.dout(0)
+    x, dy = ctx.x(0), ctx.dy()
     t = op.Tanh(op.Softplus(x))
     d = op.Add(t, op.Mul(op.Mul(x, op.Sigmoid(x)), op.Sub(1.0, op.Mul(t, t))))
     return [op.Mul(dy, d)]
@@ -48,27 +48,25 @@ def mish(ctx: GradContext, op: Builder) -> list[Value | None]:
 @grad_rule("PRelu")
 def prelu(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x if x > 0 else a·x (a broadcast to x): dx = dy or a·dy, da = Σ dy·x where x ≤ 0."""
-    x, a = ctx.inputs[0], ctx.inputs[1]
-    dy = output_grad(ctx)
+    x, a, dy = ctx.x(0), ctx.x(1), ctx.dy()
     pos = op.Greater(x, 0.0)
     grads: list[Value | None] = [None, None]
     if ctx.needs_grad(0):
         grads[0] = op.Where(pos, dy, op.Mul(dy, a))
     if ctx.needs_grad(1):
-        g = op.Where(pos, op.zeros_like(dy), op.Mul(dy, x))
-        grads[1] = unbroadcast(ctx, op, g, a, ctx.outputs[0])
+        grads[1] = unbroadcast(ctx, op, op.Where(pos, zero(op, dy), op.Mul(dy, x)), 1)
     return grads
 
 
 # -- Pad ---------------------------------------------------------------------------------------
 
-def _static_shape(ctx: GradContext, name: str, skip_batch: bool) -> list[int]:
+def _static_shape(ctx: GradContext, name: Value, skip_batch: bool) -> list[int]:
     shape = ctx.shape(name)
     dims = list(shape or [])
     check = dims[1:] if skip_batch else dims
     if shape is None or any(not isinstance(d, int) for d in check):
         raise UnsupportedOpError(f"{ctx.where()}: the gradient needs the static shape of "
-                                 f"{name!r}, got {shape}")
+                                 f"{name.name!r}, got {shape}")
     return [int(d) if isinstance(d, int) else -1 for d in dims]
 
 
@@ -96,7 +94,7 @@ def pad(ctx: GradContext, op: Builder) -> list[Value | None]:
     reflect/edge/wrap: the copy map is static, so it is computed once with numpy (np.pad of
     an index grid) and dx = ScatterElements(0, map, dy, reduction="add") per sample.
     """
-    x, dy = ctx.inputs[0], ctx.dout(0)
+    x, dy = ctx.x(0), ctx.dy()
     rank = ctx.rank(x)
     pads = _pad_amounts(ctx, rank)
     mode = ctx.attr("mode", "constant")
@@ -107,8 +105,7 @@ def pad(ctx: GradContext, op: Builder) -> list[Value | None]:
         axes = [a for a in range(rank) if pads[a] > 0 or pads[rank + a] > 0]
         if axes:
             starts = [max(pads[a], 0) for a in axes]
-            ends = [-pads[rank + a] if pads[rank + a] > 0 else np.iinfo(np.int64).max
-                    for a in axes]
+            ends = [-pads[rank + a] if pads[rank + a] > 0 else INT64_MAX for a in axes]
             g = op.Slice(g, starts, ends, axes)
         grads[0] = g
         return grads
@@ -143,8 +140,8 @@ def _resize_matrix(ctx: GradContext, n_in: int, n_out: int, scale: float | None
     """
     from onnx.reference import ReferenceEvaluator
 
-    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute
-             if a.name not in ("axes", "keep_aspect_ratio_policy")}
+    attrs = {k: ctx.attr(k) for k in ctx.node.attributes
+             if k not in ("axes", "keep_aspect_ratio_policy")}
     dt = np.float64
     if scale is None:  # the node gave sizes: the transform uses out/in
         node = helper.make_node("Resize", ["X", "", "", "sizes"], ["Y"], **attrs)
@@ -172,7 +169,7 @@ def resize(ctx: GradContext, op: Builder) -> list[Value | None]:
 
     Each resized axis is moved last, multiplied by R_aᵀ (MatMul) and moved back.
     """
-    x, y, dy = ctx.inputs[0], ctx.outputs[0], ctx.dout(0)
+    x, y, dy = ctx.x(0), ctx.outputs[0], ctx.dy()
     mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
     if mode == "tf_crop_and_resize":
         raise UnsupportedOpError(f"{ctx.where()}: tf_crop_and_resize has no gradient rule")
@@ -190,7 +187,7 @@ def resize(ctx: GradContext, op: Builder) -> list[Value | None]:
             scales[a] = float(s)
     assert xs is not None and ys is not None
     g = dy
-    dt = np_dtype(ctx.dtype(x))
+    dt = np_dtype(x.dtype or ir.DataType.FLOAT)
     for a in range(rank):
         n_in, n_out = xs[a], ys[a]
         if sizes_v is None and scales[a] == 1.0:
@@ -216,15 +213,15 @@ def resize(ctx: GradContext, op: Builder) -> list[Value | None]:
 @grad_rule("Expand")
 def expand(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = broadcast(x, shape): dx = dy summed over the broadcast axes."""
-    return [unbroadcast(ctx, op, output_grad(ctx), ctx.inputs[0], ctx.outputs[0]), None]
+    return [unbroadcast(ctx, op, ctx.dy(), 0), None]
 
 
 @grad_rule("Tile")
 def tile(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = tile(x, r): view dy as [r₀, d₀, r₁, d₁, …] and sum over the r axes."""
-    x, reps = ctx.inputs[0], ctx.inputs[1]
+    x, reps = ctx.x(0), ctx.x(1)
     rank = ctx.rank(x)
     pairs = op.Concat(op.Unsqueeze(reps, [1]), op.Unsqueeze(op.Shape(x), [1]), axis=1)
-    g = op.Reshape(ctx.dout(0), op.Reshape(pairs, [-1]))
+    g = op.Reshape(ctx.dy(), op.Reshape(pairs, [-1]))
     g = op.ReduceSum(g, [2 * i for i in range(rank)], keepdims=0)
     return [g, None]
