@@ -154,10 +154,12 @@ def test_metadata_lists_signatures_and_state() -> None:
     names = [[s["name"] for s in sigs[k]["inputs"]] for k in ("infer", "train", "eval")]
     assert names == [["x"], ["x", "y", "lr"], ["x", "y"]]
     assert sigs["infer"]["outputs"] == [{"name": "logits", "dtype": "float32",
-                                         "shape": ["batch", 10]}]
-    assert sigs["train"]["inputs"][1] == {"name": "y", "dtype": "int64", "shape": ["batch"]}
+                                         "shape": ["batch", 10], "role": "prediction"}]
+    assert sigs["train"]["inputs"][1] == {"name": "y", "dtype": "int64", "shape": ["batch"],
+                                          "role": "label"}
     lr = sigs["train"]["inputs"][2]
     assert lr["optional"] and lr["default"] == pytest.approx(2e-3) and lr["shape"] == []
+    assert lr["role"] == "lr"
     assert [o["name"] for o in sigs["train"]["outputs"]] == ["loss"]
     assert [o["name"] for o in sigs["eval"]["outputs"]] == ["loss", "accuracy"]
     assert sigs["save"]["kind"] == sigs["restore"]["kind"] == "builtin"

@@ -12,7 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import losses, optim, select
-from .compile import TrainableModel, compile
+from ._api import TrainableModel, compile
 from .errors import (
     CheckpointError,
     EdgetrainError,

@@ -6,34 +6,38 @@ output, as in PEFT, rather than a dense ``W + (α/r)·A·B``, so the backward pa
 gradient the size of W. B starts at zero, so the compiled model computes exactly the base
 model's function until the first update. Everything else is frozen unless named in ``also``.
 
-The rewrite is recorded in the metadata (``lora`` for people and ``edgetrain info``,
-``lora_merge`` for the exporter), so that ``Model.export`` can fold the adapters back into
-plain weights, ``W ← W + (α/r)·A·B``, and drop the side branches: the deployed model has the
-original graph and size.
+LoRA is a rewrite of the inference graph, not a selection: the compiler applies it before
+choosing what trains. The rewrite is recorded in the metadata (``lora`` for people and
+``edgetrain info``, ``lora_merge`` for the exporter), so that exporting can fold the adapters
+back into plain weights, ``W ← W + (α/r)·A·B``, and drop the side branches: the deployed model
+has the original graph and size (see ``edgetrain.format``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
-from ._graph import graph_names, is_float, np_dtype, unique_name
+from ._ir import Builder, is_float, np_dtype, redirect, static_dims
 from .errors import EdgetrainError
-from .select import Selector
 
 
-class LoRA(Selector):
-    """A trainable-parameter choice that rewrites the graph first (see module docstring).
+@dataclass
+class LoRAResult:
+    """What the rewrite adds: trainable adapter names and metadata entries."""
 
-    ``compile(trainable=select.lora(...))`` calls :meth:`rewrite`, which returns the new model,
-    the names to train (adapters and ``also``) and metadata entries.
-    """
+    trainable: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class LoRA:
+    """``select.lora(...)``: adapters on the MatMul/Gemm weights matching ``targets``."""
 
     def __init__(self, rank: int, alpha: float, targets: Sequence[str] | str,
                  also: Sequence[str] | str = (), seed: int = 0) -> None:
@@ -48,7 +52,6 @@ class LoRA(Selector):
         self.seed = seed
         if not self.targets:
             raise EdgetrainError("lora needs at least one target pattern, e.g. ['*query*']")
-        super().__init__(repr(self).removeprefix("edgetrain.select."), self._refuse)
 
     @property
     def scale(self) -> float:
@@ -59,83 +62,24 @@ class LoRA(Selector):
         return (f"edgetrain.select.lora(rank={self.rank}, alpha={self.alpha:g}, "
                 f"targets={self.targets!r}{also})")
 
-    def _refuse(self, graph: onnx.GraphProto) -> list[str]:
-        raise EdgetrainError("select.lora(...) rewrites the graph, so it must be the whole "
-                             "trainable= argument; name other parameters to train with "
-                             "lora(..., also=[...])")
-
-    # -- the rewrite ---------------------------------------------------------------------------
-    def rewrite(self, model: onnx.ModelProto
-                ) -> tuple[onnx.ModelProto, list[str], dict[str, Any]]:
-        """Add the adapters; return (model, trainable names, metadata entries)."""
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        g = out.graph
-        inits = {t.name: t for t in g.initializer}
-        sites = _sites(g, inits)
-        chosen: dict[str, list[tuple[int, onnx.NodeProto]]] = {}
-        for pos, node, w in sites:
-            names = (w, node.name, node.output[0])
-            if any(fnmatch.fnmatchcase(n, pat) for pat in self.targets for n in names):
-                chosen.setdefault(w, []).append((pos, node))
-        if not chosen:
-            listed = sorted({f"{w} (node {n.name!r})" for _, n, w in sites})
-            raise EdgetrainError(
-                f"lora targets {self.targets} match no MatMul/Gemm weight (patterns match the "
-                f"weight's or the node's name); adaptable weights are: "
-                f"{', '.join(listed[:12])}{' …' if len(listed) > 12 else ''}")
-
-        taken = graph_names(g)
-        vinfo = {v.name: v for v in list(g.input) + list(g.value_info) + list(g.output)}
+    def rewrite(self, graph: ir.Graph, op: Builder) -> LoRAResult:
+        """Add the adapters to ``graph`` (in place, through ``op``)."""
+        chosen = self._chosen(graph)
         rng = np.random.default_rng(self.seed)
-        inserts: dict[int, list[onnx.NodeProto]] = {}
-        new_vis: list[onnx.ValueInfoProto] = []
+        result = LoRAResult()
         adapters: list[dict[str, Any]] = []
-        trainable: list[str] = []
         n_params = n_bytes = 0
         for w, uses in chosen.items():
-            t = inits[w]
-            dtype = np_dtype(t.data_type)
-            transposed = any(n.op_type == "Gemm" and _attr(n, "transB", 0) for _, n in uses)
-            if transposed and not all(n.op_type == "Gemm" and _attr(n, "transB", 0)
-                                      for _, n in uses):
-                raise EdgetrainError(f"weight {w!r} is read both transposed and not; "
-                                     "lora cannot adapt it")
-            d_out, d_in = (t.dims if transposed else t.dims[::-1])
-            a_name, b_name = unique_name(f"{w}.lora_A", taken), unique_name(f"{w}.lora_B", taken)
-            bound = 1.0 / math.sqrt(d_in)  # PEFT: kaiming_uniform(a=√5) on A
-            a = rng.uniform(-bound, bound, size=(d_in, self.rank)).astype(dtype)
-            b = np.zeros((self.rank, d_out), dtype=dtype)
-            g.initializer.extend([numpy_helper.from_array(a, a_name),
-                                  numpy_helper.from_array(b, b_name)])
-            trainable += [a_name, b_name]
-            n_params += a.size + b.size
-            n_bytes += a.nbytes + b.nbytes
-            entry: dict[str, Any] = {"weight": w, "A": a_name, "B": b_name,
-                                     "scale": self.scale, "transposed": bool(transposed),
-                                     "sites": []}
-            for pos, node in uses:
-                nodes, vis, site = _branch(node, a_name, b_name, self.rank, self.scale,
-                                           t.data_type, taken, vinfo)
-                inserts.setdefault(pos, []).extend(nodes)
-                new_vis.extend(vis)
-                entry["sites"].append(site)
-            adapters.append(entry)
-
-        ordered: list[onnx.NodeProto] = []
-        for pos, node in enumerate(g.node):
-            ordered.append(node)
-            ordered.extend(inserts.get(pos, []))
-        del g.node[:]
-        g.node.extend(ordered)
-        g.value_info.extend(new_vis)
-
-        if self.also:
-            from .select import resolve
-
-            extra = resolve(self.also, g)
-            trainable += [n for n in extra if n not in trainable]
-        meta = {
+            a, b, transposed = self._adapter(graph, op, w, uses, rng)
+            result.trainable += [str(a.name), str(b.name)]
+            for v in (a, b):
+                arr = v.const_value.numpy() if v.const_value is not None else np.zeros(0)
+                n_params += arr.size
+                n_bytes += arr.nbytes
+            sites = [_branch(op.at(after=node), node, a, b, self.scale) for node in uses]
+            adapters.append({"weight": w.name, "A": a.name, "B": b.name, "scale": self.scale,
+                             "transposed": transposed, "sites": sites})
+        result.meta = {
             "selection": repr(self),
             "lora": {"rank": self.rank, "alpha": self.alpha, "targets": self.targets,
                      "adapted_weights": len(adapters), "adapter_parameters": int(n_params),
@@ -143,114 +87,87 @@ class LoRA(Selector):
                      "also": self.also},
             "lora_merge": adapters,
         }
-        return out, trainable, meta
+        return result
+
+    def _chosen(self, graph: ir.Graph) -> dict[ir.Value, list[ir.Node]]:
+        sites = _sites(graph)
+        chosen: dict[ir.Value, list[ir.Node]] = {}
+        for node, w in sites:
+            names = (w.name, node.name, node.outputs[0].name)
+            if any(n and fnmatch.fnmatchcase(n, pat) for pat in self.targets for n in names):
+                chosen.setdefault(w, []).append(node)
+        if not chosen:
+            listed = sorted({f"{w.name} (node {n.name!r})" for n, w in sites})
+            raise EdgetrainError(
+                f"lora targets {self.targets} match no MatMul/Gemm weight (patterns match the "
+                f"weight's or the node's name); adaptable weights are: "
+                f"{', '.join(listed[:12])}{' …' if len(listed) > 12 else ''}")
+        return chosen
+
+    def _adapter(self, graph: ir.Graph, op: Builder, w: ir.Value, uses: list[ir.Node],
+                 rng: np.random.Generator) -> tuple[ir.Value, ir.Value, bool]:
+        trans = [n.op_type == "Gemm" and _attr(n, "transB", 0) for n in uses]
+        if any(trans) and not all(trans):
+            raise EdgetrainError(f"weight {w.name!r} is read both transposed and not; "
+                                 "lora cannot adapt it")
+        shape = static_dims(w)
+        assert shape is not None and len(shape) == 2
+        d_out, d_in = shape if trans[0] else shape[::-1]
+        dtype = np_dtype(w.dtype or ir.DataType.FLOAT)
+        bound = 1.0 / math.sqrt(d_in)  # PEFT: kaiming_uniform(a=√5) on A
+        a = _initializer(graph, op, f"{w.name}.lora_A",
+                         rng.uniform(-bound, bound, size=(d_in, self.rank)).astype(dtype))
+        b = _initializer(graph, op, f"{w.name}.lora_B", np.zeros((self.rank, d_out), dtype))
+        return a, b, bool(trans[0])
 
 
-def _sites(g: onnx.GraphProto, inits: Mapping[str, onnx.TensorProto]
-           ) -> list[tuple[int, onnx.NodeProto, str]]:
-    """(position, node, weight) for every MatMul/Gemm whose right operand is a float matrix."""
+def _initializer(graph: ir.Graph, op: Builder, hint: str, arr: np.ndarray) -> ir.Value:
+    name = op.namer.fresh(hint)
+    v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(
+        arr.dtype)), const_value=ir.tensor(arr, name=name))
+    graph.register_initializer(v)
+    return v
+
+
+def _sites(graph: ir.Graph) -> list[tuple[ir.Node, ir.Value]]:
+    """(node, weight) for every MatMul/Gemm whose right operand is a float matrix initializer."""
     out = []
-    for pos, n in enumerate(g.node):
-        if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2:
+    for n in graph:
+        if n.op_type not in ("MatMul", "Gemm") or len(n.inputs) < 2:
             continue
-        w = inits.get(n.input[1])
-        if w is not None and is_float(w.data_type) and len(w.dims) == 2:
-            out.append((pos, n, w.name))
+        w = n.inputs[1]
+        if w is not None and w.is_initializer() and is_float(w.dtype) \
+                and w.shape is not None and len(w.shape) == 2:
+            out.append((n, w))
     return out
 
 
-def _branch(node: onnx.NodeProto, a: str, b: str, rank: int, scale: float, elem: int,
-            taken: set[str], vinfo: Mapping[str, onnx.ValueInfoProto]
-            ) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto], dict[str, Any]]:
-    """The side branch y = y_base + s·(x·A)·B for one MatMul/Gemm node (edited in place)."""
-    y = node.output[0]
-    x = node.input[0]
-    base = unique_name(f"{y}/lora_base", taken)
-    node.output[0] = base
-    tag = unique_name(f"{node.name or y}/lora", taken)
-
-    def v(hint: str) -> str:
-        return unique_name(f"{tag}/{hint}", taken)
-
+def _branch(op: Builder, node: ir.Node, a: ir.Value, b: ir.Value, scale: float
+            ) -> dict[str, Any]:
+    """y = y_base + s·(x·A)·B after one MatMul/Gemm node; returns the merge record."""
+    y, x = node.outputs[0], node.inputs[0]
+    assert x is not None
+    readers = list(y.uses())
+    start = len(op.nodes)
     s = scale * (float(_attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0)
-    nodes: list[onnx.NodeProto] = []
     if node.op_type == "Gemm" and _attr(node, "transA", 0):
-        xt = v("xT")
-        nodes.append(helper.make_node("Transpose", [x], [xt], name=v("Transpose"), perm=[1, 0]))
-        x = xt
-    xa, xab, sc, d = v("xA"), v("xAB"), v("scale"), v("delta")
-    nodes += [
-        helper.make_node("MatMul", [x, a], [xa], name=v("MatMul_A")),
-        helper.make_node("MatMul", [xa, b], [xab], name=v("MatMul_B")),
-        helper.make_node("Constant", [], [sc], name=v("Constant"),
-                         value=numpy_helper.from_array(np.array(s, dtype=np_dtype(elem)))),
-        helper.make_node("Mul", [xab, sc], [d], name=v("Mul")),
-        helper.make_node("Add", [base, d], [y], name=v("Add")),
-    ]
-    vis: list[onnx.ValueInfoProto] = []
-    if y in vinfo:  # shapes for the autodiff's static facts (y_base, x·A·B and s·x·A·B = y's)
-        for name in (base, xab, d):
-            vi = onnx.ValueInfoProto()
-            vi.CopyFrom(vinfo[y])
-            vi.name = name
-            vis.append(vi)
-    xin = node.input[0]
-    if xin in vinfo and vinfo[xin].type.tensor_type.HasField("shape"):
-        dims = [(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-                for d in vinfo[xin].type.tensor_type.shape.dim]
-        if x != xin:
-            dims = dims[::-1]
-            vis.append(helper.make_tensor_value_info(x, elem, dims))
-        vis.append(helper.make_tensor_value_info(xa, elem, dims[:-1] + [rank]))
-    site = {"node": node.name, "base": base, "output": y,
-            "nodes": [n.name for n in nodes]}
-    return nodes, vis, site
+        x = op.Transpose(x, perm=[1, 0])
+    xab = op.MatMul(op.MatMul(x, a), b)
+    delta = op.Mul(xab, op.const(np.array(s, dtype=np_dtype(y.dtype or ir.DataType.FLOAT))))
+    out = op.Add(y, delta)
+    out.shape = y.shape
+    redirect(y, out, readers, suffix="/lora_base")
+    return {"node": node.name, "base": y.name, "output": out.name,
+            "nodes": [n.name for n in op.nodes[start:]]}
 
 
-def merge(model: onnx.ModelProto, adapters: Iterable[Mapping[str, Any]]) -> None:
-    """Fold the adapters into their weights and remove the side branches (in place).
-
-    ``model``'s initializers must hold the current values of the weights and adapters.
-    """
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    drop: set[str] = set()
-    rename: dict[str, str] = {}
-    for ad in adapters:
-        w = numpy_helper.to_array(inits[ad["weight"]])
-        a = numpy_helper.to_array(inits[ad["A"]]).astype(np.float64)
-        b = numpy_helper.to_array(inits[ad["B"]]).astype(np.float64)
-        delta = float(ad["scale"]) * (a @ b)
-        merged = (w.astype(np.float64) + (delta.T if ad["transposed"] else delta)).astype(w.dtype)
-        inits[ad["weight"]].CopyFrom(numpy_helper.from_array(merged, ad["weight"]))
-        for site in ad["sites"]:
-            drop.update(site["nodes"])
-            rename[site["base"]] = site["output"]
-    keep = [n for n in g.node if n.name not in drop]
-    for n in keep:
-        for k, o in enumerate(n.output):
-            if o in rename:
-                n.output[k] = rename[o]
-    del g.node[:]
-    g.node.extend(keep)
-    vis = [v for v in g.value_info if v.name not in rename]
-    del g.value_info[:]
-    g.value_info.extend(vis)
-
-
-# -- small helpers -----------------------------------------------------------------------------
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+def _attr(node: ir.Node, name: str, default: Any) -> Any:
+    a = node.attributes.get(name)
+    return default if a is None else a.value
 
 
 def _human(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
-
-
-__all__ = ["LoRA", "merge"]
+__all__ = ["LoRA", "LoRAResult"]

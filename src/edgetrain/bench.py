@@ -262,7 +262,7 @@ def optimizer_from_spec(spec: dict[str, Any]) -> Any:
 
 def compile_workload(w: Workload) -> Any:
     """The trainable model of a workload; WorkloadUnavailable when edgetrain cannot compile it."""
-    from .compile import compile as et_compile
+    from ._api import compile as et_compile
 
     try:
         return et_compile(w.model, loss="cross_entropy", optimizer=optimizer_from_spec(w.optimizer),

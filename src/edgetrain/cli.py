@@ -49,7 +49,7 @@ def _optimizer(args: argparse.Namespace) -> Any:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .compile import compile as et_compile
+    from ._api import compile as et_compile
 
     tm = et_compile(args.input, loss=args.loss, optimizer=_optimizer(args),
                     trainable=args.trainable or None, output=args.output_name,

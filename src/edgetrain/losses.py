@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from onnx import TensorProto
+import onnx_ir as ir
 
-from ._graph import Builder, Value
+from ._ir import Builder, Dims, Value
 from .errors import EdgetrainError
 
 #: Builds d(loss)/d(prediction) into a builder, given the seed d(loss) (1, or the lr).
@@ -26,15 +26,16 @@ class Loss:
 
     reduction: str = "mean"
     name: ClassVar[str] = "loss"
-    #: Whether the task is classification (eval reports accuracy).
-    classification: ClassVar[bool] = False
+    #: "multiclass" (one label per row among C classes), "binary" (independent 0/1 targets)
+    #: or "regression": what the model's output means, for drivers and reports.
+    task: ClassVar[str] = "regression"
 
     def __post_init__(self) -> None:
         if self.reduction not in ("mean", "sum"):
             raise EdgetrainError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
 
-    def label_spec(self, pred_shape: tuple[Any, ...] | None, pred_type: int,
-                   labels: str) -> tuple[int, list[Any]]:
+    def label_spec(self, pred_shape: Dims | None, pred_type: ir.DataType,
+                   labels: str) -> tuple[ir.DataType, list[Any]]:
         """Element type and shape of the label input ``y``."""
         return pred_type, list(pred_shape) if pred_shape is not None else []
 
@@ -50,6 +51,10 @@ class Loss:
         one (softmax cross-entropy: 7 nodes instead of 17, which shows on small models).
         """
         return self.build(op, pred, y, labels), None
+
+    def metrics(self, op: Builder, pred: Value, y: Value, labels: str) -> dict[str, Value]:
+        """Scalar metrics the ``eval`` signature reports besides the loss."""
+        return {}
 
     def _reduce(self, op: Builder, per_elem: Value) -> Value:
         if self.reduction == "sum":
@@ -69,14 +74,20 @@ class CrossEntropy(Loss):
 
     label_smoothing: float = 0.0
     name: ClassVar[str] = "cross_entropy"
-    classification: ClassVar[bool] = True
+    task: ClassVar[str] = "multiclass"
 
-    def label_spec(self, pred_shape: tuple[Any, ...] | None, pred_type: int,
-                   labels: str) -> tuple[int, list[Any]]:
+    def label_spec(self, pred_shape: Dims | None, pred_type: ir.DataType,
+                   labels: str) -> tuple[ir.DataType, list[Any]]:
         batch = pred_shape[0] if pred_shape else "batch"
         if labels == "index":
-            return TensorProto.INT64, [batch]
+            return ir.DataType.INT64, [batch]
         return pred_type, list(pred_shape) if pred_shape is not None else [batch, None]
+
+    def metrics(self, op: Builder, pred: Value, y: Value, labels: str) -> dict[str, Value]:
+        guess = op.ArgMax(pred, axis=1, keepdims=0)
+        truth = y if labels == "index" else op.ArgMax(y, axis=1, keepdims=0)
+        return {"accuracy": op.ReduceMean(op.cast(op.Equal(guess, truth), pred.dtype),
+                                          keepdims=0)}
 
     def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
         return self.build_with_gradient(op, pred, y, labels)[0]
@@ -92,7 +103,7 @@ class CrossEntropy(Loss):
             # onnxruntime, and Equal/Range/Cast run on every runtime in every float type.
             # A class count known at compile time makes arange(C) a constant: four nodes
             # fewer per step, which shows on small models where each node's dispatch counts.
-            shape = getattr(op, "static_shapes", {}).get(pred)
+            shape = pred.shape
             if shape is not None and len(shape) == 2 and isinstance(shape[1], int) \
                     and shape[1] > 0:
                 classes = op.const(np.arange(shape[1], dtype=np.int64), hint="classes")
@@ -101,14 +112,13 @@ class CrossEntropy(Loss):
                     np.zeros(0, dtype=np.int64)))  # a scalar: Range wants one
                 classes = op.Range(op.const(np.array(0, dtype=np.int64)), depth,
                                    op.const(np.array(1, dtype=np.int64)))
-            target = op.Cast(op.Equal(op.Unsqueeze(y, [1]), classes), to=op.types[pred])
+            target = op.cast(op.Equal(op.Unsqueeze(y, [1]), classes), pred.dtype)
         else:
             target = y
         if self.label_smoothing:
             eps = float(self.label_smoothing)
-            n = op.Cast(op.Slice(op.Shape(pred), [1], [2]), to=op.types[pred])
-            target = op.Add(op.Mul(target, 1.0 - eps), op.Div(op.const(
-                np.array(eps, dtype=_np(op, pred))), n))
+            n = op.cast(op.Slice(op.Shape(pred), [1], [2]), pred.dtype)
+            target = op.Add(op.Mul(target, 1.0 - eps), op.Div(op.scalar(eps, pred), n))
         per_row = op.Neg(op.ReduceSum(op.Mul(target, logp), [1], keepdims=0))
         loss = self._reduce(op, per_row)
         normalized = labels == "index" and not self.label_smoothing
@@ -117,8 +127,7 @@ class CrossEntropy(Loss):
         def gradient(bop: Builder, seed: Value) -> Value:
             # In torch's rounding order: g = −target·k for the log-probabilities, then the
             # LogSoftmax backward g − softmax·Σg (k = seed / n for the mean).
-            k = bop.Div(seed, bop.Cast(bop.Size(per_row), to=bop.types[pred])) if mean \
-                else seed
+            k = bop.Div(seed, bop.cast(bop.Size(per_row), pred.dtype)) if mean else seed
             p = bop.Exp(logp)
             total = k if normalized else bop.Mul(bop.ReduceSum(target, [1], keepdims=1), k)
             return bop.Sub(bop.Mul(p, total), bop.Mul(target, k))
@@ -167,7 +176,11 @@ class BCEWithLogits(Loss):
     """Binary cross-entropy on logits: max(x,0) - x·y + log(1 + e^-|x|), numerically stable."""
 
     name: ClassVar[str] = "bce_with_logits"
-    classification: ClassVar[bool] = False
+    task: ClassVar[str] = "binary"
+
+    def metrics(self, op: Builder, pred: Value, y: Value, labels: str) -> dict[str, Value]:
+        hit = op.Equal(op.Greater(pred, 0.0), op.Greater(y, 0.5))
+        return {"accuracy": op.ReduceMean(op.cast(hit, pred.dtype), keepdims=0)}
 
     def build(self, op: Builder, pred: Value, y: Value, labels: str) -> Value:
         per = op.Add(op.Sub(op.Relu(pred), op.Mul(pred, y)), op.Softplus(op.Neg(op.Abs(pred))))
@@ -194,8 +207,3 @@ def from_config(cfg: dict[str, Any]) -> Loss:
     cls = _BY_NAME[cfg.pop("name")]
     return cls(**cfg)
 
-
-def _np(op: Builder, v: Value) -> np.dtype:
-    from ._graph import np_dtype
-
-    return np_dtype(op.types[v])

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from onnx import TensorProto
+import onnx_ir as ir
 
-from ._graph import Builder, Value
+from ._ir import Builder, Value
 from .errors import EdgetrainError
 
 
@@ -38,19 +38,27 @@ class Optimizer:
 
     def update(self, op: Builder, p: Value, g: Value, state: dict[str, Value], lr: Value,
                step: Value) -> tuple[Value, dict[str, Value]]:
-        """New parameter and new state; ``step`` is the float64 step number, 1-based."""
+        """New parameter and new state; ``step`` is the float64 step number, 1-based.
+
+        ``g`` is the gradient as the backward pass delivers it: already multiplied by ``lr``
+        when :meth:`backward_seed` seeded the backward with the rate.
+        """
         raise NotImplementedError
 
     @property
     def linear_in_lr(self) -> bool:
-        """True when the update is ``p - lr * g`` exactly (plain SGD).
-
-        The compiler then seeds the backward pass with ``lr`` instead of 1, so every gradient
-        arrives already scaled, and a weight gradient computed by a GEMM takes the update into
-        that same GEMM (``C = p``, ``beta = 1``, ``alpha = -1``): no separate passes over the
-        weights to scale, subtract and write them.
-        """
+        """True when the update is ``p - lr * g`` exactly (plain SGD)."""
         return False
+
+    def backward_seed(self, op: Builder, lr: Value) -> Value:
+        """d(objective)/d(loss) to start the backward pass with: 1, or ``lr`` for plain SGD.
+
+        Seeding with ``lr`` makes every gradient arrive already scaled, and a weight gradient
+        computed by a GEMM can then take the update ``p - g`` into that same GEMM (``C = p``,
+        ``beta = 1``, ``alpha = -1``; the compiler's Gemm-update fusion): no separate passes
+        over the weights to scale, subtract and write them.
+        """
+        return lr if self.linear_in_lr else op.scalar(1.0, lr)
 
     def config(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,6 +90,8 @@ class SGD(Optimizer):
 
     def update(self, op: Builder, p: Value, g: Value, state: dict[str, Value], lr: Value,
                step: Value) -> tuple[Value, dict[str, Value]]:
+        if self.linear_in_lr:  # the backward was seeded with lr: g is lr·∇
+            return op.Sub(p, g), {}
         if self.weight_decay:
             g = op.Add(g, op.Mul(p, self.weight_decay))
         new_state: dict[str, Value] = {}
@@ -120,11 +130,11 @@ class Adam(Optimizer):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m_new = op.Add(m, op.Mul(op.Sub(g, m), 1.0 - b1))  # torch's lerp
         v_new = op.Add(op.Mul(v, b2), op.Mul(op.Mul(g, g), 1.0 - b2))
-        dtype = op.types[p]
+        dtype = p.dtype
         bc1 = op.Sub(1.0, op.Pow(op.const(np.array(b1)), step))
         bc2 = op.Sub(1.0, op.Pow(op.const(np.array(b2)), step))
-        step_size = op.Cast(op.Div(op.Cast(lr, to=TensorProto.DOUBLE), bc1), to=dtype)
-        bc2_sqrt = op.Cast(op.Sqrt(bc2), to=dtype)
+        step_size = op.cast(op.Div(op.cast(lr, ir.DataType.DOUBLE), bc1), dtype)
+        bc2_sqrt = op.cast(op.Sqrt(bc2), dtype)
         denom = op.Add(op.Div(op.Sqrt(v_new), bc2_sqrt), self.eps)
         p_new = op.Sub(p, op.Mul(op.Div(m_new, denom), step_size))
         return p_new, {"exp_avg": m_new, "exp_avg_sq": v_new}

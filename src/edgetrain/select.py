@@ -6,34 +6,43 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import onnx
+import onnx_ir as ir
 
-from ._graph import is_float
+from ._ir import all_nodes, is_float
 from .errors import EdgetrainError
 
+if TYPE_CHECKING:
+    from ._lora import LoRA
 
-def candidate_parameters(graph: onnx.GraphProto) -> list[str]:
+
+def _float_initializers(graph: ir.Graph) -> dict[str, ir.Value]:
+    return {k: v for k, v in graph.initializers.items() if is_float(v.dtype)}
+
+
+def candidate_parameters(graph: ir.Graph) -> list[str]:
     """Float initializers that look like weights: not rank-0 scalars (epsilons, constants).
 
     Exporters store scalar constants such as a layer norm's epsilon as initializers; training
     those would silently change the model's math, so they are never parameters by default.
     """
-    used = {i for n in graph.node for i in n.input}
     stats = running_statistics(graph)
-    return [t.name for t in graph.initializer
-            if is_float(t.data_type) and len(t.dims) > 0 and t.name in used
-            and t.name not in stats]
+    return [k for k, v in _float_initializers(graph).items()
+            if v.shape is not None and len(v.shape) > 0 and v.uses() and k not in stats]
 
 
-def running_statistics(graph: onnx.GraphProto) -> set[str]:
+def running_statistics(graph: ir.Graph) -> set[str]:
     """Batch-norm running means and variances: state, never trained by gradient descent."""
-    return {n.input[i] for n in graph.node if n.op_type == "BatchNormalization"
-            for i in (3, 4) if i < len(n.input) and n.input[i]}
+    out: set[str] = set()
+    for n in all_nodes(graph):
+        if n.op_type == "BatchNormalization":
+            out.update(v.name for v in n.inputs[3:5] if v is not None and v.name)
+    return out
 
 
-def resolve(trainable: str | Iterable[str] | Selector | None, graph: onnx.GraphProto
-            ) -> list[str]:
+def resolve(trainable: str | Iterable[str] | Selector | None, graph: ir.Graph) -> list[str]:
     """Names of the trainable initializers, in the graph's initializer order."""
     cands = candidate_parameters(graph)
     if trainable is None:
@@ -41,13 +50,21 @@ def resolve(trainable: str | Iterable[str] | Selector | None, graph: onnx.GraphP
     if isinstance(trainable, Selector):
         return _in_order(graph, _checked(trainable, graph))
     items = [trainable] if isinstance(trainable, str) else list(trainable)
+    for item in items:
+        if type(item).__name__ == "LoRA":
+            raise EdgetrainError("select.lora(...) rewrites the graph, so it must be the whole "
+                                 "trainable= argument; name other parameters to train with "
+                                 "lora(..., also=[...])")
+        if not isinstance(item, (str, Selector)):
+            raise EdgetrainError(f"trainable entries must be names, glob patterns or "
+                                 f"selectors, got {type(item).__name__}")
     picked: set[str] = set()
     for sel in [t for t in items if isinstance(t, Selector)]:
         picked.update(_checked(sel, graph))
     patterns: Sequence[str] = [t for t in items if not isinstance(t, Selector)]
     if not patterns:
         return _in_order(graph, picked)
-    all_floats = {t.name for t in graph.initializer if is_float(t.data_type)}
+    all_floats = set(_float_initializers(graph))
     chosen: set[str] = set()
     for pat in patterns:
         hits = [n for n in cands if fnmatch.fnmatchcase(n, pat)]
@@ -61,12 +78,12 @@ def resolve(trainable: str | Iterable[str] | Selector | None, graph: onnx.GraphP
     return _in_order(graph, chosen | picked)
 
 
-def _in_order(graph: onnx.GraphProto, names: Iterable[str]) -> list[str]:
+def _in_order(graph: ir.Graph, names: Iterable[str]) -> list[str]:
     chosen = set(names)
-    return [t.name for t in graph.initializer if t.name in chosen]
+    return [k for k in graph.initializers if k in chosen]
 
 
-def _checked(sel: Selector, graph: onnx.GraphProto) -> list[str]:
+def _checked(sel: Selector, graph: ir.Graph) -> list[str]:
     names = sel(graph)
     if not names:
         raise EdgetrainError(f"trainable selector {sel!r} selects no parameter of this model")
@@ -79,18 +96,24 @@ class Selector:
     """Picks the trainable parameters from the model's graph (see ``last``, ``bias_only``,
     ``head``). Selectors and glob patterns may be mixed in a list; the union trains."""
 
-    def __init__(self, name: str, pick: Callable[[onnx.GraphProto], list[str]]) -> None:
+    def __init__(self, name: str, pick: Callable[[ir.Graph], list[str]]) -> None:
         self.name = name
         self._pick = pick
 
-    def __call__(self, graph: onnx.GraphProto) -> list[str]:
+    def __call__(self, graph: ir.Graph | onnx.GraphProto | onnx.ModelProto) -> list[str]:
+        """The names this selector picks in ``graph`` (an IR graph, or an ONNX graph or model
+        that has been shape-inferred)."""
+        if isinstance(graph, onnx.ModelProto):
+            graph = graph.graph
+        if isinstance(graph, onnx.GraphProto):
+            graph = ir.serde.deserialize_graph(graph)
         return self._pick(graph)
 
     def __repr__(self) -> str:
         return f"edgetrain.select.{self.name}"
 
 
-def layers(graph: onnx.GraphProto) -> list[list[str]]:
+def layers(graph: ir.Graph) -> list[list[str]]:
     """Parameters grouped by layer, in topological order.
 
     A layer starts at each node that reads a weight of rank ≥ 2 (Conv, Gemm, MatMul, …);
@@ -98,11 +121,12 @@ def layers(graph: onnx.GraphProto) -> list[list[str]]:
     PRelu slope) belong to the layer before them, as a framework's layer would hold them.
     """
     cands = set(candidate_parameters(graph))
-    ranks = {t.name: len(t.dims) for t in graph.initializer}
+    ranks = _ranks(graph)
     groups: list[list[str]] = []
     seen: set[str] = set()
-    for node in graph.node:
-        params = [i for i in node.input if i in cands and i not in seen]
+    for node in graph:
+        params = [v.name for v in node.inputs
+                  if v is not None and v.name in cands and v.name not in seen]
         if not params:
             continue
         seen.update(params)
@@ -118,7 +142,7 @@ def last(n: int) -> Selector:
     if not isinstance(n, int) or n < 1:
         raise EdgetrainError(f"last(n) needs a positive layer count, got {n!r}")
 
-    def pick(graph: onnx.GraphProto) -> list[str]:
+    def pick(graph: ir.Graph) -> list[str]:
         return [p for group in layers(graph)[-n:] for p in group]
 
     return Selector(f"last({n})", pick)
@@ -135,16 +159,17 @@ def bias_only() -> Selector:
     this the memory-cheapest way to adapt every layer of a network.
     """
 
-    def pick(graph: onnx.GraphProto) -> list[str]:
+    def pick(graph: ir.Graph) -> list[str]:
         cands = set(candidate_parameters(graph))
-        ranks = {t.name: len(t.dims) for t in graph.initializer}
+        ranks = _ranks(graph)
         out: list[str] = []
-        for node in graph.node:
+        for node in graph:
+            names = [v.name if v is not None else None for v in node.inputs]
             i = _BIAS_INPUT.get(node.op_type)
-            if i is not None and i < len(node.input) and node.input[i] in cands:
-                out.append(node.input[i])
+            if i is not None and i < len(names) and names[i] in cands:
+                out.append(str(names[i]))
             elif node.op_type == "Add":
-                out.extend(x for x in node.input if x in cands and ranks[x] == 1)
+                out.extend(x for x in names if x in cands and ranks[x] == 1)
         return out
 
     return Selector("bias_only()", pick)
@@ -153,12 +178,12 @@ def bias_only() -> Selector:
 _POOLING = {"GlobalAveragePool", "GlobalMaxPool", "Flatten", "GlobalLpPool"}
 
 
-def feature_point(graph: onnx.GraphProto) -> str | None:
+def feature_point(graph: ir.Graph) -> ir.Value | None:
     """The input of the classifier head: the output of the last global pooling or flatten."""
     point = None
-    for node in graph.node:
+    for node in graph:
         if node.op_type in _POOLING:
-            point = node.output[0]
+            point = node.outputs[0]
     return point
 
 
@@ -166,24 +191,25 @@ def head() -> Selector:
     """The parameters after the backbone: every parameter that the output of the last global
     pooling (or flatten) reaches. Without such a node, the last layer."""
 
-    def pick(graph: onnx.GraphProto) -> list[str]:
+    def pick(graph: ir.Graph) -> list[str]:
         point = feature_point(graph)
         if point is None:
             return last(1)(graph)
         cands = set(candidate_parameters(graph))
-        reached = {point}
+        reached = {id(point)}
         out: list[str] = []
-        for node in graph.node:
-            if any(i in reached for i in node.input):
-                reached.update(o for o in node.output if o)
-                out.extend(i for i in node.input if i in cands and i not in out)
+        for node in graph:
+            if any(v is not None and id(v) in reached for v in node.inputs):
+                reached.update(id(o) for o in node.outputs)
+                out.extend(v.name for v in node.inputs
+                           if v is not None and v.name in cands and v.name not in out)
         return out
 
     return Selector("head()", pick)
 
 
 def lora(rank: int = 8, alpha: float = 16.0, targets: Sequence[str] | str = ("*query*", "*value*"),
-         also: Sequence[str] | str = (), seed: int = 0) -> Selector:
+         also: Sequence[str] | str = (), seed: int = 0) -> LoRA:
     """LoRA adapters: each MatMul/Gemm weight W whose name (or its node's name) matches a
     ``targets`` glob is adapted to W + (alpha/rank)·A·B with new trainable A [in, rank] and
     B [rank, out] (B = 0 at first); everything else is frozen, except parameters named by the
@@ -193,3 +219,7 @@ def lora(rank: int = 8, alpha: float = 16.0, targets: Sequence[str] | str = ("*q
     from ._lora import LoRA
 
     return LoRA(rank, alpha, targets, also, seed)
+
+
+def _ranks(graph: ir.Graph) -> dict[str, int]:
+    return {k: len(v.shape) if v.shape is not None else 0 for k, v in graph.initializers.items()}

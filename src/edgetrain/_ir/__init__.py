@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 
+from onnx_ir._core import Usage
+
 from ._builder import Arg, AttrValue, Builder, Namer, Value
 from ._infer import infer_outputs
 from ._types import (
@@ -89,5 +91,60 @@ def value_names(graph: ir.Graph) -> set[str]:
 __all__ = [
     "FLOAT_TYPES", "Arg", "AttrValue", "Builder", "Dim", "Dims", "Namer", "Value", "all_nodes",
     "captured", "const_array", "data_type", "dims", "dtype_name", "infer_outputs", "is_float",
-    "np_dtype", "numel", "reads", "static_dims", "subgraphs", "value_names",
+    "find", "np_dtype", "numel", "prune", "reads", "redirect", "static_dims", "subgraphs",
+    "value_names",
 ]
+
+
+def redirect(old: ir.Value, new: ir.Value, uses: list[Usage] | None = None,
+             suffix: str = "/base") -> None:
+    """Make the readers of ``old`` read ``new`` (graph outputs included), and give ``new``
+    ``old``'s name, so that the interface of the graph keeps its names.
+
+    ``uses`` are the readers to move, taken before ``new``'s own subgraph was built on
+    ``old`` (by default all of ``old``'s readers now, except ``new``'s producer).
+    """
+    producer = new.producer()
+    moving = list(old.uses()) if uses is None else uses
+    for use in moving:
+        if use.node is not producer:
+            use.node.replace_input_with(use.idx, new)
+    graph = old.graph
+    if graph is not None and old.is_graph_output():
+        for i, out in enumerate(graph.outputs):
+            if out is old:
+                graph.outputs[i] = new
+    name = old.name
+    old.name = f"{name}{suffix}" if name else None
+    new.name = name
+
+
+def prune(graph: ir.Graph) -> None:
+    """Remove the nodes no output needs and the initializers nothing reads (in place).
+
+    A value nothing needs costs a kernel call per step (the float64 step number of an
+    optimizer without bias correction, say) or bytes in the file.
+    """
+    live = {id(v) for v in graph.outputs}
+    for node in reversed(list(graph)):
+        if any(id(o) in live for o in node.outputs):
+            live.update(id(v) for v in reads(node))
+        else:
+            graph.remove(node, safe=True)
+    for name, v in list(graph.initializers.items()):
+        if not v.uses() and not v.is_graph_output():
+            del graph.initializers[name]
+
+
+def find(graph: ir.Graph, name: str) -> ir.Value | None:
+    """The value called ``name`` in ``graph``'s own scope (inputs, initializers, node outputs)."""
+    for v in graph.inputs:
+        if v.name == name:
+            return v
+    if name in graph.initializers:
+        return graph.initializers[name]
+    for n in graph:
+        for v in n.outputs:
+            if v.name == name:
+                return v
+    return None

@@ -52,17 +52,19 @@ class Builder:
     """Appends nodes (or inserts them before ``before``) and constants to ``graph``."""
 
     def __init__(self, graph: ir.Graph, opset: int, namer: Namer,
-                 before: ir.Node | None = None) -> None:
+                 before: ir.Node | None = None, after: ir.Node | None = None) -> None:
         self.graph = graph
         self.opset = opset
         self.namer = namer
         self.before = before
+        self._after = after
         self.nodes: list[ir.Node] = []  # every node this builder made, in order
         self._consts: dict[tuple[str, tuple[int, ...], bytes], ir.Value] = {}
 
-    def at(self, before: ir.Node | None) -> Builder:
-        """A builder on the same graph and names that inserts before ``before``."""
-        b = Builder(self.graph, self.opset, self.namer, before)
+    def at(self, before: ir.Node | None = None, after: ir.Node | None = None) -> Builder:
+        """A builder on the same graph and names that inserts its nodes, in order, before
+        ``before`` or after ``after`` (appends when both are None)."""
+        b = Builder(self.graph, self.opset, self.namer, before, after)
         b._consts = self._consts
         return b
 
@@ -120,10 +122,13 @@ class Builder:
                 for i in range(len(names) if names else outputs)]
         node = ir.Node("", op_type, inputs, ir.convenience.convert_attributes(kept),
                        outputs=outs, name=self.namer.fresh(f"{op_type}_node"))
-        if self.before is None:
-            self.graph.append(node)
-        else:
+        if self._after is not None:
+            self.graph.insert_after(self._after, node)
+            self._after = node  # the next node goes after this one
+        elif self.before is not None:
             self.graph.insert_before(self.before, node)
+        else:
+            self.graph.append(node)
         self.nodes.append(node)
         infer_outputs(node, self.opset)
         return list(node.outputs)

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..compile import TrainableModel
-from ..compile import compile as et_compile
+from .._api import TrainableModel
+from .._api import compile as et_compile
 from ..optim import SGD
 
 __all__ = ["SEED_NAME", "seed_mlp", "seed_trainable"]

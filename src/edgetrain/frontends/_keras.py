@@ -110,7 +110,7 @@ def from_keras(model: Any, input_names: Sequence[str] | None = None,
     ``trainable`` defaults to the variables Keras marks trainable. Keras' batch norm becomes
     plain arithmetic (no BatchNormalization node), so it always uses its moving statistics.
     """
-    from ..compile import compile as _compile
+    from .._api import compile as _compile
 
     proto, trainable = keras_to_onnx(model, input_names, output_names)
     compile_kwargs.setdefault("trainable", trainable)

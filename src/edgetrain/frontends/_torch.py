@@ -41,7 +41,7 @@ def torch_to_onnx(module: Any, example_inputs: Any, input_names: list[str] | Non
         raise EdgetrainError(f"torch.onnx.export failed: {e}") from e
     finally:
         module.train(was_training)
-    from .._fold import fold_constants
+    from ..compiler._fold import fold_constants
 
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     model = _untie_initializers(onnx.load_from_string(buf.getvalue()), set(state))
@@ -106,7 +106,7 @@ def _untie_initializers(model: onnx.ModelProto, state_names: set[str]) -> onnx.M
 def from_torch(module: Any, example_inputs: Any, input_names: list[str] | None = None,
                output_names: list[str] | None = None, **compile_kwargs: Any) -> Any:
     """Export a ``torch.nn.Module`` to ONNX and compile it (``compile_kwargs`` as ``compile``)."""
-    from ..compile import compile as _compile
+    from .._api import compile as _compile
 
     proto = torch_to_onnx(module, example_inputs, input_names, output_names)
     return _compile(proto, **compile_kwargs)

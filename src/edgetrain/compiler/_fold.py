@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ._graph import is_float
+from .._ir import is_float
 
 #: Ops that must run every time (randomness) or that carry subgraphs.
 _NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",

@@ -1,0 +1,92 @@
+"""Import: read the inference model, normalize it, and bring it into the IR."""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+import onnx_ir as ir
+
+from .._io import read_regular_file
+from .._ir import Namer, value_names
+from ..errors import EdgetrainError
+from ._fold import fold_constants
+from ._state import Compilation
+
+MIN_OPSET = 13
+TARGET_OPSET = 18  # older models are converted up; newer ones keep their opset
+META_KEY = "edgetrain"
+
+
+def read_model(source: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model as a ModelProto (a path is read as a regular file of bounded size)."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise EdgetrainError(f"expected an onnx.ModelProto or a path, got "
+                             f"{type(source).__name__}")
+    data = read_regular_file(source, "ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # protobuf raises several unrelated types
+        raise EdgetrainError(f"cannot read ONNX model {os.fspath(source)!r}: {e}") from e
+    return model
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Standard ops only, opset ≥ 18, constant shape arithmetic folded, shapes inferred."""
+    if any(p.key == META_KEY for p in model.metadata_props):
+        raise EdgetrainError("this file is already a trainable edgetrain file; compile its "
+                             "original inference model instead (or load it with "
+                             "edgetrain.load)")
+    opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                 None)
+    if opset is None:
+        raise EdgetrainError("the model imports no default-domain ONNX opset")
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise EdgetrainError(
+                f"node {node.name!r} uses op {node.domain}::{node.op_type}; edgetrain compiles "
+                "standard ONNX ops only (export without custom or contrib ops)")
+    if opset < MIN_OPSET:
+        raise EdgetrainError(f"opset {opset} is too old; edgetrain accepts opsets "
+                             f"{MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+    if opset < TARGET_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, TARGET_OPSET)
+        except Exception as e:
+            raise EdgetrainError(f"cannot convert the model from opset {opset} to "
+                                 f"{TARGET_OPSET}: {e}") from e
+    model.ir_version = max(model.ir_version, 7)
+    model = fold_constants(model)
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as e:
+        raise EdgetrainError(f"the model fails ONNX shape inference: {e}") from e
+
+
+def import_model(c: Compilation) -> None:
+    """Pass: read and normalize the model; the IR of it becomes ``c.model``."""
+    proto = normalize(read_model(c.options.source))
+    c.model = ir.serde.deserialize_model(proto)
+    c.opset = c.model.opset_imports.get("", TARGET_OPSET)
+    c.namer = Namer(value_names(c.main))
+    taken = c.namer.taken
+    c.names.label = _pick(["y", "label", "target"], taken)
+    c.names.lr = _pick(["lr", "learning_rate"], taken)
+    c.names.loss = _pick(["loss", "training_loss"], taken)
+    c.names.step = _pick(["edgetrain.step"], taken)
+
+
+def _pick(preferred: list[str], taken: set[str]) -> str:
+    """The first of ``preferred`` no model value uses (else a numbered variant); reserved."""
+    for name in preferred:
+        if name not in taken:
+            taken.add(name)
+            return name
+    base, i = preferred[0], 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    taken.add(f"{base}_{i}")
+    return f"{base}_{i}"
