@@ -333,9 +333,9 @@ def plain_inference(model: onnx.ModelProto, meta: Mapping[str, Any],
     """
     out = with_state(model, state)
     if merge_lora and meta.get("lora_merge"):
-        from ._merge import merge_lora
+        from ._merge import merge_lora as fold
 
-        merge_lora(out, meta["lora_merge"])
+        fold(out, meta["lora_merge"])
     del out.training_info[:]
     props = [p for p in out.metadata_props if p.key != META_KEY]
     del out.metadata_props[:]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import onnx_ir as ir
-
 from onnx_ir._core import Usage
 
 from ._builder import Arg, AttrValue, Builder, Namer, Value
@@ -89,9 +88,30 @@ def value_names(graph: ir.Graph) -> set[str]:
 
 
 __all__ = [
-    "FLOAT_TYPES", "Arg", "AttrValue", "Builder", "Dim", "Dims", "Namer", "Value", "all_nodes",
-    "captured", "const_array", "data_type", "dims", "dtype_name", "infer_outputs", "is_float",
-    "find", "np_dtype", "numel", "prune", "reads", "redirect", "static_dims", "subgraphs",
+    "FLOAT_TYPES",
+    "Arg",
+    "AttrValue",
+    "Builder",
+    "Dim",
+    "Dims",
+    "Namer",
+    "Value",
+    "all_nodes",
+    "captured",
+    "const_array",
+    "data_type",
+    "dims",
+    "dtype_name",
+    "find",
+    "infer_outputs",
+    "is_float",
+    "np_dtype",
+    "numel",
+    "prune",
+    "reads",
+    "redirect",
+    "static_dims",
+    "subgraphs",
     "value_names",
 ]
 

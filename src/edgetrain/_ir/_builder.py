@@ -10,7 +10,7 @@ of gradient rules; attributes are keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,8 +108,8 @@ class Builder:
         raise TypeError(f"cannot use {type(arg).__name__} as an ONNX value")
 
     # -- nodes -------------------------------------------------------------------------------
-    def node(self, op_type: str, args: Sequence[Arg], outputs: int = 1,
-             names: Sequence[str] | None = None, **attrs: AttrValue | None) -> list[ir.Value]:
+    def node(self, op_type: str, args: Sequence[Arg], attrs: Mapping[str, AttrValue | None],
+             outputs: int = 1, names: Sequence[str] | None = None) -> list[ir.Value]:
         """Add one node; returns its outputs (typed and, where possible, shaped)."""
         like = next((a.dtype for a in args if isinstance(a, ir.Value) and a.dtype is not None),
                     None)
@@ -135,18 +135,18 @@ class Builder:
 
     def op(self, op_type: str, *args: Arg, **attrs: AttrValue | None) -> ir.Value:
         """A single-output op by name (the typed methods below are preferred)."""
-        return self.node(op_type, args, **attrs)[0]
+        return self.node(op_type, args, attrs)[0]
 
     def multi(self, op_type: str, *args: Arg, outputs: int, **attrs: AttrValue | None
               ) -> tuple[ir.Value, ...]:
         """A multi-output op by name."""
-        return tuple(self.node(op_type, args, outputs, **attrs))
+        return tuple(self.node(op_type, args, attrs, outputs))
 
     def named(self, op_type: str, name: str, *args: Arg, **attrs: AttrValue | None
               ) -> ir.Value:
         """A single-output op whose output gets exactly ``name`` (a graph output)."""
         self.namer.taken.add(name)
-        return self.node(op_type, args, names=[name], **attrs)[0]
+        return self.node(op_type, args, attrs, names=[name])[0]
 
     # -- helpers used everywhere ----------------------------------------------------------
     def filled_like(self, x: ir.Value, fill: float) -> ir.Value:

@@ -59,11 +59,11 @@ def _infer_with_onnx(node: ir.Node, opset: int) -> None:
     result = shape_inference.infer_node_outputs(
         schema, proto, types, data, opset_imports=[onnx.helper.make_opsetid("", opset)])
     for out in node.outputs:
-        tp = result.get(out.name or "")
-        if tp is None or not tp.HasField("tensor_type"):
+        found = result.get(out.name or "")
+        if found is None or not found.HasField("tensor_type"):
             continue
-        tt = tp.tensor_type
+        tt = found.tensor_type
         if tt.elem_type:
             out.type = ir.TensorType(ir.DataType(tt.elem_type))
         if tt.HasField("shape"):
-            out.shape = ir.serde.deserialize_type_proto_for_shape(tp)
+            out.shape = ir.serde.deserialize_type_proto_for_shape(found)

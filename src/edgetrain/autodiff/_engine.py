@@ -72,7 +72,8 @@ def build_gradients(graph: ir.Graph, loss: Value, wrt: Sequence[Value], op: Buil
         explicit = {id(v) for v in node.inputs if v is not None}
         targets = list(node.inputs) + [v for v in reads(node) if id(v) not in explicit]
         needs = [v is not None and id(v) in dep and id(v) in reaches for v in targets]
-        ctx = GradContext(node, douts, needs, dep, op, implicit=targets[len(node.inputs):])
+        implicit = [v for v in targets[len(node.inputs):] if v is not None]
+        ctx = GradContext(node, douts, needs, dep, op, implicit=implicit)
         for v, g in zip(targets, rule(ctx, op)):
             if g is not None and v is not None and id(v) in dep and id(v) in reaches:
                 grads.setdefault(id(v), []).append(g)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import onnx_ir as ir
 
-from .._ir import Builder, Value, find, np_dtype
+from .._ir import Builder, Value, find, np_dtype, static_dims
 from ..autodiff import build_gradients
 from ..errors import EdgetrainError
 from ._batchnorm import use_batch_statistics
@@ -43,7 +43,7 @@ def train_graph(c: Compilation) -> None:
     if c.options.batch_norm == "train":
         c.new_state.update(use_batch_statistics(t.graph, t.op))
         c.bn_state = list(c.new_state)
-    dtype = c.main.initializers[c.selected[0]].dtype
+    dtype = c.main.initializers[c.selected[0]].dtype or ir.DataType.FLOAT
     lr = ir.Value(name=c.names.lr, type=ir.TensorType(dtype), shape=ir.Shape([]))
     t.graph.inputs.append(lr)
     t.inputs["lr"] = lr
@@ -101,8 +101,7 @@ def apply_optimizer(c: Compilation) -> None:
     for p in c.trainable:
         w = t.graph.initializers[p]
         slots = {s: _state_value(c, c.namer.fresh(f"{p}.{s}"),
-                                 np.zeros(w.shape.dims if w.shape else (),
-                                          dtype=np_dtype(w.dtype or 1)))
+                                 np.zeros(static_dims(w) or (), dtype=np_dtype(w.dtype or 1)))
                  for s in opt.slots()}
         p_new, s_new = opt.update(t.op, w, grads[p], slots, t.inputs["lr"], step_f)
         c.new_state[p] = p_new

@@ -97,7 +97,7 @@ def relu(ctx: GradContext, op: Builder) -> list[Value | None]:
     at inactive units, so the step's guard skips that step.
     """
     x, dy = ctx.x(0), ctx.dy()
-    return [op.Mul(dy, op.Cast(op.Greater(x, 0.0), to=dy.dtype))]
+    return [op.Mul(dy, op.cast(op.Greater(x, 0.0), dy.dtype))]
 
 
 @grad_rule("LeakyRelu")
