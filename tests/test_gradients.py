@@ -373,6 +373,22 @@ row("Slice", [X((5, 3)), C(i64(4)), C(i64(0)), C(i64(0)), C(i64(-2))],
 row("Gemm", [X((K, M)), X((K, N)), X((N,))], t_gemm(1, 0, 1.0, 1.0), "opset21",
     attrs={"transA": 1}, opset=21)
 
+# Norm-like reductions (F.normalize, weight norm, log-sum-exp pooling).
+row("ReduceL2", [X((3, 4)), C(i64(1))], lambda x: torch.linalg.vector_norm(x, dim=1),
+    "axis1", attrs={"keepdims": 0})
+row("ReduceL2", [X((2, 3, 4))], lambda x: torch.linalg.vector_norm(x).reshape(1, 1, 1),
+    "all")
+row("ReduceL1", [X((3, 4), nonzero), C(i64(0))], lambda x: x.abs().sum(0, keepdim=True),
+    "axis0")
+row("ReduceSumSquare", [X((3, 4)), C(i64(-1))], lambda x: (x * x).sum(-1), attrs={
+    "keepdims": 0})
+row("ReduceLogSum", [X((3, 4), positive), C(i64(1))],
+    lambda x: torch.log(x.sum(1, keepdim=True)))
+row("ReduceLogSumExp", [X((3, 4)), C(i64(1))], lambda x: torch.logsumexp(x, 1), attrs={
+    "keepdims": 0})
+row("ReduceLogSumExp", [X((2, 3, 2))], lambda x: torch.logsumexp(x.reshape(-1), 0)
+    .reshape(1, 1, 1), "all")
+
 # Paths that carry no gradient.
 row("Shape", [X((2, 3))], lambda x: x * 6 + x, "size-and-int-arith",
     nodes=_with_one(n_shape_path))

@@ -173,9 +173,7 @@ def standalone(model: onnx.ModelProto, meta: Mapping[str, Any], sig: str
         g = onnx.GraphProto()
         g.CopyFrom(model.training_info[idx].algorithm)
     updates = dict(spec.get("updates", {}))
-    used: set[str] = set()
-    for n in g.node:
-        used.update(n.input)
+    used = graph_reads(g)
     variable = set(meta["trainable"]) | set(meta["state"]) | {meta.get("step", STEP_NAME)}
     state_inputs: list[str] = []
     own = {t.name for t in g.initializer}
@@ -193,6 +191,22 @@ def standalone(model: onnx.ModelProto, meta: Mapping[str, Any], sig: str
     m = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                           producer_name="edgetrain")
     return m, state_inputs, updates
+
+
+def graph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name the nodes of ``graph`` read, inside If/Loop/Scan bodies at any depth too
+    (a weight read only inside a branch is still read by the graph)."""
+    names: set[str] = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= graph_reads(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    names |= graph_reads(sub)
+    names.discard("")
+    return names
 
 
 def initial_state(model: onnx.ModelProto, meta: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from .._ir import Builder, Namer, Value, is_float, reads, value_names
 from ..errors import UnsupportedOpError
+from ._expand import expand_functions
 from ._registry import NON_DIFFERENTIABLE, RULES, GradContext
 
 
@@ -51,6 +52,7 @@ def build_gradients(graph: ir.Graph, loss: Value, wrt: Sequence[Value], op: Buil
     ``seed`` is d(final)/d(loss) (1 when absent; the learning rate for plain SGD). Returns
     ``{w.name: gradient}`` for the parameters that reach the loss; the others are absent.
     """
+    expand_functions(graph, wrt, op)  # function ops without a rule become their bodies
     nodes = list(graph)  # the forward nodes, before any backward node is appended
     dep = differentiable_values(nodes, wrt)
     if id(loss) not in dep:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..._ir import Builder, Value
 from .._helpers import axes as reduced_axes
+from .._helpers import zero
 from .._registry import GradContext, grad_rule
 
 
@@ -48,3 +49,39 @@ def reduce_mean(ctx: GradContext, op: Builder) -> list[Value | None]:
         scale = op.Div(op.cast(op.Size(y), x.dtype), op.cast(op.Size(x), x.dtype))
     dy = ctx.dy()
     return [_spread(ctx, op, dy if scale == 1.0 else op.Mul(dy, scale)), None]
+
+
+@grad_rule("ReduceSumSquare")
+def reduce_sum_square(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = Σ x² over axes: dx = 2·x·dy (dy broadcast back)."""
+    x = ctx.x(0)
+    return [op.Mul(op.Mul(x, 2.0), _spread(ctx, op, ctx.dy())), None]
+
+
+@grad_rule("ReduceL1")
+def reduce_l1(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = Σ |x| over axes: dx = sign(x)·dy (0 at x = 0, as torch)."""
+    return [op.Mul(op.Sign(ctx.x(0)), _spread(ctx, op, ctx.dy())), None]
+
+
+@grad_rule("ReduceL2")
+def reduce_l2(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = √(Σ x²) over axes: dx = x·dy/y, and 0 where y = 0 (torch's subgradient)."""
+    y, dy = ctx.outputs[0], ctx.dy()
+    safe = op.Where(op.Greater(y, 0.0), y, op.scalar(1.0, y))
+    scaled = op.Where(op.Greater(y, 0.0), op.Div(dy, safe), zero(op, dy))
+    return [op.Mul(ctx.x(0), _spread(ctx, op, scaled)), None]
+
+
+@grad_rule("ReduceLogSumExp")
+def reduce_log_sum_exp(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = log Σ eˣ over axes: dx = dy·e^(x − y), the softmax over the reduced axes."""
+    x = ctx.x(0)
+    p = op.Exp(op.Sub(x, _spread(ctx, op, ctx.outputs[0])))
+    return [op.Mul(p, _spread(ctx, op, ctx.dy())), None]
+
+
+@grad_rule("ReduceLogSum")
+def reduce_log_sum(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = log Σ x over axes: dx = dy/Σx = dy·e^(−y) (dy broadcast back)."""
+    return [_spread(ctx, op, op.Mul(ctx.dy(), op.Exp(op.Neg(ctx.outputs[0])))), None]

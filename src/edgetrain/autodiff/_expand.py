@@ -1,0 +1,155 @@
+"""Function ops without a rule are differentiated through their ONNX function body.
+
+Many ONNX ops are defined by a body of other ONNX ops (``ReduceL2``, ``Selu``, ``Swish``,
+``GroupNormalization``, ``RMSNormalization``, ``Attention``, ``SoftmaxCrossEntropyLoss``, …:
+the schemas carry it, for some depending on the input types). Where no hand-written rule
+exists, the node on the path to the loss is replaced in the graph being differentiated by
+that body, and the rules of its ops apply. The inference graph keeps the fused op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx
+import onnx.inliner
+import onnx_ir as ir
+from onnx_ir import _cloner
+
+from .._ir import Builder, Value, infer_outputs, reads
+from ._registry import NON_DIFFERENTIABLE, RULES
+
+
+def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder) -> int:
+    """Replace, until none is left, every node that depends on ``wrt``, has no rule and has
+    a function body. Returns how many nodes were expanded."""
+    count = 0
+    while True:
+        dep = {id(v) for v in wrt}
+        target = None
+        for node in graph:
+            if node.op_type in NON_DIFFERENTIABLE or not any(id(v) in dep for v in reads(node)):
+                continue
+            dep.update(id(o) for o in node.outputs)
+            if node.op_type not in RULES and node.domain in ("", "ai.onnx") \
+                    and _body(node, op.opset) is not None:
+                target = node
+                break
+        if target is None:
+            return count
+        _inline(graph, target, op)
+        count += 1
+
+
+def _body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
+    """The node's function body at the model's opset, if its schema defines one."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+    try:
+        raw: bytes | onnx.FunctionProto | None = None
+        if schema.has_function:
+            raw = schema.get_function_with_opset_version(opset)
+        elif schema.has_context_dependent_function:
+            proto = ir.serde.serialize_node(node)
+            types = [_type_proto(v).SerializeToString() for v in node.inputs]
+            raw = schema.get_context_dependent_function_with_opset_version(
+                opset, proto.SerializeToString(), types)
+        if isinstance(raw, bytes):
+            raw = onnx.FunctionProto.FromString(raw) if raw else None
+        return raw if raw is not None and len(raw.node) and _typechecks(node, raw, opset) \
+            else None
+    except Exception:  # a body ONNX cannot build for these inputs: no expansion
+        return None
+
+
+def _typechecks(node: ir.Node, body: onnx.FunctionProto, opset: int) -> bool:
+    """Whether the body, instantiated for this node's input types, passes ONNX's strict type
+    inference (some bodies are written for float32 only, say)."""
+    call = ir.serde.serialize_node(node)
+    call.domain = "edgetrain.expand"
+    del call.attribute[:]
+    call.attribute.extend(ir.serde.serialize_attribute(a)
+                          for a in _attributes(node, opset).values())
+    fn = onnx.FunctionProto()
+    fn.CopyFrom(body)
+    fn.domain, fn.name = "edgetrain.expand", node.op_type
+    inputs = [onnx.helper.make_value_info(v.name, _type_proto(v))
+              for v in node.inputs if v is not None and v.name]
+    outputs = [onnx.helper.make_value_info(o.name, onnx.TypeProto()) for o in node.outputs
+               if o.name]
+    graph = onnx.helper.make_graph([call], "check", inputs, outputs)
+    model = onnx.helper.make_model(graph, functions=[fn], opset_imports=[
+        onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid("edgetrain.expand", 1)])
+    try:
+        inlined = onnx.shape_inference.infer_shapes(
+            onnx.inliner.inline_local_functions(model), strict_mode=True)
+    except Exception:
+        return False
+    return _consistent_types(inlined.graph, opset)
+
+
+def _consistent_types(graph: onnx.GraphProto, opset: int) -> bool:
+    """Every node's inputs and outputs that share a type variable (``T``) have one type —
+    the check ONNX's inference leaves out (a float32 constant added to a float64 tensor)."""
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*graph.input, *graph.value_info, *graph.output]}
+    for node in graph.node:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+        seen: dict[str, set[int]] = {}
+        for formal, actual in ((schema.inputs, node.input), (schema.outputs, node.output)):
+            for i, name in enumerate(actual):
+                spec = formal[min(i, len(formal) - 1)] if formal else None
+                if spec is not None and name and types.get(name):
+                    seen.setdefault(spec.type_str, set()).add(types[name])
+        if any(len(v) > 1 for v in seen.values()):
+            return False
+    return True
+
+
+def _type_proto(v: Value | None) -> onnx.TypeProto:
+    tp = onnx.TypeProto()
+    if v is not None and v.type is not None:
+        ir.serde.serialize_type_into(tp, v.type)
+        if v.shape is not None:
+            ir.serde.serialize_shape_into(tp, v.shape)
+    return tp
+
+
+def _attributes(node: ir.Node, opset: int) -> dict[str, ir.Attr]:
+    """The node's attributes, with the schema's defaults for those it leaves out."""
+    attrs = dict(node.attributes)
+    schema = onnx.defs.get_schema(node.op_type, opset, "")
+    for name, spec in schema.attributes.items():
+        if name not in attrs and spec.default_value.type != onnx.AttributeProto.UNDEFINED:
+            attrs[name] = ir.serde.deserialize_attribute(spec.default_value)
+    return attrs
+
+
+def _inline(graph: ir.Graph, node: ir.Node, op: Builder) -> None:
+    body = _body(node, op.opset)
+    assert body is not None
+    function = ir.serde.deserialize_function(body)
+    value_map: dict[ir.Value, ir.Value | None] = {}
+    for i, formal in enumerate(function.inputs):
+        value_map[formal] = node.inputs[i] if i < len(node.inputs) else None
+
+    def rename(n: ir.Node) -> None:
+        n.name = op.namer.fresh(f"{node.name or node.op_type}/{n.op_type}")
+        for out in n.outputs:
+            out.name = op.namer.fresh(f"{node.name or node.op_type}/{out.name or 'v'}")
+
+    cloner = _cloner.Cloner(attr_map=_attributes(node, op.opset), value_map=value_map,
+                            metadata_props={}, post_process=rename, resolve_ref_attrs=True)
+    nodes = [cloner.clone_node(n) for n in function]
+    outputs = [value_map[o] for o in function.outputs]
+    for old, new in zip(node.outputs, outputs):
+        if new is not None:
+            new.type, new.shape = old.type, old.shape
+    ir.convenience.replace_nodes_and_values(graph, insertion_point=node, old_nodes=[node],
+                                            new_nodes=nodes, old_values=node.outputs,
+                                            new_values=[v for v in outputs if v is not None])
+    for n in nodes:
+        if any(o.type is None or o.shape is None for o in n.outputs):
+            infer_outputs(n, op.opset)
