@@ -51,11 +51,11 @@ def _body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         raw: bytes | onnx.FunctionProto | None = None
         if schema.has_function:
             raw = schema.get_function_with_opset_version(opset)
-        elif schema.has_context_dependent_function:
+        elif getattr(schema, "has_context_dependent_function", False):  # not in the stubs
             proto = ir.serde.serialize_node(node)
             types = [_type_proto(v).SerializeToString() for v in node.inputs]
-            raw = schema.get_context_dependent_function_with_opset_version(
-                opset, proto.SerializeToString(), types)
+            build = schema.get_context_dependent_function_with_opset_version  # type: ignore[attr-defined]
+            raw = build(opset, proto.SerializeToString(), types)
         if isinstance(raw, bytes):
             raw = onnx.FunctionProto.FromString(raw) if raw else None
         return raw if raw is not None and len(raw.node) and _typechecks(node, raw, opset) \
