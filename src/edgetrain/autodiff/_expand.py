@@ -49,8 +49,8 @@ def _body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         return None
     try:
         raw: bytes | onnx.FunctionProto | None = None
-        if schema.has_function:
-            raw = schema.get_function_with_opset_version(opset)
+        if getattr(schema, "has_function", False):
+            raw = schema.get_function_with_opset_version(opset)  # type: ignore[attr-defined]
         elif getattr(schema, "has_context_dependent_function", False):  # not in the stubs
             proto = ir.serde.serialize_node(node)
             types = [_type_proto(v).SerializeToString() for v in node.inputs]
