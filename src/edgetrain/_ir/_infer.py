@@ -13,9 +13,10 @@ from onnx import shape_inference
 
 from ._types import numel
 
-#: Constant inputs up to this many elements are handed to inference as data (Reshape shapes,
-#: Slice starts, axes), which lets it compute static output shapes.
-_DATA_ELEMENTS = 1 << 12
+#: Integer constant inputs up to this many elements are handed to inference as data (Reshape
+#: shapes, Slice starts, axes), which lets it compute static output shapes.
+_DATA_ELEMENTS = 64
+_INDEX_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32})
 
 
 def infer_outputs(node: ir.Node, opset: int) -> None:
@@ -25,7 +26,8 @@ def infer_outputs(node: ir.Node, opset: int) -> None:
     every still-untyped output the element type of the first typed input.
     """
     try:
-        _infer_with_onnx(node, opset)
+        if not _infer_elementwise(node):
+            _infer_with_onnx(node, opset)
     except (onnx.shape_inference.InferenceError, onnx.defs.SchemaError, ValueError, KeyError,
             TypeError, RuntimeError):
         pass
@@ -52,10 +54,12 @@ def _infer_with_onnx(node: ir.Node, opset: int) -> None:
         if v.shape is not None:
             ir.serde.serialize_shape_into(tp, v.shape)
         types[v.name] = tp
+        if v.dtype not in _INDEX_TYPES:
+            continue
         tensor = ir.convenience.get_const_tensor(v)
         if tensor is not None and numel(tuple(int(d) for d in tensor.shape.dims
                                               if isinstance(d, int))) <= _DATA_ELEMENTS:
-            data[v.name] = ir.serde.serialize_tensor(tensor)
+            data[v.name] = onnx.numpy_helper.from_array(tensor.numpy(), v.name)
     result = shape_inference.infer_node_outputs(
         schema, proto, types, data, opset_imports=[onnx.helper.make_opsetid("", opset)])
     for out in node.outputs:
@@ -66,4 +70,53 @@ def _infer_with_onnx(node: ir.Node, opset: int) -> None:
         if tt.elem_type:
             out.type = ir.TensorType(ir.DataType(tt.elem_type))
         if tt.HasField("shape"):
-            out.shape = ir.serde.deserialize_type_proto_for_shape(found)
+            out.shape = ir.Shape([d.dim_value if d.HasField("dim_value")
+                                  else (d.dim_param or None) for d in tt.shape.dim])
+
+
+_UNARY = frozenset({"Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Relu", "Sigmoid", "Tanh",
+                    "Erf", "Softplus", "Identity", "Sin", "Cos", "Floor", "Ceil", "Sign"})
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum"})
+_PREDICATES = frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And",
+                         "Or", "Not"})
+
+
+def _infer_elementwise(node: ir.Node) -> bool:
+    """The common elementwise ops, inferred in Python (numpy broadcasting over known and
+    named dims), as ONNX would: most backward nodes are these, and the round trip through
+    ONNX's C++ inference costs more than the node's construction."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1 or not (
+            op in _UNARY or op in _BINARY or op in _PREDICATES or op in ("Cast", "Where")):
+        return False
+    ins = [v for v in node.inputs if v is not None]
+    if not ins or any(v.type is None or v.shape is None for v in ins):
+        return False
+    shape = _broadcast([v.shape for v in ins if v.shape is not None])
+    if shape is None:
+        return False
+    out = node.outputs[0]
+    if op in _PREDICATES:
+        out.type = ir.TensorType(ir.DataType.BOOL)
+    elif op == "Cast":
+        out.type = ir.TensorType(ir.DataType(node.attributes["to"].as_int()))
+    else:
+        out.type = ins[1].type if op == "Where" else ins[0].type
+    out.shape = shape
+    return True
+
+
+def _broadcast(shapes: list[ir.Shape]) -> ir.Shape | None:
+    rank = max(len(s) for s in shapes)
+    dims: list[int | str | None] = []
+    for i in range(rank):
+        here = [s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0]
+        known = {d if isinstance(d, int) else d.value for d in here}
+        known.discard(1)
+        if len(known) == 0:
+            dims.append(1)
+        elif len(known) == 1:
+            dims.append(known.pop())
+        else:
+            dims.append(None)  # unknown, or sizes that only run time can reconcile
+    return ir.Shape(dims)

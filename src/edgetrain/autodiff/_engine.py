@@ -78,6 +78,7 @@ def build_gradients(graph: ir.Graph, loss: Value, wrt: Sequence[Value], op: Buil
         ctx = GradContext(node, douts, needs, dep, op, implicit=implicit)
         for v, g in zip(targets, rule(ctx, op)):
             if g is not None and v is not None and id(v) in dep and id(v) in reaches:
+                _same_shape(g, v)
                 grads.setdefault(id(v), []).append(g)
     out: dict[str, Value] = {}
     for w in wrt:
@@ -85,6 +86,14 @@ def build_gradients(graph: ir.Graph, loss: Value, wrt: Sequence[Value], op: Buil
         if total is not None and w.name:
             out[w.name] = total
     return out
+
+
+def _same_shape(g: Value, v: Value) -> None:
+    """A gradient has its value's shape: give it the forward value's symbols (``batch``)
+    where inference through the backward nodes lost them, so later rules decide statically."""
+    if v.shape is not None and (g.shape is None or len(g.shape) == len(v.shape)) \
+            and g.producer() is not None and g is not v:
+        g.shape = v.shape
 
 
 def _total(op: Builder, parts: list[Value] | None) -> Value | None:

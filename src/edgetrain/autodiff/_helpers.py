@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .._ir import Builder, Value, dims, np_dtype
+from .._ir import Builder, Dims, Value, dims, np_dtype
 from ._registry import GradContext
 
 INT64_MIN = int(np.iinfo(np.int64).min)
@@ -48,16 +48,18 @@ def float_const(op: Builder, x: float, like: Value) -> Value:
     return op.const(np.array(float(np.float32(x)), dtype=np_dtype(like.dtype or 1)))
 
 
-def sum_to_shape(op: Builder, g: Value, like: Value, out: Value | None = None) -> Value:
-    """Sum ``g`` (shaped like ``out``, by default g's own shape) down to ``like``'s shape
-    under numpy broadcasting, as JAX's ``_unbroadcast``.
+def sum_to_shape(op: Builder, g: Value, like: Value, out: Value | Dims | None = None
+                 ) -> Value:
+    """Sum ``g`` (shaped like ``out`` — a value or its dims —, by default g's own shape) down
+    to ``like``'s shape under numpy broadcasting, as JAX's ``_unbroadcast``.
 
     Static shapes decide which axes to reduce: leading axes ``like`` lacks, and axes where
     ``like`` has 1 and the output does not (summing an axis that turns out to be 1 is free).
     Where a dimension of ``like`` is not a static int (unknown, or a symbol that differs from
     the output's), the axes are computed in the graph from the run-time shapes.
     """
-    xs, ys = dims(like), dims(out if out is not None else g)
+    xs = dims(like)
+    ys = out if isinstance(out, tuple) else dims(out if out is not None else g)
     if xs is not None and ys is not None and xs == ys and all(isinstance(d, int) for d in xs):
         return g
     if xs is None or ys is None or len(ys) < len(xs):

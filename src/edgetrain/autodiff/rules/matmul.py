@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..._ir import Builder, Value
+from ..._ir import Builder, Dims, Value
+from ..._ir import dims as ctx_dims
 from .._helpers import sum_to_shape, unbroadcast
 from .._registry import GradContext, grad_rule
 
@@ -58,9 +59,11 @@ def matmul(ctx: GradContext, op: Builder) -> list[Value | None]:
         dy2 = op.Unsqueeze(dy, [-2] if ra == 1 else [-1])
     else:
         dy2 = dy
+    batch = (ctx.shape(ctx.outputs[0]) or ())[: max(ra2, rb2) - 2]  # the forward's batch dims
     da = db = None
     if ctx.needs_grad(0):
-        g = sum_to_shape(op, op.MatMul(dy2, _swap_last(op, b2, rb2)), a2)
+        g = op.MatMul(dy2, _swap_last(op, b2, rb2))
+        g = sum_to_shape(op, g, a2, _with_matrix(batch, a2))
         da = op.Reshape(g, op.Shape(a)) if ra == 1 else g
     if ctx.needs_grad(1):
         if rb2 == 2 and ra2 > 2:  # a weight under a batch: one GEMM over the flat batch
@@ -68,9 +71,18 @@ def matmul(ctx: GradContext, op: Builder) -> list[Value | None]:
         elif ra2 == 2 and rb2 == 2:
             g = op.Gemm(a2, dy2, transA=1)
         else:
-            g = sum_to_shape(op, op.MatMul(_swap_last(op, a2, ra2), dy2), b2)
+            g = op.MatMul(_swap_last(op, a2, ra2), dy2)
+            g = sum_to_shape(op, g, b2, _with_matrix(batch, b2))
         db = op.Reshape(g, op.Shape(b)) if rb == 1 else g
     return [da, db]
+
+
+def _with_matrix(batch: Dims, like: Value) -> Dims | None:
+    """The dims of a gradient of ``like`` before its batch dims are summed: the forward
+    output's batch dims, then ``like``'s two matrix dims."""
+    shape = ctx_dims(like)
+    return None if shape is None or (len(batch) == 0 and len(shape) > 2) else (
+        *batch, *shape[-2:])
 
 
 def _rows(op: Builder, x: Value) -> Value:
