@@ -373,6 +373,8 @@ row("Slice", [X((5, 3)), C(i64(4)), C(i64(0)), C(i64(0)), C(i64(-2))],
 row("Gemm", [X((K, M)), X((K, N)), X((N,))], t_gemm(1, 0, 1.0, 1.0), "opset21",
     attrs={"transA": 1}, opset=21)
 
+row("Softsign", [X((3, 4))], F.softsign)
+
 # Norm-like reductions (F.normalize, weight norm, log-sum-exp pooling).
 row("ReduceL2", [X((3, 4)), C(i64(1))], lambda x: torch.linalg.vector_norm(x, dim=1),
     "axis1", attrs={"keepdims": 0})

@@ -218,3 +218,10 @@ def where(ctx: GradContext, op: Builder) -> list[Value | None]:
     if ctx.needs_grad(2):
         grads[2] = unbroadcast(ctx, op, op.Where(c, zero(op, dy), dy), 2)
     return grads
+
+
+@grad_rule("Softsign")
+def softsign(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = x/(1 + |x|): dx = dy/(1 + |x|)²."""
+    d = op.Add(op.Abs(ctx.x(0)), 1.0)
+    return [op.Div(ctx.dy(), op.Mul(d, d))]
