@@ -367,6 +367,11 @@ def test_export_never_writes_through_a_linked_folder(trainable: Path, tmp_path: 
         export_web(trainable, out, webgpu=False, dataset=None, force=True)
     assert list(elsewhere.iterdir()) == []
     assert sorted(p.name for p in out.iterdir()) == ["ort"]
+    (out / "ort").unlink()
+    (out / "index.html").mkdir()  # a folder where the export writes a file
+    with pytest.raises(et.EdgetrainError, match=r"index.html is a folder"):
+        export_web(trainable, out, webgpu=False, dataset=None, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["index.html"]
 
 
 def test_reexport_replaces_only_what_it_wrote(trainable: Path, tmp_path: Path) -> None:

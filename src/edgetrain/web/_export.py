@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import format as fmt
+from .._validate import validate
 from ..errors import EdgetrainError
 from ._files import Folder, is_entry_name
 from ._manifest import check_manifest, check_meta
@@ -204,45 +205,11 @@ def _vendor(dist: Path, webgpu: bool) -> tuple[dict[str, bytes | Path], str, lis
     return files, version, builds
 
 
-def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os.PathLike[str],
-               checkpoint: str | os.PathLike[str] | None = None, *,
-               dataset: str | None = "auto", webgpu: bool = True,
-               ort_web: str | os.PathLike[str] | None = None,
-               batch_size: int = 32, force: bool = False) -> Path:
-    """Write a self-contained web folder that trains ``file`` in the browser.
-
-    ``checkpoint`` (an edgetrain checkpoint) becomes the initial state. ``dataset`` "auto"
-    embeds scikit-learn's digits when the model takes 64 floats and predicts 10 classes
-    ("digits" requires it, None never embeds). ``webgpu`` also vendors the WebGPU build of
-    onnxruntime-web. ``out_dir`` must be new, empty or an earlier export (whose files are
-    replaced); ``force`` writes into any other folder, touching only the export's own files.
-    Returns the output folder, which ``serve`` can serve.
-    """
-    if dataset not in ("auto", "digits", None):
-        raise EdgetrainError(f"dataset must be 'auto', 'digits' or None, got {dataset!r}")
-    proto = fmt.load_model(file if not isinstance(file, os.PathLike) else os.fspath(file))
-    meta = fmt.read_meta(proto)
-    check_meta(meta)  # before anything is built or written
-    dist = find_ort_web(ort_web)
-
-    state = fmt.initial_state(proto, meta)
-    if checkpoint is not None:
-        state = fmt.load_checkpoint(checkpoint, meta, state)
-    graphs, signatures, blob = _graphs(proto, meta, {t.name for t in proto.graph.initializer}
-                                       - set(state))
-    files: dict[str, bytes | Path] = {STATE_FILE: _state_bytes(meta, state), FROZEN_FILE: blob,
-                                      **graphs}
-    data = None
-    fit = _dataset_for(meta)
-    if dataset == "digits" and fit is None:
-        raise EdgetrainError("the digits data set needs a classifier with one float32 input "
-                             "of 64 values per sample and 10 classes")
-    if dataset is not None and fit is not None:
-        files[DATASET_FILE], data = _digits(fit[0])
-    vendored, version, builds = _vendor(dist, webgpu)
-    files.update(vendored)
-    files.update({f.name: f for f in sorted(STATIC.iterdir()) if f.is_file()})
-    manifest = {
+def _manifest(meta: Mapping[str, Any], signatures: dict[str, Any],
+              state: Mapping[str, np.ndarray], version: str, builds: list[str],
+              batch_size: int, data: dict[str, Any] | None) -> dict[str, Any]:
+    """What the driver and the page read: signatures, state specs, names, hyper-parameters."""
+    return {
         "format": WEB_FORMAT,
         "format_version": WEB_FORMAT_VERSION,
         "producer": f"edgetrain {fmt.producer_version()}",
@@ -265,6 +232,48 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
         "batch_size": batch_size,
         "dataset": data,
     }
+
+
+def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os.PathLike[str],
+               checkpoint: str | os.PathLike[str] | None = None, *,
+               dataset: str | None = "auto", webgpu: bool = True,
+               ort_web: str | os.PathLike[str] | None = None,
+               batch_size: int = 32, force: bool = False) -> Path:
+    """Write a self-contained web folder that trains ``file`` in the browser.
+
+    ``checkpoint`` (an edgetrain checkpoint) becomes the initial state. ``dataset`` "auto"
+    embeds scikit-learn's digits when the model takes 64 floats and predicts 10 classes
+    ("digits" requires it, None never embeds). ``webgpu`` also vendors the WebGPU build of
+    onnxruntime-web. ``out_dir`` must be new, empty or an earlier export (whose files are
+    replaced); ``force`` writes into any other folder, touching only the export's own files.
+    Returns the output folder, which ``serve`` can serve.
+    """
+    if dataset not in ("auto", "digits", None):
+        raise EdgetrainError(f"dataset must be 'auto', 'digits' or None, got {dataset!r}")
+    proto = fmt.load_model(file if not isinstance(file, os.PathLike) else os.fspath(file))
+    meta = fmt.read_meta(proto)
+    check_meta(meta)  # the strings the manifest copies, before anything is built or written
+    validate(proto, meta)  # and the file's own consistency, as edgetrain.load checks it
+    dist = find_ort_web(ort_web)
+
+    state = fmt.initial_state(proto, meta)
+    if checkpoint is not None:
+        state = fmt.load_checkpoint(checkpoint, meta, state)
+    graphs, signatures, blob = _graphs(proto, meta, {t.name for t in proto.graph.initializer}
+                                       - set(state))
+    files: dict[str, bytes | Path] = {STATE_FILE: _state_bytes(meta, state), FROZEN_FILE: blob,
+                                      **graphs}
+    data = None
+    fit = _dataset_for(meta)
+    if dataset == "digits" and fit is None:
+        raise EdgetrainError("the digits data set needs a classifier with one float32 input "
+                             "of 64 values per sample and 10 classes")
+    if dataset is not None and fit is not None:
+        files[DATASET_FILE], data = _digits(fit[0])
+    vendored, version, builds = _vendor(dist, webgpu)
+    files.update(vendored)
+    files.update({f.name: f for f in sorted(STATIC.iterdir()) if f.is_file()})
+    manifest = _manifest(meta, signatures, state, version, builds, batch_size, data)
     check_manifest(manifest)
     files[MANIFEST] = json.dumps(manifest, indent=1, allow_nan=False).encode()
     out = Path(out_dir)
@@ -353,14 +362,23 @@ def write_export(out: Path, files: Mapping[str, bytes | Path], force: bool = Fal
     atomically (a link of that name is replaced, never followed); files an earlier export
     wrote and this one does not are deleted; every other entry is left as it was.
     """
-    if out.is_symlink() or out.exists():
-        if not out.is_dir():
-            raise EdgetrainError(f"{out} exists and is not a folder")
-    else:
-        out.mkdir(parents=True)
+    try:
+        if out.is_symlink() or out.exists():
+            if not out.is_dir():
+                raise EdgetrainError(f"{out} exists and is not a folder")
+        else:
+            out.mkdir(parents=True)
+        _write_files(out, files, force)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise EdgetrainError(f"cannot write the web export into {out}: "
+                             f"{e.strerror or e}{where}") from e
+
+
+def _write_files(out: Path, files: Mapping[str, bytes | Path], force: bool) -> None:
     with Folder(out) as root:
         previous = _previous_files(root, out, force)
-        _check_targets(root, out, sorted(files))
+        _check_targets(root, out, sorted([*files, MARKER]))
         root.write(MARKER, _marker(previous | set(files)))  # covers a crash midway
         with root.subfolder(VENDOR_DIR, create=True) as vendor:
             folders = {"": root, VENDOR_DIR: vendor}
