@@ -124,7 +124,7 @@ class Folder:
                 f.flush()
                 os.fsync(f.fileno())
             if not hasattr(os, "fchmod"):
-                os.chmod(tmp_target, mode, **kw)
+                os.chmod(tmp_target, mode, dir_fd=self.fd)
             os.replace(tmp_target, target, **({"src_dir_fd": self.fd, "dst_dir_fd": self.fd}
                                                if self.fd is not None else {}))
         except BaseException:

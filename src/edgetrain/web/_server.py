@@ -119,9 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edgetrain"
     sys_version = ""
 
+    raw_requestline: bytes
+
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout  # every send and receive
         super().setup()
+        self.connection.settimeout(self.server.request_timeout)  # every send and receive
 
     def handle_one_request(self) -> None:
         self.server.watch(self.connection)  # the head must arrive before the deadline
