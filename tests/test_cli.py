@@ -439,6 +439,10 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_old_checkpoint(model_dir: st
     with open(ckpt, "rb") as f:
         assert f.read() == old
     assert sorted(os.listdir(small_fs)) == ["ck.json", "ck.safetensors"]  # no temp file left
+    with open(os.path.join(small_fs, "filler"), "wb", buffering=0) as f, \
+            pytest.raises(OSError):
+        while True:  # fill the rest: nothing fits now
+            f.write(bytes(4096))
     r = cli("export", j("model.onnx"), "--checkpoint", ckpt, "-o",
             os.path.join(small_fs, "plain.onnx"))
     one_line_error(r, "No space left on device")
