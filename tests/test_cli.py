@@ -202,6 +202,21 @@ def test_fresh_starts_over_and_keeps_a_backup(model_dir: str) -> None:
     assert r.returncode == 0, r.stderr
     assert step_epoch("using checkpoint", r.stdout) == (90, 2)
 
+    # Recompiled with another optimizer, FILE no longer fits its checkpoint: refused, with the
+    # way out named; --fresh then keeps that checkpoint too.
+    r = cli("compile", os.path.join(model_dir, "base.onnx"), "-o", model, "--optimizer", "adam")
+    assert r.returncode == 0 and "note: " in r.stdout and "--fresh" in r.stdout, r.stdout
+    with open(ckpt, "rb") as f:
+        sgd_ckpt = f.read()
+    one_line_error(cli("train", model, "--data", data, "--no-progress"),
+                   "model.ckpt.safetensors", "pass --fresh")
+    r = cli("train", model, "--data", data, "--fresh", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    backup2 = re.search(r"kept the previous checkpoint as (\S+)", r.stdout)
+    assert backup2 and backup2.group(1) != backup.group(1), r.stdout
+    with open(backup2.group(1), "rb") as f:
+        assert f.read() == sgd_ckpt
+
 
 def test_infer_and_export_use_the_default_checkpoint(model_dir: str) -> None:
     j = lambda name: os.path.join(model_dir, name)  # noqa: E731

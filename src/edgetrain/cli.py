@@ -32,7 +32,7 @@ from ._args import (
 )
 from ._datafile import load_arrays
 from ._io import read_regular_file
-from .errors import CheckpointError, EdgetrainError
+from .errors import CheckpointError, EdgetrainError, FormatError
 
 
 def _optimizer(args: argparse.Namespace) -> Any:
@@ -60,7 +60,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     files.refuse_overwrite({"-o": args.out}, {"IN": args.input})
     files.writable(args.out, "-o")
-    proto = fmt.load_model(read_regular_file(args.input, "model file"))
+    try:
+        proto = fmt.load_model(read_regular_file(args.input, "model file"))
+    except FormatError as e:
+        raise FormatError(f"{args.input!r}: {e}") from e
     if any(p.key == fmt.META_KEY for p in proto.metadata_props):
         raise EdgetrainError(f"{args.input!r} is already a trainable edgetrain file; train it "
                              f"(`edgetrain train {args.input} --data …`) or compile the "
@@ -232,8 +235,8 @@ def _train_paths(args: argparse.Namespace) -> str:
             import matplotlib  # noqa: F401
         except ImportError as e:
             raise EdgetrainError("--plot needs matplotlib: pip install 'edgetrain[plot]'") from e
-    ckpt = args.checkpoint or files.default_checkpoint(args.file)
     default = files.default_checkpoint(args.file)
+    ckpt = args.checkpoint or default
     protected = {"FILE": args.file, "--data": args.data}
     if not files.same_file(ckpt, default):
         protected.update({"the default checkpoint": default,
@@ -261,6 +264,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         start = 0
         print(f"starting from the weights stored in {args.file}"
               + (" (--fresh)" if args.fresh and os.path.lexists(ckpt) else ""))
+        default = files.default_checkpoint(args.file)
+        if args.checkpoint and not args.fresh and os.path.lexists(default):
+            print(f"note: --checkpoint {args.checkpoint} does not exist yet: training starts "
+                  f"from FILE's weights, not from its default checkpoint {default}")
     hist = m.fit(data["x"], data["y"], epochs=args.epochs, batch_size=args.batch_size,
                  lr=args.lr, seed=args.seed, progress=not args.no_progress,
                  on_nonfinite="skip" if args.skip_nonfinite else "raise")
