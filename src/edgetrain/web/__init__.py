@@ -57,7 +57,8 @@ def add_cli(subparsers: Any) -> None:
     s = subparsers.add_parser("serve-web", help="serve a web export on 127.0.0.1",
                               description="Serve OUT_DIR (from export-web) with the headers "
                               "onnxruntime-web's threads need.")
-    s.add_argument("out_dir", metavar="OUT_DIR")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="a folder written by export-web")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     s.set_defaults(func=_cmd_serve)
