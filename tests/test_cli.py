@@ -250,6 +250,21 @@ def test_a_missing_checkpoint_is_refused(model_dir: str, command: str) -> None:
     assert digests(model_dir) == before and not os.path.exists(j("site"))
 
 
+def test_a_closed_output_pipe_does_not_cost_the_checkpoint(model_dir: str) -> None:
+    """`edgetrain train … | head -1`: the reader leaves early, the training is still saved."""
+    j = lambda name: os.path.join(model_dir, name)  # noqa: E731
+    p = subprocess.Popen([sys.executable, "-m", "edgetrain.cli", "train", j("model.onnx"),
+                          "--data", j("train.npz"), "--epochs", "2", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.readline()
+    p.stdout.close()  # like `head -1`
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0 and "Traceback" not in err, err
+    r = cli("infer", j("model.onnx"), "--data", j("test.npz"))
+    assert step_epoch("using the default checkpoint", r.stdout) == (90, 2)
+
+
 # -- no command writes over its own input -------------------------------------------------------
 
 OVERWRITES = {
@@ -302,6 +317,7 @@ def test_outputs_must_not_be_folders(model_dir: str) -> None:
     one_line_error(cli("infer", j("model.onnx"), "--data", j("test.npz"), "-o", j("out.npz")),
                    "is a folder")
     one_line_error(cli("export-web", j("model.onnx"), j("test.npz")), "is not a folder")
+    one_line_error(cli("bench", "--json", j("out")), "is a folder")  # before any timing
     assert sorted(os.listdir(j("out"))) == [] and sorted(os.listdir(j("out.npz"))) == []
 
 

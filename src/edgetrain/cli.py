@@ -35,6 +35,20 @@ from ._io import read_regular_file
 from .errors import CheckpointError, EdgetrainError, FormatError
 
 
+def _say(text: object) -> None:
+    """``print``, except that a reader that went away (``| head``) does not stop the command.
+
+    A closed pipe would otherwise raise in the middle of ``train`` and skip the checkpoint
+    save that follows; the rest of the output goes to /dev/null instead.
+    """
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _optimizer(args: argparse.Namespace) -> Any:
     from . import optim
 
@@ -73,12 +87,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
                     labels=args.labels)
     with files.writing(args.out, "-o"):
         path = tm.save(args.out)
-    print(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
+    _say(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
           f"{len(tm.meta['trainable'])} trainable, {len(tm.meta['frozen'])} frozen tensors; "
           f"signatures {', '.join(sorted(tm.meta['signatures']))}")
     stale = files.default_checkpoint(args.out)
     if os.path.lexists(stale):
-        print(f"note: {stale} (from an earlier run) exists; `edgetrain train` resumes from it "
+        _say(f"note: {stale} (from an earlier run) exists; `edgetrain train` resumes from it "
               "and `infer`/`export` use it — pass --fresh to train from the new weights")
     return 0
 
@@ -191,12 +205,12 @@ def _model(args: argparse.Namespace) -> Any:
     ckpt, by_default = _checkpoint_to_read(args)
     m = load(args.file, backend=args.backend)
     if ckpt is None:
-        print(f"no checkpoint: using the weights stored in {args.file}")
+        _say(f"no checkpoint: using the weights stored in {args.file}")
         return m
     m.run("restore", checkpoint_path=ckpt)
     how = "the default checkpoint" if by_default else "checkpoint"
     hint = "; --no-checkpoint uses the weights stored in FILE" if by_default else ""
-    print(f"using {how} {ckpt} (step {m.step}{_epoch_note(ckpt, m.step)}){hint}")
+    _say(f"using {how} {ckpt} (step {m.step}{_epoch_note(ckpt, m.step)}){hint}")
     return m
 
 
@@ -224,7 +238,7 @@ def _restore_for_training(m: Any, ckpt: str, n: int, batch_size: int) -> int:
     if epoch is None:  # no progress file, or a stale one: estimate from the step count
         epoch = m.step // max(1, -(-n // batch_size))
         note = ", estimated from the step count"
-    print(f"resuming from {ckpt} (step {m.step}, epoch {epoch}{note}); --fresh starts over")
+    _say(f"resuming from {ckpt} (step {m.step}, epoch {epoch}{note}); --fresh starts over")
     return epoch
 
 
@@ -262,30 +276,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         start = _restore_for_training(m, ckpt, len(data["x"]), args.batch_size)
     else:
         start = 0
-        print(f"starting from the weights stored in {args.file}"
+        _say(f"starting from the weights stored in {args.file}"
               + (" (--fresh)" if args.fresh and os.path.lexists(ckpt) else ""))
         default = files.default_checkpoint(args.file)
         if args.checkpoint and not args.fresh and os.path.lexists(default):
-            print(f"note: --checkpoint {args.checkpoint} does not exist yet: training starts "
+            _say(f"note: --checkpoint {args.checkpoint} does not exist yet: training starts "
                   f"from FILE's weights, not from its default checkpoint {default}")
     hist = m.fit(data["x"], data["y"], epochs=args.epochs, batch_size=args.batch_size,
                  lr=args.lr, seed=args.seed, progress=not args.no_progress,
                  on_nonfinite="skip" if args.skip_nonfinite else "raise")
     for e in range(args.epochs):
-        print(f"epoch {start + e + 1}: " + "  ".join(f"{k} {v[e]:.4f}"
+        _say(f"epoch {start + e + 1}: " + "  ".join(f"{k} {v[e]:.4f}"
                                                     for k, v in hist.history.items()
                                                     if e < len(v)))
     if hist.skipped_steps:
-        print(f"skipped {hist.skipped_steps} non-finite step(s)")
+        _say(f"skipped {hist.skipped_steps} non-finite step(s)")
     if not resume and os.path.lexists(ckpt):
-        print(f"kept the previous checkpoint as {files.keep_backup(ckpt)}")
+        _say(f"kept the previous checkpoint as {files.keep_backup(ckpt)}")
     with files.writing(ckpt, "checkpoint"):
         m.run("save", checkpoint_path=ckpt)
     files.write_progress(ckpt, m.step, start + args.epochs)
-    print(f"saved {ckpt} (step {m.step}, epoch {start + args.epochs})")
+    _say(f"saved {ckpt} (step {m.step}, epoch {start + args.epochs})")
     if args.plot:
         with files.writing(args.plot, "plot"):
-            print(f"wrote {hist.plot(args.plot)}")
+            _say(f"wrote {hist.plot(args.plot)}")
     return 0
 
 
@@ -305,15 +319,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
         np.savez(buf, **{m.meta["output"]: out})
         with files.writing(out_path, "-o"):
             fmt.atomic_write(out_path, buf.getvalue())
-        print(f"wrote {out_path} ({m.meta['output']}: {out.shape})")
+        _say(f"wrote {out_path} ({m.meta['output']}: {out.shape})")
     if m.meta.get("classification"):
         pred = np.argmax(out, axis=1)
-        print(f"predictions: {pred[:20].tolist()}{' …' if len(pred) > 20 else ''}")
+        _say(f"predictions: {pred[:20].tolist()}{' …' if len(pred) > 20 else ''}")
         if "y" in data:
             y = data["y"] if data["y"].ndim == 1 else np.argmax(data["y"], axis=1)
-            print(f"accuracy: {float(np.mean(pred == y)):.4f}")
+            _say(f"accuracy: {float(np.mean(pred == y)):.4f}")
     elif not out_path:
-        print(out)
+        _say(out)
     return 0
 
 
@@ -323,7 +337,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     m = _model(args)
     with files.writing(args.out, "-o"):
         path = m.export(args.out)
-    print(f"wrote {path}: plain inference ONNX with the current weights")
+    _say(f"wrote {path}: plain inference ONNX with the current weights")
     return 0
 
 
@@ -342,7 +356,7 @@ def _guard_export_web(sub: Any) -> None:
         files.refuse_folder_holding("OUT_DIR", args.out_dir, _protected(args))
         files.writable(os.path.join(args.out_dir, "x"), "OUT_DIR")
         if by_default:
-            print(f"using the default checkpoint {ckpt}; --no-checkpoint exports the weights "
+            _say(f"using the default checkpoint {ckpt}; --no-checkpoint exports the weights "
                   "stored in FILE")
         args.checkpoint = ckpt
         return int(inner(args) or 0)
@@ -509,6 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except EdgetrainError as e:
         return _fail(str(e))
+    except BrokenPipeError:  # the reader of our output went away (`| head`): not an error
+        _say("")
+        return 1
     except FileNotFoundError as e:
         return _fail(f"{e.filename or e}: no such file")
     except OSError as e:
