@@ -392,28 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     _add_train(sub)
-    n = sub.add_parser("infer", help="run the infer signature on an .npz with array x")
-    n.add_argument("file", help="trainable edgetrain file (.onnx)")
-    n.add_argument("--data", required=True, help="an .npz with array x (and y for the "
-                   "accuracy), or an .npy holding x")
-    n.add_argument("--batch-size", type=positive_int, default=256,
-                   help="samples per inference call (default 256)")
-    n.add_argument("-o", "--out", default=None, help="write outputs to this .npz")
-    n.set_defaults(func=cmd_infer)
-
-    e = sub.add_parser("export", help="plain inference ONNX with trained weights baked in")
-    e.add_argument("file", help="trainable edgetrain file (.onnx)")
-    e.add_argument("-o", "--out", required=True, help="the plain inference .onnx to write")
-    e.set_defaults(func=cmd_export)
-
-    for sp in (n, e):
-        sp.add_argument("--checkpoint", default=None, help="restore this checkpoint first "
-                        "(default: FILE's checkpoint written by `train`, if there is one)")
-        sp.add_argument("--no-checkpoint", action="store_true",
-                        help="ignore FILE's default checkpoint; use the weights stored in FILE")
-    for sp in (sub.choices["train"], n, e):
-        sp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "reference"],
-                        help="the runtime that executes the graphs (default onnxruntime)")
+    _add_infer_export(sub)
 
     d = sub.add_parser("demo", help="run a demo end to end (default: the seed walkthrough)")
     d.add_argument("which", nargs="?", default="seed", choices=["seed"],
@@ -443,6 +422,31 @@ def build_parser() -> argparse.ArgumentParser:
             add(sub)
     _guard_export_web(sub)
     return p
+
+
+def _add_infer_export(sub: Any) -> None:
+    n = sub.add_parser("infer", help="run the infer signature on an .npz with array x")
+    n.add_argument("file", help="trainable edgetrain file (.onnx)")
+    n.add_argument("--data", required=True, help="an .npz with array x (and y for the "
+                   "accuracy), or an .npy holding x")
+    n.add_argument("--batch-size", type=positive_int, default=256,
+                   help="samples per inference call (default 256)")
+    n.add_argument("-o", "--out", default=None, help="write outputs to this .npz")
+    n.set_defaults(func=cmd_infer)
+
+    e = sub.add_parser("export", help="plain inference ONNX with trained weights baked in")
+    e.add_argument("file", help="trainable edgetrain file (.onnx)")
+    e.add_argument("-o", "--out", required=True, help="the plain inference .onnx to write")
+    e.set_defaults(func=cmd_export)
+
+    for sp in (n, e):
+        sp.add_argument("--checkpoint", default=None, help="restore this checkpoint first "
+                        "(default: FILE's checkpoint written by `train`, if there is one)")
+        sp.add_argument("--no-checkpoint", action="store_true",
+                        help="ignore FILE's default checkpoint; use the weights stored in FILE")
+    for sp in (sub.choices["train"], n, e):
+        sp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "reference"],
+                        help="the runtime that executes the graphs (default onnxruntime)")
 
 
 def _add_compile(sub: Any) -> None:
