@@ -40,7 +40,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
                    help="trainable file, or 'seed-mlp' (default): the seed MLP for 8x8 digits")
     s.add_argument("--data", help="npz with arrays x and y (default: scikit-learn's digits)")
     s.add_argument("--clients", type=int, default=10, help="number of simulated devices")
-    s.add_argument("--rounds", type=int, default=20)
+    s.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
     s.add_argument("--non-iid", type=float, default=None, metavar="ALPHA",
                    help="Dirichlet label skew with concentration ALPHA (default: IID)")
     s.add_argument("--test-fraction", type=float, default=0.25,
@@ -64,7 +64,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address the SuperLink binds")
     v.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet + Control)")
     v.add_argument("--superlink", help="use this running SuperLink (HOST:PORT) instead")
-    v.add_argument("--rounds", type=int, default=3)
+    v.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
     v.add_argument("--min-clients", type=int, default=2,
                    help="connected devices to wait for before each round")
     v.add_argument("--eval-data", help="npz held out on the server for the global accuracy")
@@ -94,7 +94,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 def _strategy_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training and aggregation")
-    g.add_argument("--strategy", choices=("fedavg", "fedprox", "fedadam"), default="fedavg")
+    g.add_argument("--strategy", choices=("fedavg", "fedprox", "fedadam"), default="fedavg",
+                   help="how the server combines the updates (default: fedavg)")
     g.add_argument("--local-epochs", type=int, default=None,
                    help="epochs per round on each device (seed-mlp: 3, else 1)")
     g.add_argument("--batch-size", type=int, default=None, help="(seed-mlp: 16, else 32)")
@@ -102,7 +103,8 @@ def _strategy_args(p: argparse.ArgumentParser) -> None:
                    "(default: the file's own)")
     g.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's mu")
     g.add_argument("--server-lr", type=float, default=0.1, help="FedAdam's eta")
-    g.add_argument("--fraction-train", type=float, default=1.0)
+    g.add_argument("--fraction-train", type=float, default=1.0,
+                   help="share of devices asked to train in each round")
     g.add_argument("--fraction-evaluate", type=float, default=1.0,
                    help="share of devices that also evaluate the global model locally")
     g.add_argument("--round-timeout", type=float, default=600.0,
@@ -128,9 +130,9 @@ def _tls_args(p: argparse.ArgumentParser, server: bool) -> None:
     g.add_argument("--insecure", action="store_true",
                    help="plain HTTP without TLS: only on 127.0.0.1 or a trusted network")
     if server:
-        g.add_argument("--ssl-certfile")
-        g.add_argument("--ssl-keyfile")
-        g.add_argument("--ssl-ca-certfile")
+        g.add_argument("--ssl-certfile", help="PEM certificate the SuperLink presents")
+        g.add_argument("--ssl-keyfile", help="PEM private key of that certificate")
+        g.add_argument("--ssl-ca-certfile", help="PEM of the CA that signed the certificate")
     else:
         g.add_argument("--root-certificates", help="PEM of the CA that signed the SuperLink")
 

@@ -63,7 +63,7 @@ def add_cli(subparsers: Any) -> None:
                               "onnxruntime-web's threads need. Only GET and HEAD of regular "
                               "files in OUT_DIR, never through a symbolic link, and only for "
                               "requests addressed to the loopback host it listens on.")
-    s.add_argument("out_dir", metavar="OUT_DIR")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="a folder written by export-web")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
