@@ -253,3 +253,57 @@ def test_robust_strategies_resist_an_update_that_passes_every_check(setup: Setup
         assert len(chosen) == 1 and norms[chosen[0]] < 2 * np.median(norms)  # an honest one
         assert max(norms) > 4 * np.median(norms)  # and the bad one was there to choose
     assert krum["accuracy"] > honest["accuracy"] - 0.1
+
+
+# -- command line -----------------------------------------------------------------------------
+
+SIM = ["simulate", "--engine", "inline", "--rounds", "1", "--no-plot"]
+BAD_ARGS = [
+    ([*SIM, "--dp", "server", "--dp-clip", "-1"], "--dp-clip"),
+    ([*SIM, "--lr", "nan"], "--lr"),
+    ([*SIM, "--lr", "0"], "--lr"),
+    ([*SIM, "--local-epochs", "0"], "--local-epochs"),
+    ([*SIM, "--batch-size", "0"], "--batch-size"),
+    ([*SIM, "--rounds", "0"], "--rounds"),
+    ([*SIM, "--clients", "0"], "--clients"),
+    ([*SIM, "--seed", "-1"], "--seed"),
+    ([*SIM, "--test-fraction", "1"], "--test-fraction"),
+    ([*SIM, "--non-iid", "nan"], "--non-iid"),
+    ([*SIM, "--fraction-train", "0"], "--fraction-train"),
+    ([*SIM, "--fraction-evaluate", "1.5"], "--fraction-evaluate"),
+    ([*SIM, "--round-timeout", "0"], "--round-timeout"),
+    ([*SIM, "--dp", "server", "--dp-noise", "-1"], "--dp-noise"),
+    ([*SIM, "--strategy", "fedadam", "--server-lr", "inf"], "--server-lr"),
+    ([*SIM, "--strategy", "fedprox", "--proximal-mu", "nan"], "--proximal-mu"),
+    ([*SIM, "--secagg", "--secagg-shares", "2"], "--secagg-shares"),
+    ([*SIM, "--max-examples", "0"], "--max-examples"),
+    ([*SIM, "--max-update-norm", "-1"], "--max-update-norm"),
+    ([*SIM, "--outlier-factor", "0.5"], "--outlier-factor"),
+    ([*SIM, "--strategy", "fedtrimmedavg", "--trim-beta", "0.5"], "--trim-beta"),
+    ([*SIM, "--strategy", "krum", "--byzantine", "-1"], "--byzantine"),
+    ([*SIM, "--strategy", "krum", "--dp", "server"], "krum"),
+    ([*SIM, "--strategy", "fedmedian", "--secagg"], "fedmedian"),
+    ([*SIM, "--data", "no-such.npz"], "--data"),
+    (["server", "--insecure", "--port", "0"], "--port"),
+    (["server", "--insecure", "--min-clients", "0"], "--min-clients"),
+    (["server", "--insecure", "--timeout", "-5"], "--timeout"),
+    (["server", "--insecure", "--authorized-supernodes", "keys.pub"], "TLS"),
+    (["client", "seed-mlp", "--data", "x.npz", "--insecure", "--auth-key", "k"], "--auth-key"),
+    (["client", "seed-mlp", "--data", "x.npz", "--insecure", "--port", "70000"], "--port"),
+]
+
+
+@pytest.mark.parametrize("args,flag", BAD_ARGS, ids=[" ".join(a[len(SIM):] if a[0] ==
+                                                              "simulate" else a)
+                                                     for a, _ in BAD_ARGS])
+def test_bad_federated_arguments_are_one_line_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], flag: str) -> None:
+    """Checked before anything is written or started: exit 2 and one line naming the flag."""
+    from edgetrain.cli import main
+
+    out = tmp_path / "out"
+    code = main(["federated", *args, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("edgetrain: error: ") and flag in err[0], err
+    assert not out.exists()

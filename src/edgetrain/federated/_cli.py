@@ -279,8 +279,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     tls = TLS(insecure=args.insecure, certfile=args.ssl_certfile, keyfile=args.ssl_keyfile,
               ca_certfile=args.ssl_ca_certfile)
+    tls.check(supernode_auth=bool(args.authorized_supernodes))
     keys = read_public_keys(args.authorized_supernodes)
-    tls.check(supernode_auth=bool(keys))
     model = _model_file(args.file, args.out)
     min_clients = args.min_clients
     settings = ServerSettings(model=model, out_dir=os.path.abspath(args.out),
