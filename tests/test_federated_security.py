@@ -307,3 +307,36 @@ def test_bad_federated_arguments_are_one_line_errors(
     assert code == 2
     assert len(err) == 1 and err[0].startswith("edgetrain: error: ") and flag in err[0], err
     assert not out.exists()
+
+
+# -- Flower's Ray simulation engine -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_ray_engine_drops_a_nan_update(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    """The same attack on Flower's simulation engine (ClientApps in Ray actors): the NaN reply
+    is dropped with its reason, and round 1's global model is the honest clients' alone."""
+    import cloudpickle
+    from flwr.simulation import run_simulation
+
+    cloudpickle.register_pickle_by_value(attacks)  # the Ray workers cannot import tests/
+    out = setup.tmp / "ray"
+    s = ServerSettings(model=setup.model, out_dir=str(out), eval_data=setup.heldout, rounds=1,
+                       min_available=CLIENTS, min_train=CLIENTS, min_evaluate=CLIENTS,
+                       fraction_evaluate=0.0, local_epochs=3, batch_size=16)
+    history: list[dict] = []
+    client = attacks.attacked_app(
+        make_client_app(ClientSettings(model=setup.model, data=setup.pattern)), attacks.nan, BAD)
+    caplog.set_level(logging.WARNING, logger="edgetrain.federated")
+    run_simulation(server_app=make_server_app(s, on_round=history.append), client_app=client,
+                   num_supernodes=CLIENTS, backend_config={
+                       "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                       "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False,
+                                     "logging_level": "ERROR", "log_to_driver": False}})
+    assert [r["round"] for r in history] == [0, 1]
+    got = checkpoint_params(setup.model, history[1]["checkpoint"])
+    assert_finite(got)
+    assert (history[1]["train_replies"], history[1]["train_dropped"]) == (CLIENTS - 1, 1)
+    honest = checkpoint_params(setup.model, setup.honest()["history"][1]["checkpoint"])
+    for k, v in honest.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+    assert any("non-finite values (nan)" in line for line in drops(caplog))

@@ -5,9 +5,15 @@ global model; after every round they are written as an edgetrain checkpoint
 (``Model.run("save")``, restorable on any device) and as a plain inference ONNX model
 (``Model.export``), and scored on held-out data when the server has some.
 
-FedAvg, FedProx and FedAdam are Flower's own strategies (``flwr.serverapp.strategy``); DP is
-Flower's fixed-clipping wrappers; SecAgg+ is Flower's ``SecAggPlusWorkflow``, which still runs
-on Flower's compat strategies, so that path builds the compat twin of the chosen strategy.
+FedAvg, FedProx, FedAdam and the robust FedMedian, FedTrimmedAvg and Krum are Flower's own
+strategies (``flwr.serverapp.strategy``); DP is Flower's fixed-clipping wrappers; SecAgg+ is
+Flower's ``SecAggPlusWorkflow``, which still runs on Flower's compat strategies, so that path
+builds the compat twin of the chosen strategy.
+
+No client is trusted: every reply is screened (:mod:`._guard`) before any strategy or DP
+wrapper sees it, and a bad one is dropped with a logged reason instead of poisoning the
+global model or ending the run. Under DP the accepted updates count equally and the noise is
+scaled to how many were averaged, so one client's influence stays what the noise covers.
 """
 
 from __future__ import annotations
