@@ -109,3 +109,32 @@ def attacked_app(honest: Any, attack: Attack, bad_partition: int) -> Any:
         return honest(msg, context)
 
     return app
+
+
+def secagg_wrong_shape_app(honest: Any, bad_partition: int) -> Any:
+    """A SecAgg+ ClientApp (Flower's ``secaggplus_mod``) whose node ``bad_partition`` returns
+    one array a row too long in its compat ``fitres`` record, before the mod masks it."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    app = ClientApp(mods=[secaggplus_mod])
+
+    @app.train()
+    def train(msg: Any, context: Any) -> Any:
+        reply = honest(msg, context)
+        if int(context.node_config["partition-id"]) == bad_partition:
+            res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+            arrays = parameters_to_ndarrays(res.parameters)
+            arrays[0] = np.zeros((arrays[0].shape[0] + 1, *arrays[0].shape[1:]),
+                                 dtype=arrays[0].dtype)
+            res.parameters = ndarrays_to_parameters(arrays)
+            reply.content = compat.fitres_to_recorddict(res, keep_input=True)
+        return reply
+
+    @app.evaluate()
+    def evaluate(msg: Any, context: Any) -> Any:
+        return honest(msg, context)
+
+    return app

@@ -226,6 +226,25 @@ def test_max_update_norm_drops_larger_updates(setup: Setup,
     assert all("exceeds max_update_norm 0.001" in line for line in drops(caplog))
 
 
+def test_a_failed_secure_aggregation_round_does_not_end_the_run(
+        setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    """Under SecAgg+ the server sees only the masked sum, so a client's wrongly shaped vector
+    makes Flower's unmasking raise: that round keeps the global model (logged) and the run
+    goes on to its end."""
+    honest = make_client_app(ClientSettings(model=setup.model, data=setup.pattern))
+    caplog.set_level(logging.WARNING, logger="edgetrain.federated")
+    s = ServerSettings(model=setup.model, out_dir=str(setup.tmp / "secagg"), rounds=1,
+                       eval_data=setup.heldout, min_available=CLIENTS, min_train=CLIENTS,
+                       min_evaluate=CLIENTS, local_epochs=3, batch_size=16, secagg=True,
+                       secagg_shares=1.0, secagg_threshold=1.0, fraction_evaluate=0.0)
+    history: list[dict] = []
+    run_inline(make_server_app(s, on_round=history.append),
+               attacks.secagg_wrong_shape_app(honest, BAD), CLIENTS)
+    assert [r["round"] for r in history] == [0, 1]
+    assert history[1]["accuracy"] == history[0]["accuracy"]  # the round changed nothing
+    assert any("round 1: secure aggregation failed" in r.getMessage() for r in caplog.records)
+
+
 # -- robust aggregation -----------------------------------------------------------------------
 
 def test_robust_strategies_resist_an_update_that_passes_every_check(setup: Setup) -> None:

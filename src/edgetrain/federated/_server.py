@@ -494,7 +494,24 @@ def _run_compat_secagg(grid: Any, s: ServerSettings, context: Any, names: list[s
     secagg = SecAggPlusWorkflow(num_shares=_int_or_fraction(s.secagg_shares),
                                 reconstruction_threshold=_int_or_fraction(s.secagg_threshold),
                                 timeout=s.round_timeout)
-    DefaultWorkflow(fit_workflow=secagg)(grid, legacy)
+    DefaultWorkflow(fit_workflow=_round_survives(secagg))(grid, legacy)
+
+
+def _round_survives(fit_workflow: Any) -> Any:
+    """A SecAgg+ round that raises (a client's masked vector of the wrong length makes
+    Flower's unmasking fail) is logged and leaves the global model as it was, instead of
+    ending the run; the next round starts afresh."""
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+
+    def run(grid: Any, context: Any) -> None:
+        try:
+            fit_workflow(grid, context)
+        except Exception as e:  # one hostile reply must not end the federation
+            cfg = context.state.config_records.get(MAIN_CONFIGS_RECORD, {})
+            log.warning("round %s: secure aggregation failed (%s: %s); the global model is "
+                        "kept", cfg.get(Key.CURRENT_ROUND, "?"), type(e).__name__, e)
+
+    return run
 
 
 def _checked_fit(aggregate_fit: Any, rules: ReplyRules, names: list[str]) -> Any:
