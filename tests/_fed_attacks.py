@@ -77,6 +77,22 @@ def wrong_dtype(sent: dict[str, np.ndarray], content: Any) -> None:
     _replace(content, {k: np.full(_arrays(content)[k].numpy().shape, "1e9", dtype="<U4")})
 
 
+def lying_header(sent: dict[str, np.ndarray], content: Any) -> None:
+    """A few bytes whose ``.npy`` header declares 10^9 rows: ``np.load`` would allocate
+    hundreds of gigabytes before noticing the data is missing."""
+    import io
+
+    from flwr.app import Array
+
+    k = _first(content)
+    shape = _arrays(content)[k].numpy().shape
+    fp = io.BytesIO()
+    np.lib.format.write_array_header_1_0(fp, {"descr": "<f4", "fortran_order": False,
+                                              "shape": (10**9, *shape[1:])})
+    _arrays(content)[k] = Array(dtype="float32", shape=shape, stype="numpy.ndarray",
+                                data=fp.getvalue() + b"\0" * 64)
+
+
 def float64(sent: dict[str, np.ndarray], content: Any) -> None:
     _replace(content, {k: v.numpy().astype(np.float64) for k, v in _arrays(content).items()})
 

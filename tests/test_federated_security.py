@@ -112,6 +112,7 @@ ATTACKS = {
     "1e12-examples": (attacks.many_examples, "claims 1000000000000 examples"),
     "wrong-shape": (attacks.wrong_shape, "has shape"),
     "wrong-dtype": (attacks.wrong_dtype, "has dtype <U4, expected float32"),
+    "lying-npy-header": (attacks.lying_header, "has shape [1000000000, 64]"),
     "float64": (attacks.float64, "has dtype float64, expected float32"),
     "unknown-name": (attacks.unknown_name, "unknown ['fc9.weight']"),
 }
@@ -178,6 +179,41 @@ def test_a_failing_client_does_not_stop_server_side_dp(setup: Setup) -> None:
     mean = {k: np.mean([u[k].astype(np.float64) for _, u in updates], axis=0) for k in g0}
     noise = np.concatenate([(got["params"][k] - mean[k]).ravel() for k in g0])
     assert abs(noise.std() / (sigma * clip / (CLIENTS - 1)) - 1) < 0.05
+
+
+def test_client_side_dp_drops_an_update_that_was_not_clipped(
+        setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    """Under client-side DP every device must clip its update to the clipping norm (Flower's
+    mod does); a reply above it was not clipped and is dropped, so the noise still covers
+    one client's influence. The aggregate is the plain mean of the four clipped updates."""
+    clip = 1.0
+    caplog.set_level(logging.WARNING, logger="edgetrain.federated")
+    got = setup.run(CLIENTS, attacks.reversed_update(6.0), rounds=1, dp="client", dp_noise=0.0,
+                    dp_clip=clip, save_updates=True)
+    assert (got["history"][1]["train_replies"], got["history"][1]["train_dropped"]) == \
+        (CLIENTS - 1, 1)
+    start = checkpoint_params(setup.model, got["history"][0]["checkpoint"])
+    updates = [u for _, u in read_updates(str(got["out"] / "updates"), 1)]
+    for u in updates:  # the honest ones were clipped on the device
+        norm = np.sqrt(sum(float(((u[k] - start[k]) ** 2).sum()) for k in u))
+        assert norm == pytest.approx(clip, rel=1e-4)
+    for k, v in got["params"].items():
+        mean = np.mean([u[k].astype(np.float64) for u in updates], axis=0)
+        np.testing.assert_allclose(v, mean, rtol=1e-6, atol=1e-7, err_msg=k)
+    assert any("exceeds the DP clipping norm 1: the client did not clip it" in line
+               for line in drops(caplog))
+
+
+def test_a_non_finite_or_misshapen_aggregate_is_not_adopted() -> None:
+    """The last check before a round's aggregate becomes the global model."""
+    from edgetrain.federated._guard import ReplyRules, aggregate_is_sane
+
+    rules = ReplyRules.for_parameters({"w": np.zeros((2, 3), np.float32)})
+    assert aggregate_is_sane(1, {"w": np.ones((2, 3))}, rules)
+    assert not aggregate_is_sane(1, {"w": np.full((2, 3), np.nan)}, rules)
+    assert not aggregate_is_sane(1, {"w": np.ones((3, 2))}, rules)
+    assert not aggregate_is_sane(1, {"w": np.ones((2, 3)), "v": np.ones(1)}, rules)
+    assert not aggregate_is_sane(1, None, rules)
 
 
 def test_bad_evaluation_replies_are_dropped(setup: Setup,

@@ -13,7 +13,8 @@ Per reply: content (not an error), exactly one array record and one metric recor
 shapes and dtypes of the trainable parameters (read from the ``.npy`` header before any
 bytes are decoded, so a lying header cannot make the server allocate), finite values, a
 ``num-examples`` between 1 and ``max_examples``, finite metrics and, when set, an update norm
-``‖w_client − w_global‖₂`` of at most ``max_update_norm``. Across a round (three replies or
+``‖w_client − w_global‖₂`` of at most ``max_update_norm`` (and, under client-side DP, of at
+most the clipping norm every client must have clipped to). Across a round (three replies or
 more, an honest majority assumed): an update norm above ``outlier_factor`` times the round's
 median is dropped, and a claimed example count above ``outlier_factor`` times the median
 claim is weighted as that bound.
@@ -42,6 +43,7 @@ __all__ = [
 log = logging.getLogger("edgetrain.federated")
 
 WEIGHT_KEY = "num-examples"
+CLIP_SLACK = 1e-4   # float32 rounding of a clipped update
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
 
@@ -59,6 +61,7 @@ class ReplyRules:
     max_update_norm: float = 0.0      # 0 = no absolute bound
     outlier_factor: float = 10.0      # 0 = no bounds relative to the round's median
     equal_weights: bool = False       # every accepted update counts once (DP)
+    clip_norm: float = 0.0            # client-side DP: the norm every update was clipped to
 
     @classmethod
     def for_parameters(cls, params: Mapping[str, np.ndarray], **kw: Any) -> ReplyRules:
@@ -174,6 +177,9 @@ def check_train_reply(msg: Any, rules: ReplyRules,
     if rules.max_update_norm and norm > rules.max_update_norm:
         raise Rejected(f"update norm {norm:.4g} exceeds max_update_norm "
                        f"{rules.max_update_norm:g}")
+    if rules.clip_norm and norm > rules.clip_norm * (1 + CLIP_SLACK):
+        raise Rejected(f"update norm {norm:.4g} exceeds the DP clipping norm "
+                       f"{rules.clip_norm:g}: the client did not clip it")
     return Accepted(message=msg, node=_node(msg), arrays=arrays, examples=examples,
                     metrics=metrics, norm=norm, weight=float(examples))
 

@@ -325,7 +325,8 @@ def reply_rules(s: ServerSettings, params: Mapping[str, np.ndarray]) -> ReplyRul
     return ReplyRules.for_parameters(params, max_examples=s.max_examples,
                                      max_update_norm=s.max_update_norm,
                                      outlier_factor=s.outlier_factor,
-                                     equal_weights=s.dp != "none")
+                                     equal_weights=s.dp != "none",
+                                     clip_norm=s.dp_clip if s.dp == "client" else 0.0)
 
 
 def _sampled_clients(s: ServerSettings, grid: Any) -> int:
