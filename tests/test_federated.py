@@ -1,4 +1,4 @@
-"""Federated learning on Flower (issue 7): the real flwr apps, strategies, mods and processes.
+"""Federated learning on Flower: the real flwr apps, strategies, mods and processes.
 
 Fast checks run Flower's ServerApp and ClientApp through the inline engine (same apps, no Ray);
 the acceptance runs use Flower's Ray simulation engine and a real SuperLink with three

@@ -187,7 +187,7 @@ def check_train_reply(msg: Any, rules: ReplyRules,
 def _node(msg: Any) -> int:
     try:
         return int(msg.metadata.src_node_id)
-    except Exception:
+    except Exception:  # a reply without usable metadata is still dropped, as node -1
         return -1
 
 
