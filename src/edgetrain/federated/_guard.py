@@ -245,7 +245,7 @@ def screen_train(server_round: int, replies: Iterable[Any], rules: ReplyRules,
     for a in kept:
         if rules.equal_weights:
             a.weight = 1.0
-        metrics = {k: a.metrics[k] for k in common if k != WEIGHT_KEY}
+        metrics: dict[str, Any] = {k: a.metrics[k] for k in common if k != WEIGHT_KEY}
         metrics[WEIGHT_KEY] = a.weight
         a.message.content = RecordDict({
             ARRAYS_KEY: ArrayRecord({k: Array(np.ascontiguousarray(a.arrays[k]))

@@ -411,8 +411,8 @@ def _observed(inner: Any, rules: ReplyRules, updates_dir: str | None) -> Any:
 def _save_updates(folder: str, server_round: int, accepted: list[Accepted]) -> None:
     for a in accepted:
         path = os.path.join(folder, f"round_{server_round:03d}_node_{a.node}.npz")
-        np.savez(path, __num_examples__=np.asarray(a.weight),
-                 **{f"p:{k}": v for k, v in a.arrays.items()})
+        arrays: dict[str, Any] = {f"p:{k}": v for k, v in a.arrays.items()}
+        np.savez(path, __num_examples__=np.asarray(a.weight), **arrays)
 
 
 def read_updates(folder: str, server_round: int) -> list[tuple[int, dict[str, np.ndarray]]]:
