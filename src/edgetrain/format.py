@@ -111,6 +111,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> str:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    _remove_stale_temps(folder)  # first: a writer killed mid-write has cleaned up before it
     fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", suffix=_TEMP_SUFFIX,
                                dir=folder)
     try:
@@ -137,7 +138,6 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> str:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    _remove_stale_temps(folder)
     return path
 
 
