@@ -247,10 +247,8 @@ class Model:
     def save(self, checkpoint_path: str | os.PathLike[str], *, key: bytes | None = None) -> str:
         """Write a checkpoint (atomic). With ``key`` (≥ 16 random bytes) it carries an
         HMAC-SHA256 that :meth:`restore` with the same key requires (see docs/format.md)."""
-        inputs: dict[str, Any] = {"checkpoint_path": checkpoint_path}
-        if key is not None:
-            inputs["key"] = key
-        return str(self.run("save", **inputs)["checkpoint_path"])
+        keyed = {} if key is None else {"key": key}
+        return str(self.run("save", checkpoint_path=checkpoint_path, **keyed)["checkpoint_path"])
 
     def restore(self, checkpoint_path: str | os.PathLike[str], *,
                 key: bytes | None = None) -> str:
@@ -259,10 +257,9 @@ class Model:
         Without ``key`` the checksum proves integrity only (anyone can write a valid file);
         with ``key`` a checkpoint without a valid MAC made with that key is refused.
         """
-        inputs: dict[str, Any] = {"checkpoint_path": checkpoint_path}
-        if key is not None:
-            inputs["key"] = key
-        return str(self.run("restore", **inputs)["checkpoint_path"])
+        keyed = {} if key is None else {"key": key}
+        return str(self.run("restore", checkpoint_path=checkpoint_path, **keyed)
+                   ["checkpoint_path"])
 
     def _input_plan(self, sig: Signature) -> dict[str, _InputSpec]:
         """The input specs of ``sig`` parsed once (a step pays for checks, not for parsing)."""
@@ -366,14 +363,8 @@ class Model:
         """
         if on_nonfinite not in ("raise", "skip"):
             raise EdgetrainError("on_nonfinite must be 'raise' or 'skip'")
-        if lr is not None:  # before any step, in the dtype the step will see
-            spec = self._input_plan(self._sigs["train"]).get("lr")
-            try:
-                with np.errstate(over="ignore"):
-                    lr_arr = np.asarray(lr, dtype=spec.dtype if spec else None)
-            except (TypeError, ValueError) as e:
-                raise InputError(f"fit: lr must be a number, got {lr!r}") from e
-            _check_lr(lr_arr, "fit", True)
+        if lr is not None:
+            self._check_fit_lr(lr)
         xs = self._as_inputs(x)
         y = np.asarray(y)
         n = len(y)
@@ -440,6 +431,17 @@ class Model:
             evals = int("accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs})
             cache.report(hist, epochs, evals, progress)
         return hist
+
+    def _check_fit_lr(self, lr: Any) -> None:
+        """``fit(lr=…)`` before any step, in the dtype the step will see (1e39 is finite in
+        float64, infinite in float32)."""
+        spec = self._input_plan(self._sigs["train"]).get("lr")
+        try:
+            with np.errstate(over="ignore"):
+                arr = np.asarray(lr, dtype=spec.dtype if spec else None)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"fit: lr must be a number, got {lr!r}") from e
+        _check_lr(arr, "fit", True)
 
     def evaluate(self, x: Any, y: np.ndarray, batch_size: int = 256, *,
                  signature: str = "eval") -> dict[str, float]:
