@@ -3,8 +3,9 @@
 Model file: one ONNX ``ModelProto``. Main graph = the ``infer`` signature; weights and optimizer
 state are its initializers; each training signature is a ``training_info[i].algorithm`` whose
 ``update_binding`` maps updated initializers to step outputs; ``metadata_props["edgetrain"]``
-is JSON naming the signatures. Checkpoints are safetensors files with a model fingerprint and a
-checksum in their metadata. Every write is atomic: temp file in the same folder, fsync, rename.
+is JSON naming the signatures. Checkpoints are safetensors files whose metadata holds a checksum
+over canonical bytes, the model's architecture hash and, with a key, a MAC (docs/format.md).
+Every write is atomic: temp file in the same folder, fsync, rename.
 """
 
 from __future__ import annotations
