@@ -338,8 +338,36 @@ def test_hostile_headers_are_checkpoint_errors(tmp_path: Path) -> None:
         cases[f"format_version {version[:8]!r}"] = json.dumps(h)
     for what, text in cases.items():
         bad.write_bytes(_with_header(text.encode(), rest))
-        _refused(m, bad, "corrupt header|invalid format_version")
+        _refused(m, bad, "corrupt header|invalid format_version|no metadata")
         assert what
+
+
+DEEP_HEADER = """
+import sys
+import edgetrain as et
+sys.setrecursionlimit(1_000_000)  # as some libraries do: the parser must not depend on it
+m = et.load(sys.argv[1])
+try:
+    m.restore(sys.argv[2])
+except et.CheckpointError as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_deep_headers_fail_cleanly_whatever_the_recursion_limit(tmp_path: Path) -> None:
+    """Nesting is bounded before parsing: with a raised recursion limit, a header nested a
+    million deep used to reach the JSON parser's C recursion (a crash, not an error)."""
+    path = et.compile(mlp(hidden=16)).save(tmp_path / "m.onnx")
+    _, rest = _header(Path(et.load(path).save(tmp_path / "ck.safetensors")).read_bytes())
+    depth = 1_000_000
+    raw = ('{"__metadata__": {"kind": "edgetrain-checkpoint"}, "x": ' + "[" * depth
+           + "]" * depth + "}").encode()
+    (tmp_path / "deep.safetensors").write_bytes(_with_header(raw, rest))
+    out = subprocess.run([sys.executable, "-c", DEEP_HEADER, path,
+                          str(tmp_path / "deep.safetensors")], timeout=120, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("CheckpointError") and "nested deeper" in out.stdout
 
 
 def test_fifo_device_and_folder_paths_are_refused_without_blocking(tmp_path: Path) -> None:

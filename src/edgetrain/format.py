@@ -405,6 +405,22 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: A safetensors header nests three deep; anything far deeper is hostile. Checked before parsing,
+#: since how deep the JSON parser may recurse depends on the process's recursion limit.
+_MAX_HEADER_DEPTH = 16
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep the JSON text nests arrays and objects (brackets inside strings excluded)."""
+    arr = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    if not arr.size:
+        return 0
+    opens = (arr == ord("[")) | (arr == ord("{"))
+    closes = (arr == ord("]")) | (arr == ord("}"))
+    return int(np.cumsum(opens.astype(np.int64) - closes).max())
+
+
 def _header_metadata(data: bytes, path: str) -> dict[str, str]:
     """The safetensors header's ``__metadata__``, parsed with size checks before reading.
 
@@ -416,8 +432,12 @@ def _header_metadata(data: bytes, path: str) -> dict[str, str]:
     n = int.from_bytes(data[:8], "little")
     if n <= 0 or n > len(data) - 8 or n > 100_000_000:
         raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated (header length {n})")
+    raw = data[8:8 + n]
+    if _nesting(raw) > _MAX_HEADER_DEPTH:
+        raise CheckpointError(f"checkpoint {path!r} has a corrupt header: JSON nested deeper "
+                              f"than {_MAX_HEADER_DEPTH} levels")
     try:
-        header = json.loads(data[8:8 + n], object_pairs_hook=_unique_keys,
+        header = json.loads(raw, object_pairs_hook=_unique_keys,
                             parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:  # JSON and Unicode errors are ValueErrors
         raise CheckpointError(f"checkpoint {path!r} has a corrupt header: "
