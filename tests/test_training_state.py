@@ -194,6 +194,23 @@ def test_every_committed_tensor_guards_the_step_counter(config: str) -> None:
             assert int(res[updates[fmt.STEP_NAME]]) == int(state[fmt.STEP_NAME]), (k, bad)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_step_count_of_minus_one_never_commits() -> None:
+    """Restore refuses step −1 (below); a driver that holds it anyway must not commit either:
+    Adam's bias correction divides by 1 − β⁰ = 0, and before, the NaN weights counted."""
+    ort = pytest.importorskip("onnxruntime")
+    tm = STEP_CONFIGS["adam"]()
+    step, state_inputs, updates = fmt.standalone(tm.proto, tm.meta, "train")
+    sess = ort.InferenceSession(step.SerializeToString(), providers=["CPUExecutionProvider"])
+    state = fmt.initial_state(tm.proto, tm.meta)
+    state[fmt.STEP_NAME] = np.array(-1, np.int64)
+    x, y = data(8)
+    res = dict(zip([o.name for o in step.graph.output],
+                   sess.run(None, {"x": x, "y": y, "lr": np.array(1e-3, np.float32),
+                                   **{k: state[k] for k in state_inputs}})))
+    assert int(res[updates[fmt.STEP_NAME]]) == -1
+
+
 # -- learning rates --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lr", [-0.1, float("inf"), float("nan"), 1e39])
