@@ -204,6 +204,7 @@ def test_nonfinite_loss_raises_and_keeps_weights(backend: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nonfinite_gradient_with_finite_loss_is_refused(backend: str) -> None:
     """Weights so large that the gradient overflows while the loss is still finite: the graph's
