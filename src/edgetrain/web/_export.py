@@ -184,10 +184,13 @@ def _graphs(proto: onnx.ModelProto, meta: Mapping[str, Any], frozen: set[str]
     return files, signatures, bytes(blob)
 
 
-def _state_bytes(meta: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> bytes:
-    """The initial state as an edgetrain checkpoint, written where no one else can see it."""
+def _state_bytes(meta: Mapping[str, Any], state: Mapping[str, np.ndarray],
+                 identity: Any) -> bytes:
+    """The initial state as an edgetrain checkpoint (carrying the model's architecture, which
+    the browser driver compares on restore), written where no one else can see it."""
     with tempfile.TemporaryDirectory(prefix="edgetrain-web-") as tmp:
-        return Path(fmt.save_checkpoint(Path(tmp) / STATE_FILE, meta, state)).read_bytes()
+        return Path(fmt.save_checkpoint(Path(tmp) / STATE_FILE, meta, state,
+                                        identity=identity)).read_bytes()
 
 
 def _vendor(dist: Path, webgpu: bool) -> tuple[dict[str, bytes | Path], str, list[str]]:
@@ -257,11 +260,13 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
     dist = find_ort_web(ort_web)
 
     state = fmt.initial_state(proto, meta)
+    identity = fmt.identify(proto, meta)
     if checkpoint is not None:
-        state = fmt.load_checkpoint(checkpoint, meta, state)
+        state = fmt.load_checkpoint(checkpoint, meta, state, identity=identity)
     graphs, signatures, blob = _graphs(proto, meta, {t.name for t in proto.graph.initializer}
                                        - set(state))
-    files: dict[str, bytes | Path] = {STATE_FILE: _state_bytes(meta, state), FROZEN_FILE: blob,
+    files: dict[str, bytes | Path] = {STATE_FILE: _state_bytes(meta, state, identity),
+                                      FROZEN_FILE: blob,
                                       **graphs}
     data = None
     fit = _dataset_for(meta)
