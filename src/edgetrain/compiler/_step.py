@@ -133,15 +133,19 @@ def _clipped(c: Compilation, clip_norm: float) -> dict[str, Value]:
 
 def guard(c: Compilation) -> None:
     """Pass: the step counter, which advances only when everything the step commits is
-    finite — drivers keep a step's new state only when the counter advanced.
+    finite — new weights, optimizer slots, running statistics — and so are the loss and the
+    rate; drivers keep a step's new state only when the counter advanced.
 
-    A sum is non-finite whenever one of its terms is, and ``x − x`` is 0 for finite x and
-    NaN otherwise: one ReduceSumSquare per committed tensor (reading it once, with no squared
-    temporary) and one Sum decide. The loss and the rate are terms too.
+    A sum is non-finite whenever one of its terms is, and ``x − x`` is 0 for finite x and NaN
+    otherwise: one ReduceSum per committed tensor (reading it once, with no temporary) and
+    one Sum decide. A non-finite gradient makes its new weight non-finite, so the new values
+    cover the gradients, and they also catch an update that overflows from finite gradients
+    (a huge rate). Unlike a sum of squares, a plain sum does not overflow on large finite
+    values (Adam's second moments are squared gradients already).
     """
     t = c.step()
     op = t.op
-    terms = [op.ReduceSumSquare(v, keepdims=0) for v in c.new_state.values()]
+    terms = [op.ReduceSum(v, keepdims=0) for v in c.new_state.values()]
     total = op.Sum(t.outputs["loss"], *terms, t.inputs["lr"])
     ok = op.Equal(op.Sub(total, total), 0.0)
     step = t.graph.initializers[c.names.step]
