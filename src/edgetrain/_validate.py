@@ -16,7 +16,7 @@ other opset imports), so no runtime extension or contrib op that reads files can
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,8 @@ from onnx import SparseTensorProto, TensorProto, helper, numpy_helper
 
 from ._schema import MAX_ELEMENTS, fail, quote, validate_meta
 
-__all__ = ["MAX_ELEMENTS", "check_structure", "check_tensor", "iter_graphs", "iter_nodes",
-           "iter_tensors", "validate", "validate_meta"]
+__all__ = ["MAX_ELEMENTS", "check_structure", "check_tensor", "count_elements", "iter_graphs",
+           "iter_nodes", "iter_tensors", "validate", "validate_meta"]
 
 #: Deepest nesting of graphs (an ``If`` inside a ``Loop`` body is depth 2).
 MAX_GRAPH_DEPTH = 32
@@ -102,14 +102,16 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[tuple[TensorProto, str]]:
 
 # -- tensors -----------------------------------------------------------------------------------
 
-def _count(dims: Iterable[int], label: str) -> int:
+def count_elements(dims: Iterable[int], label: str,
+                   error: Callable[[str], Exception] = fail) -> int:
+    """The element count of ``dims``; ``error(message)`` for a negative or huge declaration."""
     n = 1
     for d in dims:
         if d < 0:
-            raise fail(f"{label} has a negative dimension {d}")
+            raise error(f"{label} has a negative dimension {d}")
         n *= int(d)
         if n > MAX_ELEMENTS:
-            raise fail(f"{label} declares more than {MAX_ELEMENTS} elements")
+            raise error(f"{label} declares more than {MAX_ELEMENTS} elements")
     return n
 
 
@@ -122,7 +124,7 @@ def check_tensor(t: TensorProto, where: str) -> None:
         where_to = next((e.value for e in t.external_data if e.key == "location"), "")
         raise fail(f"{label} refers to external data ({quote(where_to)}); edgetrain files "
                    "keep every tensor inside the file and never read another file")
-    n = _count(t.dims, label)
+    n = count_elements(t.dims, label)
     if t.data_type == TensorProto.STRING:
         if len(t.string_data) != n:
             raise fail(f"string {label} declares {n} elements but stores {len(t.string_data)}")
@@ -147,7 +149,7 @@ def check_sparse(s: SparseTensorProto, where: str) -> None:
     check_tensor(s.values, where)
     check_tensor(s.indices, where)
     label = f"sparse tensor {quote(s.values.name)} in {where}"
-    n = _count(s.dims, label)
+    n = count_elements(s.dims, label)
     if len(s.values.dims) != 1:
         raise fail(f"{label} stores its values in a {len(s.values.dims)}-d tensor, not 1-d")
     nnz = int(s.values.dims[0])
@@ -409,9 +411,9 @@ def _check_bindings(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
 
 def _check_lora(meta: Mapping[str, Any], inits: Mapping[str, TensorProto],
                 main: onnx.GraphProto) -> None:
-    """What ``export`` folds together exists, has matching shapes and names real nodes."""
-    nodes = {n.name for n in main.node}
-    produced = {o for n in main.node for o in n.output}
+    """What ``export`` folds together exists and fits, and removing a site's nodes leaves a
+    whole graph: what they compute is read only by themselves, except the site's output,
+    which the merge hands back to the node that computes the base value."""
     for i, ad in enumerate(meta["lora_merge"]):
         label = f"LoRA adapter {i} ({quote(ad['weight'])})"
         try:
@@ -428,5 +430,18 @@ def _check_lora(meta: Mapping[str, Any], inits: Mapping[str, TensorProto],
             raise fail(f"{label}: shapes {list(w.dims)}, {list(a.dims)} and {list(b.dims)} "
                        "do not fit together")
         for site in ad["sites"]:
-            if not set(site["nodes"]) <= nodes or not {site["base"], site["output"]} <= produced:
-                raise fail(f"{label} names a node or value that is not in the main graph")
+            if not _removable(site, main):
+                raise fail(f"{label} names nodes that are not exactly its own side branch")
+
+
+def _removable(site: Mapping[str, Any], main: onnx.GraphProto) -> bool:
+    names = set(site["nodes"])
+    inside = [n for n in main.node if n.name in names]
+    if len(inside) != len(names):
+        return False
+    made = {o for n in inside for o in n.output}
+    outside_reads = {i for n in main.node if n.name not in names for i in n.input}
+    outside_reads |= {o.name for o in main.output}
+    base_made_outside = any(site["base"] in n.output for n in main.node if n.name not in names)
+    return site["output"] in made and base_made_outside \
+        and not (made - {site["output"]}) & outside_reads

@@ -115,7 +115,8 @@ class Model:
         except EdgetrainError:
             raise
         except Exception as e:  # a backend refusing the graphs: the file is at fault
-            raise FormatError(f"the {backend} backend cannot load this file: {e}") from e
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise FormatError(f"the {backend} backend cannot load this file: {first}") from e
         self._lock = threading.RLock()
         self._plans: dict[str, dict[str, _InputSpec]] = {}
         self._sigs = {
