@@ -31,6 +31,8 @@ __all__ = ["MAX_ELEMENTS", "check_structure", "check_tensor", "count_elements", 
 #: Deepest nesting of graphs (an ``If`` inside a ``Loop`` body is depth 2).
 MAX_GRAPH_DEPTH = 32
 DEFAULT_DOMAINS = ("", "ai.onnx")
+MIN_IR_VERSION = 7  # what the compiler writes at least
+MIN_OPSET = 13  # the oldest opset the compiler accepts
 _FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 _STATE_TYPES = (*_FLOATS, TensorProto.INT64, TensorProto.INT32)
 
@@ -180,9 +182,16 @@ def check_structure(model: onnx.ModelProto) -> None:
     if len(model.functions):
         raise fail(f"the file defines model-local functions ({quote(model.functions[0].name)}"
                    "); edgetrain files use standard ONNX ops only")
+    if not MIN_IR_VERSION <= model.ir_version <= onnx.IR_VERSION:
+        raise fail(f"IR version {model.ir_version} is outside {MIN_IR_VERSION}.."
+                   f"{onnx.IR_VERSION}, the versions this edgetrain's ONNX reads")
     for o in model.opset_import:
         if o.domain not in DEFAULT_DOMAINS:
             raise fail(f"the file imports the non-standard opset domain {quote(o.domain)}")
+    opsets = [o.version for o in model.opset_import]
+    if len(opsets) != 1 or not MIN_OPSET <= opsets[0] <= onnx.defs.onnx_opset_version():
+        raise fail(f"the file must import one default ONNX opset in {MIN_OPSET}.."
+                   f"{onnx.defs.onnx_opset_version()}; it imports {opsets[:3]}")
     for g, where in iter_graphs(model):
         _check_names(g, where)
         for node in g.node:
