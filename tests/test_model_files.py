@@ -190,6 +190,42 @@ def test_compile_refuses_custom_ops_in_subgraphs_and_functions() -> None:
     assert {o.domain for o in source.opset_import} == {"", "ai.onnx.ml"}  # caller's untouched
 
 
+def _with_sparse(model: onnx.ModelProto, dims: list[int], values: np.ndarray,
+                 indices: np.ndarray) -> onnx.ModelProto:
+    """``model`` whose logits become ``pre * 0 + dense(sparse constant)``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    sp = helper.make_sparse_tensor(numpy_helper.from_array(values, "sv"),
+                                   numpy_helper.from_array(indices, "si"), dims)
+    for n in out.graph.node:
+        n.output[:] = ["pre" if o == "logits" else o for o in n.output]
+    zero = numpy_helper.from_array(np.zeros((), np.float32), "z")
+    out.graph.node.extend([
+        helper.make_node("Constant", [], ["sp"], name="sparse", sparse_value=sp),
+        helper.make_node("Constant", [], ["z"], name="z", value=zero),
+        helper.make_node("Mul", ["pre", "z"], ["pre0"], name="pre0"),
+        helper.make_node("Add", ["pre0", "sp"], ["logits"], name="out")])
+    return out
+
+
+def test_sparse_tensors_are_checked_and_bounded(compiled: onnx.ModelProto) -> None:
+    ok = _with_sparse(compiled, [10], np.array([1.5, -2.0], np.float32),
+                      np.array([3, 7], np.int64))
+    want = np.zeros(10, np.float32)
+    want[[3, 7]] = [1.5, -2.0]
+    np.testing.assert_array_equal(et.load(ok).run("infer", x=X)["logits"], np.stack([want] * 2))
+    for dims, values, indices, words in [
+            ([1 << 30], np.ones(1, np.float32), np.array([5], np.int64), "at most"),
+            ([10], np.ones(1, np.float32), np.array([10], np.int64), "outside its shape"),
+            ([10], np.ones(1, np.float32), np.array([-1], np.int64), "outside its shape"),
+            ([10], np.ones(2, np.float32), np.array([1], np.int64), "indices of shape"),
+            ([10], np.ones(1, np.float32), np.array([1], np.int32), "indices of shape"),
+            ([2, 5], np.ones(1, np.float32), np.array([[1, 5]], np.int64), "outside its shape"),
+            ([10], np.ones((1, 1), np.float32), np.array([1], np.int64), "1-d")]:
+        with pytest.raises(et.FormatError, match=words):
+            et.load(_with_sparse(compiled, dims, values, indices))
+
+
 # -- paths that are not regular files ----------------------------------------------------------
 
 def _finishes(fn: Callable[[], Any], seconds: float = 20.0) -> BaseException | None:

@@ -268,11 +268,8 @@ def _graph_ref(v: Any, what: str) -> str:
 
 def _signature(sig: str, v: Any) -> None:
     what = f"signature {quote(sig)}"
-    kind = obj(v, what, {"kind": ident}, {"graph": _graph_ref, "inputs": _ios,
-                                          "outputs": _ios, "updates": _updates})["kind"]
-    for key in ("inputs", "outputs"):
-        if key not in v:
-            raise fail(f"{what} lacks {key!r}")
+    kind = obj(v, what, {"kind": ident, "inputs": _ios, "outputs": _ios},
+               {"graph": _graph_ref, "updates": _updates})["kind"]
     if (kind == "builtin") != (sig in ("save", "restore")):
         raise fail(f"{what}: save and restore, and only they, are builtin signatures")
     if kind == "builtin":

@@ -31,6 +31,9 @@ __all__ = ["MAX_ELEMENTS", "check_structure", "check_tensor", "count_elements", 
 #: Deepest nesting of graphs (an ``If`` inside a ``Loop`` body is depth 2).
 MAX_GRAPH_DEPTH = 32
 DEFAULT_DOMAINS = ("", "ai.onnx")
+#: Largest dense shape of a sparse tensor (elements): unlike a dense tensor, whose stored bytes
+#: bound it, a sparse one is made dense by a runtime from a handful of stored values.
+MAX_SPARSE_ELEMENTS = 1 << 24
 MIN_IR_VERSION = 7  # what the compiler writes at least
 MIN_OPSET = 13  # the oldest opset the compiler accepts
 _FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
@@ -147,11 +150,15 @@ def check_tensor(t: TensorProto, where: str) -> None:
 
 
 def check_sparse(s: SparseTensorProto, where: str) -> None:
-    """A sparse tensor's parts are sane tensors and its indices lie inside its shape."""
+    """A sparse tensor's parts are sane tensors, its indices lie inside its shape, and its
+    dense shape is small enough to be made dense."""
     check_tensor(s.values, where)
     check_tensor(s.indices, where)
     label = f"sparse tensor {quote(s.values.name)} in {where}"
     n = count_elements(s.dims, label)
+    if n > MAX_SPARSE_ELEMENTS:  # a runtime makes it dense: a few stored bytes, huge memory
+        raise fail(f"{label} declares {n} elements; a sparse tensor may declare at most "
+                   f"{MAX_SPARSE_ELEMENTS}")
     if len(s.values.dims) != 1:
         raise fail(f"{label} stores its values in a {len(s.values.dims)}-d tensor, not 1-d")
     nnz = int(s.values.dims[0])

@@ -24,7 +24,7 @@ from ._graph import Builder, Value, graph_names, is_float, np_dtype, unique_name
 from ._io import read_regular_file
 from ._validate import DEFAULT_DOMAINS, iter_nodes
 from .autodiff import build_gradients
-from .errors import EdgetrainError
+from .errors import EdgetrainError, FormatError
 
 MIN_OPSET = 13
 TARGET_OPSET = 18  # older models are converted up; newer ones keep their opset
@@ -75,16 +75,10 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelPro
 
 
 def _read(path: str) -> onnx.ModelProto:
-    data = read_regular_file(path, "ONNX model", EdgetrainError)
-    model = onnx.ModelProto()
     try:
-        model.ParseFromString(data)
-    except Exception as e:  # protobuf raises several unrelated types
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise EdgetrainError(f"cannot read ONNX model {path!r}: {first}") from e
-    if not model.HasField("graph"):
-        raise EdgetrainError(f"cannot read ONNX model {path!r}: it holds no graph")
-    return model
+        return fmt.load_model(read_regular_file(path, "ONNX model", EdgetrainError))
+    except FormatError as e:
+        raise EdgetrainError(f"cannot read ONNX model {path!r}: {e}") from e
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
