@@ -57,15 +57,30 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def import_timm() -> Any:
-    """``timm``, with the torchvision placeholder installed only if torchvision cannot load."""
+    """``timm``, importing through the torchvision placeholder only if torchvision cannot load.
+
+    The placeholder leaves again once timm is imported (timm keeps the names it bound), so
+    other libraries that probe for torchvision (transformers' image processors) see none.
+    """
+    if "timm" in sys.modules:
+        return sys.modules["timm"]
     try:
         import torchvision  # noqa: F401
     except Exception:
-        for name in [n for n in sys.modules if n == "torchvision" or
-                     n.startswith("torchvision.")]:
-            del sys.modules[name]  # a half-imported real torchvision
-        if not any(isinstance(f, _Finder) for f in sys.meta_path):
-            sys.meta_path.insert(0, _Finder())
+        _drop_torchvision()
+        finder = _Finder()
+        sys.meta_path.insert(0, finder)
+        try:
+            import timm
+        finally:
+            sys.meta_path.remove(finder)
+            _drop_torchvision()
+        return timm
     import timm
 
     return timm
+
+
+def _drop_torchvision() -> None:
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]

@@ -58,8 +58,15 @@ SEQ = 8
 VOCAB = 100
 CLASSES = 10
 MODEL_SECONDS = 900.0
-RTOL = 1e-6
-LOSS_RTOL = 1e-9
+RTOL, LOSS_RTOL = 1e-6, 1e-9
+#: For a model that computes part of its graph in float32 even when converted to float64
+#: (T5's RMSNorm variance, Llama's rotary tables: a Cast to float32 in the exported graph),
+#: where NumPy's and torch's float32 kernels differ in the last bit.
+RTOL_MIXED, LOSS_RTOL_MIXED = 1e-4, 1e-6
+#: A parameter's error is relative to its largest gradient, or to this fraction of the model's
+#: largest gradient when its own is smaller: a gradient that is zero in exact arithmetic (an
+#: attention key's bias) is float64 noise on both sides.
+FLOOR = 1e-4
 
 Built = tuple[Any, tuple[Any, ...], str]  # module (float32), example inputs, loss name
 
@@ -121,9 +128,11 @@ def _hf_config(cls_name: str, **kw: Any) -> Any:
 
 
 def _ids() -> Any:
+    """Token ids from 3 up: no padding, BOS or EOS id (torch's ``Embedding(padding_idx=…)``
+    skips the padding row's gradient by design, a rule the exported Gather cannot carry)."""
     import torch
 
-    return torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(2))
+    return torch.randint(3, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(2))
 
 
 class _Head:
@@ -334,7 +343,8 @@ MODELS: list[ZooModel] = [
         "WhisperModel", "WhisperConfig", (16, 16), "last_hidden_state", "mse", encoder=True,
         d_model=32, encoder_layers=2, encoder_attention_heads=2, decoder_layers=1,
         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16,
-        max_source_positions=8, vocab_size=VOCAB), config="d_model 32, 2 layers, 16 mel bins"),
+        max_source_positions=8, vocab_size=VOCAB, pad_token_id=0, bos_token_id=0,
+        eos_token_id=0, decoder_start_token_id=0), config="d_model 32, 2 layers, 16 mel bins"),
     ZooModel("wav2vec2", "transformers", "Wav2Vec2", _hf_audio(
         "Wav2Vec2ForSequenceClassification", "Wav2Vec2Config", (400,), "logits",
         "cross_entropy", num_labels=CLASSES, conv_dim=(16, 16), conv_kernel=(10, 3),
@@ -374,6 +384,7 @@ class Comparison:
     folded: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
+    mixed: bool = False
 
 
 def _labels(out: Any, loss: str) -> np.ndarray:
@@ -400,17 +411,27 @@ def _torch_gradients(module: Any, inputs: tuple[Any, ...], y: np.ndarray, loss: 
     return float(value.detach()), grads
 
 
-def _edgetrain_gradients(module: Any, inputs: tuple[Any, ...], y: np.ndarray, loss: str,
-                         mode: str) -> tuple[float, dict[str, np.ndarray], dict[str, Any],
-                                             dict[str, Any], list[str]]:
-    """One SGD(lr=1) step through the public API: loss, ``w₀ − w₁`` and ``w₀`` of the
-    trained tensors, the float weights the file keeps but does not train, the warnings."""
+@dataclass
+class Step:
+    """What one edgetrain step revealed."""
+
+    loss: float
+    grads: dict[str, np.ndarray]        # w₀ − w₁ of every trained tensor
+    before: dict[str, np.ndarray]       # w₀
+    untrained: dict[str, np.ndarray]    # float weights the file keeps but does not train
+    mixed: bool                         # the graph computes part of itself in float32
+    notes: list[str]
+
+
+def _edgetrain_step(module: Any, inputs: tuple[Any, ...], y: np.ndarray, loss: str,
+                    mode: str) -> Step:
+    """Export, compile and one SGD(lr=1) step through the public API."""
+    from onnx import TensorProto, numpy_helper
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tm = et.from_torch(module, inputs if len(inputs) > 1 else inputs[0], loss=loss,
                            optimizer=et.optim.SGD(lr=1.0), batch_norm=mode)
-    from onnx import numpy_helper
-
     notes = [one_line(str(w.message)) for w in caught if "stay frozen" in str(w.message)]
     m = et.load(tm.proto, backend="reference")
     names = [s["name"] for s in m.signatures["train"].inputs if s["name"] not in ("y", "lr")]
@@ -418,20 +439,23 @@ def _edgetrain_gradients(module: Any, inputs: tuple[Any, ...], y: np.ndarray, lo
     before = m.parameters()
     value = float(np.asarray(m.run("train", **feeds, y=y)["loss"]))
     after = m.parameters()
-    left = {t.name: numpy_helper.to_array(t) for t in tm.proto.graph.initializer
-            if t.name not in before and t.data_type == 11}  # float64 weights not trained
-    return value, {k: before[k] - after[k] for k in before}, before, left, notes
+    untrained = {t.name: numpy_helper.to_array(t) for t in tm.proto.graph.initializer
+                 if t.name not in before and t.data_type == TensorProto.DOUBLE}
+    mixed = any(n.op_type == "Cast" and any(
+        a.name == "to" and a.i in (TensorProto.FLOAT, TensorProto.FLOAT16) for a in n.attribute)
+        for n in tm.proto.graph.node)
+    return Step(value, {k: before[k] - after[k] for k in before}, before, untrained, mixed,
+                notes)
 
 
-def _match(before: dict[str, np.ndarray], params: dict[str, np.ndarray]
+def _match(onnx_values: dict[str, np.ndarray], params: dict[str, np.ndarray]
            ) -> dict[str, list[tuple[str, bool]]]:
     """torch name → [(onnx name, transposed)] by name, then by value (module docstring)."""
     out: dict[str, list[tuple[str, bool]]] = {}
-    for k in before:
+    for k, v in onnx_values.items():
         if k in params:
             out.setdefault(k, []).append((k, False))
             continue
-        v = before[k]
         for name, p in params.items():
             if p.size != v.size:
                 continue
@@ -453,14 +477,14 @@ def compare(module: Any, inputs: tuple[Any, ...], loss: str, mode: str) -> Compa
         out = module(*inputs)
     y = _labels(out, loss)
     params = {k: p.detach().numpy().copy() for k, p in module.named_parameters()}
-    loss_et, g_et, before, left, notes = _edgetrain_gradients(module, inputs, y, loss, mode)
+    step = _edgetrain_step(module, inputs, y, loss, mode)
     loss_t, g_t = _torch_gradients(module, inputs, y, loss, mode)
-    c = Comparison(mode, loss_et, loss_t)
-    matched = _match(before, params)
-    seen = {k for pairs in matched.values() for k, _ in pairs}
-    c.unmatched = sorted(set(before) - seen)
-    kept = _match(left, {k: v for k, v in params.items() if k not in matched})
+    c = Comparison(mode, step.loss, loss_t, mixed=step.mixed)
+    matched = _match(step.before, params)
+    c.unmatched = sorted(set(step.before) - {k for v in matched.values() for k, _ in v})
+    kept = _match(step.untrained, {k: v for k, v in params.items() if k not in matched})
     big = max((float(np.abs(g).max()) for g in g_t.values() if g.size), default=0.0)
+    rtol, loss_rtol = (RTOL_MIXED, LOSS_RTOL_MIXED) if step.mixed else (RTOL, LOSS_RTOL)
     for name, grad in g_t.items():
         if name not in matched:
             if np.abs(grad).max() > 0:  # torch trains it, edgetrain does not
@@ -469,18 +493,19 @@ def compare(module: Any, inputs: tuple[Any, ...], loss: str, mode: str) -> Compa
         pairs = matched[name]
         if len(pairs) > 1:
             c.tied.append(name)
-        got = sum((g_et[k].T if t else g_et[k].reshape(grad.shape)) for k, t in pairs)
-        denom = max(float(np.abs(grad).max()), 1e-6 * big, 1e-300)
+        got = sum((step.grads[k].T if t else step.grads[k].reshape(grad.shape))
+                  for k, t in pairs)
+        denom = max(float(np.abs(grad).max()), FLOOR * big, 1e-300)
         rel = float(np.abs(got - grad).max()) / denom
         if rel > c.worst:
             c.worst, c.worst_param = rel, name
-        if not rel <= RTOL:
+        if not rel <= rtol:
             c.bad.append(f"{name} (rel. error {rel:.2g})")
-    if not abs(loss_et - loss_t) <= LOSS_RTOL * max(1.0, abs(loss_t)):
-        c.bad.insert(0, f"loss {loss_et:.12g} vs torch {loss_t:.12g}")
+    if not abs(step.loss - loss_t) <= loss_rtol * max(1.0, abs(loss_t)):
+        c.bad.insert(0, f"loss {step.loss:.12g} vs torch {loss_t:.12g}")
     if c.frozen:
         c.bad.append(f"left frozen though torch's gradient is not zero: "
-                     f"{', '.join(c.frozen[:5])} ({'; '.join(notes)[:200]})")
+                     f"{', '.join(c.frozen[:5])} ({'; '.join(step.notes)[:200]})")
     return c
 
 
@@ -524,7 +549,8 @@ def _one_mode(module: Any, inputs: tuple[Any, ...], loss: str, mode: str,
         return "refused", f"[{mode}] {msg}"
     except Exception as e:
         return "crash", f"[{mode}] {crash_detail(e)}"
-    info[mode] = {"worst": c.worst, "worst_param": c.worst_param, "tied": c.tied,
+    info[mode] = {"worst": c.worst, "worst_param": c.worst_param, "mixed": c.mixed,
+                  "tied": c.tied,
                   "folded": c.folded, "unmatched": c.unmatched, "loss": c.loss_et,
                   "loss_torch": c.loss_torch}
     if c.bad:
