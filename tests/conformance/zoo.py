@@ -98,6 +98,28 @@ def _no_dropout(module: Any) -> Any:
     return module
 
 
+def off_kinks(module: Any) -> Any:
+    """Spread every parameter and buffer that is initialized to one constant (zero biases,
+    unit norm scales, fresh running statistics) by ±10%.
+
+    With them, activations land exactly on kinks: a bias-free depthwise conv over zero
+    padding gives exact zeros, a fresh batch norm keeps them 0, and ReLU6 sees exactly 0,
+    where torch's ``hardtanh`` passes no gradient and ONNX's Clip (torch's ``clamp``
+    convention, which edgetrain follows) does. Both are valid subgradients; trained weights
+    do not sit there, so the zoo moves off them (seeded) rather than compare conventions.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if not t.is_floating_point() or t.numel() < 2 or not bool((t == t.flatten()[0]).all()):
+                continue
+            spread = (torch.rand(t.shape, generator=gen, dtype=t.dtype) - 0.5) * 0.2
+            t.add_(spread * max(1.0, abs(float(t.flatten()[0]))))
+    return module
+
+
 def _image(size: int, channels: int = 3) -> Any:
     import torch
 
@@ -399,6 +421,7 @@ def _torch_gradients(module: Any, inputs: tuple[Any, ...], y: np.ndarray, loss: 
     import torch
     import torch.nn.functional as F
 
+    state = {k: v.clone() for k, v in module.state_dict().items()}
     module.train(mode == "train")
     module.zero_grad(set_to_none=True)
     out = module(*inputs)
@@ -406,6 +429,7 @@ def _torch_gradients(module: Any, inputs: tuple[Any, ...], y: np.ndarray, loss: 
     value = F.cross_entropy(out, target) if loss == "cross_entropy" else F.mse_loss(out, target)
     value.backward()
     module.eval()
+    module.load_state_dict(state)  # train mode moved the running statistics
     grads = {k: p.grad.detach().numpy().copy() for k, p in module.named_parameters()
              if p.grad is not None}
     return float(value.detach()), grads
@@ -522,7 +546,7 @@ def run_model(zm: ZooModel) -> Result:
     try:
         with time_limit(MODEL_SECONDS):
             module, inputs, loss = zm.build()
-            module = module.double().eval()
+            module = off_kinks(module.double().eval())
             inputs = tuple(t.double() if t.is_floating_point() else t for t in inputs)
             info["params"] = int(sum(p.numel() for p in module.parameters()))
             info["loss"] = loss
