@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import re
 import sys
 import time
 import warnings
@@ -75,7 +76,10 @@ def summary(all_results: dict[str, tuple[list[Result], dict[str, Any]]]) -> list
 
 
 def onnx_section(results: list[Result]) -> list[str]:
-    out = [f"## {TITLES['onnx_ops']}", "", _doc_paragraph(onnx_ops.__doc__), ""]
+    out = [f"## {TITLES['onnx_ops']}", "",
+           _doc_paragraph(onnx_ops.__doc__, "The training problem", "Reading the gradient",
+                          "Precision", "Finite differences", "Tolerance", "Kinks",
+                          "Not differentiable", "Scope rule"), ""]
     scope = Counter(_rule(r.detail) for r in results if r.status == "out-of-scope")
     out += ["### Out of scope", "", "| rule | cases |", "|---|---:|"]
     out += [f"| {_cell(k)} | {v} |" for k, v in scope.most_common()]
@@ -100,8 +104,9 @@ def onnx_section(results: list[Result]) -> list[str]:
 
 
 def _rule(detail: str) -> str:
-    """The scope rule of an out-of-scope detail (its text up to the first colon)."""
-    head = detail.split(":")[0]
+    """The scope rule of an out-of-scope detail (its text up to the first colon; opsets
+    grouped)."""
+    head = re.sub(r"^opset \S+ < (\d+)", r"opset below \1", detail.split(":")[0])
     return head if len(head) < 90 else head[:90] + "…"
 
 
@@ -115,7 +120,9 @@ def _bad_list(results: list[Result]) -> list[str]:
 
 
 def zoo_section(results: list[Result]) -> list[str]:
-    out = [f"## {TITLES['zoo']}", "", _doc_paragraph(zoo.__doc__), ""]
+    out = [f"## {TITLES['zoo']}", "",
+           _doc_paragraph(zoo.__doc__, "Precision", "The step", "One function", "Torch's",
+                          "Matching", "Tolerance"), ""]
     out += _bad_list(results)
     out += ["| model | source | family | config | params | status | detail |",
             "|---|---|---|---|---:|---|---|"]
@@ -133,7 +140,8 @@ def zoo_section(results: list[Result]) -> list[str]:
 
 
 def real_section(results: list[Result]) -> list[str]:
-    out = [f"## {TITLES['real_files']}", "", _doc_paragraph(real_files.__doc__), ""]
+    out = [f"## {TITLES['real_files']}", "", _doc_paragraph(real_files.__doc__), "",
+           " ".join(real_files.__doc__.strip().split("\n\n")[-1].split()), ""]
     out += ["| file | package | MB | status | detail |", "|---|---|---:|---|---|"]
     for r in results:
         detail = r.detail or (f"slope ratio {r.info.get('slope_ratio')}, losses "
@@ -157,9 +165,13 @@ def refusals_section(all_results: dict[str, tuple[list[Result], dict[str, Any]]]
     return out + [f"| {_cell(k)} | {v} |" for k, v in vague.most_common()]
 
 
-def _doc_paragraph(doc: str | None) -> str:
-    """The first paragraph of a harness module's docstring (the method in one breath)."""
-    return " ".join((doc or "").strip().split("\n\n")[0].split())
+def _doc_paragraph(doc: str | None, *headings: str) -> str:
+    """The first paragraph of a harness module's docstring (the method in one breath) and the
+    paragraphs that open with the given bold headings, each on its own."""
+    text = re.sub(r":(?:func|class|mod):`~?([^`]+)`", r"`\1`", doc or "")
+    paras = [" ".join(p.split()) for p in text.strip().split("\n\n")]
+    chosen = [paras[0]] + [p for h in headings for p in paras if p.startswith(f"**{h}")]
+    return "\n\n".join(chosen)
 
 
 def versions() -> str:
@@ -199,19 +211,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="suites to run (default: all); the others are read from their JSON")
     p.add_argument("--from-results", action="store_true",
                    help="run nothing: write the doc from the stored JSON results")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="leave out a suite that has no stored results instead of failing")
     p.add_argument("--out", default=str(DOC))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     to_run = [] if args.from_results else (args.suites or list(SUITES))
+    ran = {suite: run(suite, progress=not args.quiet) for suite in to_run}
     all_results: dict[str, tuple[list[Result], dict[str, Any]]] = {}
     for suite in SUITES:
-        if suite in to_run:
-            all_results[suite] = run(suite, progress=not args.quiet)
+        if suite in ran:
+            all_results[suite] = ran[suite]
             continue
         stored = _common.read_results(suite)
         if stored is None:
             print(f"no stored results for {suite} in {_common.RESULTS_DIR}; run "
                   f"`{COMMAND} --suites {suite}`", file=sys.stderr)
+            if args.allow_missing:
+                continue
             return 2
         all_results[suite] = stored
     Path(args.out).write_text(render(all_results))

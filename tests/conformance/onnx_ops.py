@@ -191,7 +191,8 @@ def scope(case: OpCase) -> str | None:
     if any(v.type.tensor_type.elem_type in EXCLUDED_TYPES for v in values):
         return "string, bfloat16, float8, float4 or int4/int2 tensors"
     if case.op in RANDOM_OPS:
-        return "random op (Dropout: edgetrain's train step runs it in training mode)"
+        return "random op (Bernoulli, Random*, Multinomial, and Dropout, which edgetrain's " \
+               "train step runs in training mode)"
     if not any(v.type.tensor_type.elem_type in FLOATS and _array(x).size > 0
                for v, x in zip(g.input, case.inputs)):
         return "no non-empty float input: nothing to train"
