@@ -132,3 +132,14 @@ def test_inner_value_named_like_the_label(backend: str) -> None:
         runs.append((loss, m.parameters()["w"]))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-6)
     np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-6)
+
+
+def test_harness_catches_a_one_percent_error() -> None:
+    """The comparison is sharp: edgetrain's own gradient passes, the same off by 1% fails."""
+    p = onnx_ops.build_problem(onnx_ops.collect()["test_tanh"])
+    tm, _ = onnx_ops.compile_problem(p)
+    t = onnx_ops.edgetrain_gradient(p, tm)
+    d = onnx_ops.finite_differences(p)
+    assert onnx_ops.compare(p, d, t) == []
+    t.grads = {k: g * 1.01 for k, g in t.grads.items()}
+    assert len(onnx_ops.compare(p, d, t)) == len(d.checks)
