@@ -34,10 +34,14 @@ head), their gradients are summed, as torch's are. A parameter torch trains that
 does not contain (folded into a constant by the exporter) is listed as ``info["folded"]``; one
 edgetrain was given but left frozen while torch's gradient is non-zero is ``wrong``.
 
-**Tolerance.** Per parameter, ``max|g_et − g_torch| ≤ 1e-6 · max(max|g_torch|, 1e-6 · G)``
-where ``G`` is the largest gradient of the model: float64 round-off between two correct
-implementations is ~1e-12; a wrong rule is off by O(1). The step's loss must match torch's
-to ``1e-9`` relative.
+**Tolerance.** Per parameter, ``max|g_et − g_torch| ≤ rtol · max(max|g_torch|, 1e-4 · G)``
+where ``G`` is the largest gradient of the model (a gradient that is zero in exact arithmetic,
+an attention key's bias, is rounding noise on both sides), and the step's loss must match
+torch's to ``1e-9`` relative. ``rtol`` is 1e-6 (float64 round-off between two correct
+implementations is ~1e-12; a wrong rule is off by O(0.1–1)), 1e-4 (loss 1e-6) for a graph
+that computes part of itself in float32 (a Cast to float32 in the export: T5's RMSNorm
+variance, rotary tables, eager softmax), and at least 100× the rounding noise the problem
+itself amplifies (:func:`_rounding_noise`: batch statistics over two 1×1 feature maps).
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ RTOL_MIXED, LOSS_RTOL_MIXED = 1e-4, 1e-6
 #: largest gradient when its own is smaller: a gradient that is zero in exact arithmetic (an
 #: attention key's bias) is float64 noise on both sides.
 FLOOR = 1e-4
+#: The conditioning probe (:func:`_rounding_noise`): its relative step, and how many times the
+#: rounding noise it measures the tolerance allows.
+NOISE_STEP, NOISE_SAFETY = 1e-12, 100.0
 
 Built = tuple[Any, tuple[Any, ...], str]  # module (float32), example inputs, loss name
 
@@ -453,6 +460,7 @@ class Comparison:
     unmatched: list[str] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
     mixed: bool = False
+    noise: float = 0.0        # the relative error float64 rounding alone can cause here
 
 
 def _labels(out: Any, loss: str) -> np.ndarray:
@@ -492,6 +500,37 @@ class Step:
     untrained: dict[str, np.ndarray]    # float weights the file keeps but does not train
     mixed: bool                         # the graph computes part of itself in float32
     notes: list[str]
+
+
+def _rounding_noise(module: Any, inputs: tuple[Any, ...], y: np.ndarray, loss: str,
+                    mode: str, g_t: dict[str, np.ndarray]) -> float:
+    """The relative gradient error float64 rounding alone can cause on this problem.
+
+    torch's gradients are recomputed with every weight moved by a relative ``η = 1e-12``;
+    they move by a relative ``r``, so the problem amplifies relative perturbations by
+    ``r/η`` and rounding (``ε``) by ``r·ε/η``. Batch statistics over two 1×1 feature maps
+    (a 32×32 image at a network's last stage) make that reach 1e-6, far above the 1e-12 of
+    a well-conditioned model, and still far below a wrong rule's error.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(6)
+    params = list(module.parameters())
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.mul_(1.0 + NOISE_STEP * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    try:
+        _, moved = _torch_gradients(module, inputs, y, loss, mode)
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
+    big = max((float(np.abs(g).max()) for g in g_t.values() if g.size), default=0.0)
+    r = max((float(np.abs(moved[k] - g).max()) / max(float(np.abs(g).max()), FLOOR * big,
+                                                     1e-300)
+             for k, g in g_t.items() if k in moved), default=0.0)
+    return r * float(np.finfo(np.float64).eps) / NOISE_STEP
 
 
 def _edgetrain_step(module: Any, inputs: tuple[Any, ...], y: np.ndarray, loss: str,
@@ -551,11 +590,13 @@ def compare(module: Any, inputs: tuple[Any, ...], loss: str, mode: str) -> Compa
     step = _edgetrain_step(module, inputs, y, loss, mode)
     loss_t, g_t = _torch_gradients(module, inputs, y, loss, mode)
     c = Comparison(mode, step.loss, loss_t, mixed=step.mixed)
+    c.noise = _rounding_noise(module, inputs, y, loss, mode, g_t)
     matched = _match(step.before, params)
     c.unmatched = sorted(set(step.before) - {k for v in matched.values() for k, _ in v})
     kept = _match(step.untrained, {k: v for k, v in params.items() if k not in matched})
     big = max((float(np.abs(g).max()) for g in g_t.values() if g.size), default=0.0)
     rtol, loss_rtol = (RTOL_MIXED, LOSS_RTOL_MIXED) if step.mixed else (RTOL, LOSS_RTOL)
+    rtol = max(rtol, NOISE_SAFETY * c.noise)
     for name, grad in g_t.items():
         if name not in matched:
             if np.abs(grad).max() > 0:  # torch trains it, edgetrain does not
@@ -621,6 +662,7 @@ def _one_mode(module: Any, inputs: tuple[Any, ...], loss: str, mode: str,
     except Exception as e:
         return "crash", f"[{mode}] {crash_detail(e)}"
     info[mode] = {"worst": c.worst, "worst_param": c.worst_param, "mixed": c.mixed,
+                  "noise": c.noise,
                   "tied": c.tied,
                   "folded": c.folded, "unmatched": c.unmatched, "loss": c.loss_et,
                   "loss_torch": c.loss_torch}
