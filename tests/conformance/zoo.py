@@ -652,6 +652,8 @@ def _one_mode(module: Any, inputs: tuple[Any, ...], loss: str, mode: str,
         c = compare(module, inputs, loss, mode)
     except CaseTimeout:
         raise
+    except et.NonFiniteError as e:  # torch's loss is finite (it was computed to build y)
+        return "wrong", f"[{mode}] non-finite where torch's loss is finite: {one_line(str(e))}"
     except et.EdgetrainError as e:
         msg = one_line(str(e))
         if msg.startswith("torch.onnx.export failed"):
