@@ -140,8 +140,8 @@ def zoo_section(results: list[Result]) -> list[str]:
 
 
 def real_section(results: list[Result]) -> list[str]:
-    out = [f"## {TITLES['real_files']}", "", _doc_paragraph(real_files.__doc__), "",
-           " ".join(real_files.__doc__.strip().split("\n\n")[-1].split()), ""]
+    out = [f"## {TITLES['real_files']}", "",
+           _doc_paragraph(real_files.__doc__, "A file is"), ""]
     out += ["| file | package | MB | status | detail |", "|---|---|---:|---|---|"]
     for r in results:
         detail = r.detail or (f"slope ratio {r.info.get('slope_ratio')}, losses "
@@ -170,7 +170,8 @@ def _doc_paragraph(doc: str | None, *headings: str) -> str:
     paragraphs that open with the given bold headings, each on its own."""
     text = re.sub(r":(?:func|class|mod):`~?([^`]+)`", r"`\1`", doc or "")
     paras = [" ".join(p.split()) for p in text.strip().split("\n\n")]
-    chosen = [paras[0]] + [p for h in headings for p in paras if p.startswith(f"**{h}")]
+    chosen = [paras[0]] + [p for h in headings for p in paras
+                           if p.startswith(f"**{h}") or p.startswith(h)]
     return "\n\n".join(chosen)
 
 
