@@ -7,9 +7,12 @@ import os
 import onnx
 import onnx_ir as ir
 
+from .. import format as fmt
+from .._external import load_external_data
 from .._io import read_regular_file
 from .._ir import Namer, value_names
-from ..errors import EdgetrainError
+from .._validate import DEFAULT_DOMAINS, iter_nodes
+from ..errors import EdgetrainError, FormatError
 from ._fold import fold_constants
 from ._state import Compilation
 
@@ -18,20 +21,54 @@ TARGET_OPSET = 18  # older models are converted up; newer ones keep their opset
 META_KEY = "edgetrain"
 
 
-def read_model(source: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
-    """The model as a ModelProto (a path is read as a regular file of bounded size)."""
+def read_model(source: onnx.ModelProto | str | os.PathLike[str]
+               ) -> tuple[onnx.ModelProto, str | None]:
+    """The model as a ModelProto and the folder it came from (``None`` for an object).
+
+    A path must name a regular file of bounded size. Tensors it keeps as external data are
+    read by edgetrain from the model's own folder only (see ``edgetrain._external``), never
+    by ``onnx.load`` or a runtime; an object with external references has no folder to
+    confine them to and is refused there.
+    """
     if isinstance(source, onnx.ModelProto):
-        return source
-    if not isinstance(source, (str, os.PathLike)):
+        model, folder, what = source, None, "the ONNX model"
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        try:
+            model = fmt.load_model(read_regular_file(path, "ONNX model", EdgetrainError))
+        except FormatError as e:
+            raise EdgetrainError(f"cannot read ONNX model {path!r}: {e}") from e
+        folder, what = os.path.dirname(os.path.abspath(path)), f"ONNX model {path!r}"
+    else:
         raise EdgetrainError(f"expected an onnx.ModelProto or a path, got "
                              f"{type(source).__name__}")
-    data = read_regular_file(source, "ONNX model")
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except Exception as e:  # protobuf raises several unrelated types
-        raise EdgetrainError(f"cannot read ONNX model {os.fspath(source)!r}: {e}") from e
-    return model
+    _standard_ops_only(model)
+    if any(o.domain not in DEFAULT_DOMAINS for o in model.opset_import) or folder is None:
+        model = _copy(model)  # the caller's object stays as it was
+        keep = [o for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    load_external_data(model, folder, what)
+    return model, folder
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _standard_ops_only(model: onnx.ModelProto) -> None:
+    """Every node at every depth is a standard op (other opset imports are then unused)."""
+    if len(model.functions):
+        raise EdgetrainError(f"the model defines local functions ({model.functions[0].name!r}); "
+                             "inline them first (onnx.inliner.inline_local_functions)")
+    for node, where in iter_nodes(model):
+        if node.domain not in DEFAULT_DOMAINS:
+            raise EdgetrainError(
+                f"node {node.name!r} in {where} uses op {node.domain}::{node.op_type}; "
+                "edgetrain compiles standard ONNX ops only (export without custom or contrib "
+                "ops)")
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -44,11 +81,6 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
                  None)
     if opset is None:
         raise EdgetrainError("the model imports no default-domain ONNX opset")
-    for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            raise EdgetrainError(
-                f"node {node.name!r} uses op {node.domain}::{node.op_type}; edgetrain compiles "
-                "standard ONNX ops only (export without custom or contrib ops)")
     if opset < MIN_OPSET:
         raise EdgetrainError(f"opset {opset} is too old; edgetrain accepts opsets "
                              f"{MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
@@ -68,7 +100,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def import_model(c: Compilation) -> None:
     """Pass: read and normalize the model; the IR of it becomes ``c.model``."""
-    proto = normalize(read_model(c.options.source))
+    proto = normalize(read_model(c.options.source)[0])
     c.model = ir.serde.deserialize_model(proto)
     c.opset = c.model.opset_imports.get("", TARGET_OPSET)
     c.namer = Namer(value_names(c.main))
