@@ -60,6 +60,16 @@ def spread(x: np.ndarray) -> np.ndarray:
 
 
 # -- LayerNormalization, Erf, Gelu -----------------------------------------------------------
+# RMSNormalization (opset 23) normalizes in float32 (stash_type 1, the only one onnx.reference
+# implements), so its float64 rows are exact to float32's precision: checked against finite
+# differences at that precision, and against torch in float32 on onnxruntime.
+row("RMSNormalization", [X((3, 5)), X((5,))], None, "last-axis", opset=23, rtol=1e-4,
+    atol=1e-6)
+row("RMSNormalization", [X((2, 3, 4)), X((3, 4))], None, "axis1", attrs={"axis": 1,
+    "epsilon": 1e-3}, opset=23, rtol=1e-4, atol=1e-6)
+RMS_TORCH = {"RMSNormalization-last-axis": ((5,), 1e-5),
+             "RMSNormalization-axis1": ((3, 4), 1e-3)}
+
 row("LayerNormalization", [X((3, 5)), X((5,)), X((5,))],
     lambda x, s, b: F.layer_norm(x, (5,), s, b, eps=E32(1e-5)), "last-axis")
 row("LayerNormalization", [X((2, 3, 4)), X((3, 4)), X((3, 4))],
@@ -265,9 +275,28 @@ def test_matches_finite_differences(case: Case) -> None:
     check_finite_differences(case)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", [c for c in CASES if c.torch is not None],
+                         ids=[c.id for c in CASES if c.torch is not None])
 def test_matches_torch(case: Case) -> None:
     check_torch(case)
+
+
+@pytest.mark.parametrize("row_id", sorted(RMS_TORCH))
+def test_rms_normalization_gradient_matches_torch_float64(row_id: str) -> None:
+    """The rule differentiates in the input's precision, so its float64 gradient equals
+    torch's float64 one, although the forward op itself normalizes in float32."""
+    from gradcheck import autodiff_gradients, build
+
+    case = next(c for c in CASES if c.id == row_id)
+    shape, eps = RMS_TORCH[row_id]
+    b = build(case)
+    _, got = autodiff_gradients(b)
+    x = torch.tensor(b.feeds["in0"], requires_grad=True)
+    s = torch.tensor(b.feeds["in1"], requires_grad=True)
+    y = F.rms_norm(x, shape, s, eps=E32(eps))
+    (y * torch.as_tensor(b.weights[0])).sum().backward()
+    np.testing.assert_allclose(got["in0"], x.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["in1"], s.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

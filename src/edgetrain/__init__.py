@@ -22,7 +22,8 @@ from .errors import (
     UnsupportedOpError,
 )
 from .frontends import from_keras, from_torch
-from .runtime import History, Model, Signature, load
+from .runtime import Signature
+from .training import History, Model, load
 
 __all__ = [
     "CheckpointError", "EdgetrainError", "FormatError", "History", "InputError", "Model",

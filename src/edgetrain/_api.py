@@ -16,7 +16,7 @@ from . import optim as _optim
 from . import select as _select
 from ._lora import LoRA
 from .compiler import compile_model
-from .runtime import Model
+from .training import Model
 
 
 class TrainableModel:

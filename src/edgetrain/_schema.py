@@ -222,10 +222,17 @@ def _dtype(v: Any, what: str) -> str:
     return str(v)
 
 
+#: What a signature's input or output is for, so drivers find the label or the rate by role
+#: rather than by a fixed name (the compiler picks names clear of the model's own).
+ROLES = ("data", "label", "lr", "features", "prediction", "output", "loss", "metric")
+
+
 def _io(v: Any, what: str) -> dict[str, Any]:
-    """One input or output: name, dtype, shape; an optional input has a scalar default."""
+    """One input or output: name, dtype, shape, role; an optional input has a scalar
+    default."""
     obj(v, what, {"name": name, "dtype": _dtype, "shape": _shape},
-        {"optional": boolean, "default": number})
+        {"optional": boolean, "default": number,
+         "role": lambda r, w: _one_of(r, w, ROLES)})
     if v.get("optional", False) != ("default" in v):
         raise fail(f"{what} {quote(v['name'])}: an input has a default exactly when it is "
                    "optional")
@@ -339,6 +346,7 @@ _TOP_REQUIRED: dict[str, Check] = {
     "classification": boolean,
 }
 _TOP_OPTIONAL: dict[str, Check] = {
+    "task": lambda v, w: _one_of(v, w, ("multiclass", "binary", "regression")),
     "producer": text, "selection": text, "lora": _config(text, {}),
     "lora_merge": listing(_lora_adapter, limit=4096), "features": _features,
 }

@@ -294,7 +294,7 @@ def time_steps(step: Callable[[int], Any], steps: int, warmup: int = 10) -> list
 
 def run_workload(name: str, steps: int = 200) -> dict[str, Any]:
     """Compile, load and time edgetrain's training step on one workload."""
-    from .runtime import load
+    from .training import load
 
     w = workload(name)
     t0 = time.perf_counter()

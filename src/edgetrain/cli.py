@@ -203,7 +203,7 @@ def _epoch_note(ckpt: str, step: int) -> str:
 
 def _model(args: argparse.Namespace) -> Any:
     """Load FILE with the checkpoint :func:`_checkpoint_to_read` picks, and say which."""
-    from .runtime import load
+    from .training import load
 
     ckpt, by_default = _checkpoint_to_read(args)
     m = load(args.file, backend=args.backend)
@@ -268,7 +268,7 @@ def _train_paths(args: argparse.Namespace) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .runtime import load
+    from .training import load
 
     ckpt = _train_paths(args)
     data = load_arrays(args.data, ["x", "y"])

@@ -26,19 +26,32 @@ def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder) -> int:
     count = 0
     while True:
         dep = {id(v) for v in wrt}
-        target = None
+        target: tuple[ir.Node, ir.Function] | None = None
         for node in graph:
             if node.op_type in NON_DIFFERENTIABLE or not any(id(v) in dep for v in reads(node)):
                 continue
             dep.update(id(o) for o in node.outputs)
-            if node.op_type not in RULES and node.domain in ("", "ai.onnx") \
-                    and _body(node, op.opset) is not None:
-                target = node
-                break
+            if node.op_type not in RULES and node.domain in ("", "ai.onnx"):
+                body = _function(node, op.opset)
+                if body is not None:
+                    target = (node, body)
+                    break
         if target is None:
             return count
-        _inline(graph, target, op)
+        _inline(graph, *target, op)
         count += 1
+
+
+def _function(node: ir.Node, opset: int) -> ir.Function | None:
+    """The node's usable function body as IR, or ``None`` (no body, a body that does not
+    type-check for these inputs, or one the IR cannot represent)."""
+    body = _body(node, opset)
+    if body is None:
+        return None
+    try:
+        return ir.serde.deserialize_function(body)
+    except Exception:
+        return None
 
 
 def _body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
@@ -127,10 +140,7 @@ def _attributes(node: ir.Node, opset: int) -> dict[str, ir.Attr]:
     return attrs
 
 
-def _inline(graph: ir.Graph, node: ir.Node, op: Builder) -> None:
-    body = _body(node, op.opset)
-    assert body is not None
-    function = ir.serde.deserialize_function(body)
+def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, op: Builder) -> None:
     value_map: dict[ir.Value, ir.Value | None] = {}
     for i, formal in enumerate(function.inputs):
         value_map[formal] = node.inputs[i] if i < len(node.inputs) else None

@@ -20,7 +20,7 @@ from .. import compile as et_compile
 from .. import optim
 from .._args import Parser, non_negative_int, positive_float, positive_int
 from ..errors import EdgetrainError
-from ..runtime import load
+from ..training import load
 from ._data import digits
 from ._models import seed_mlp
 

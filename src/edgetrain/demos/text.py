@@ -262,7 +262,7 @@ def run(out_dir: str = "edgetrain-text-demo", n_train: int = 100, n_test: int = 
     """The demo; ``base`` is an already exported classifier (of ``seq_len`` tokens) to reuse."""
     from .. import compile as et_compile
     from .. import optim, select
-    from ..runtime import load
+    from ..training import load
 
     os.makedirs(out_dir, exist_ok=True)
     texts, labels = load_tweets()

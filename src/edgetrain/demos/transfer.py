@@ -84,7 +84,7 @@ def run(out_dir: str = "edgetrain-transfer", epochs: int = 30, image_size: int =
     from .. import compile as et_compile
     from .. import optim, select
     from ..frontends import torch_to_onnx
-    from ..runtime import load
+    from ..training import load
 
     os.makedirs(out_dir, exist_ok=True)
     x_train, y_train, x_test, y_test = digit_images(image_size, limit, seed)

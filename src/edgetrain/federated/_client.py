@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgetrainError, InputError
-from ..runtime import Model
-from ..runtime import load as et_load
+from ..training import Model
+from ..training import load as et_load
 from ._data import Dataset, load_partition
 
 __all__ = ["ClientSettings", "LocalResult", "local_evaluate", "local_fit", "make_client_app"]

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgetrainError
-from ..runtime import Model
-from ..runtime import load as et_load
+from ..training import Model
+from ..training import load as et_load
 from ._client import local_evaluate, set_global
 from ._data import Dataset, load_dataset
 from ._guard import (

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,7 +18,7 @@ from .._validate import validate
 from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
 from ._backends import BACKENDS, Backend
 
-__all__ = ["History", "Model", "Signature", "load"]
+__all__ = ["Model", "Signature", "load"]
 
 
 @dataclass(frozen=True)
@@ -44,59 +43,6 @@ class _InputSpec(NamedTuple):
     shape: list[Any]
     optional: bool
     default: np.ndarray | None
-
-
-@dataclass
-class History:
-    """Per-epoch metrics of :meth:`Model.fit`."""
-
-    history: dict[str, list[float]] = field(default_factory=dict)
-    skipped_steps: int = 0
-    seconds: float = 0.0
-    #: Wall-clock seconds of each epoch (its steps and evaluations).
-    epoch_seconds: list[float] = field(default_factory=list)
-    #: With ``fit(cache_features=True)``: seconds spent computing the cached features, and the
-    #: estimated backbone seconds that recomputing them every epoch would have cost on top.
-    feature_seconds: float = 0.0
-    saved_seconds: float = 0.0
-
-    def add(self, key: str, value: float) -> None:
-        self.history.setdefault(key, []).append(float(value))
-
-    def __getitem__(self, key: str) -> list[float]:
-        return self.history[key]
-
-    def plot(self, path: str | os.PathLike[str], title: str = "edgetrain training") -> str:
-        """Write a PNG of the loss (and accuracy) curves."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        keys_loss = [k for k in self.history if "loss" in k]
-        keys_acc = [k for k in self.history if "accuracy" in k]
-        fig, axes = plt.subplots(1, 2 if keys_acc else 1, figsize=(10 if keys_acc else 5, 3.6))
-        axes = np.atleast_1d(axes)
-        for k in keys_loss:
-            axes[0].plot(range(1, len(self.history[k]) + 1), self.history[k], marker="o", label=k)
-        axes[0].set_xlabel("epoch")
-        axes[0].set_ylabel("loss")
-        axes[0].legend()
-        axes[0].grid(alpha=0.3)
-        if keys_acc:
-            for k in keys_acc:
-                axes[1].plot(range(1, len(self.history[k]) + 1), self.history[k], marker="o",
-                             label=k)
-            axes[1].set_xlabel("epoch")
-            axes[1].set_ylabel("accuracy")
-            axes[1].set_ylim(0, 1.02)
-            axes[1].legend()
-            axes[1].grid(alpha=0.3)
-        fig.suptitle(title)
-        fig.tight_layout()
-        fig.savefig(os.fspath(path), dpi=110)
-        plt.close(fig)
-        return os.fspath(path)
 
 
 class Model:
@@ -131,6 +77,22 @@ class Model:
     @property
     def signatures(self) -> dict[str, Signature]:
         return dict(self._sigs)
+
+    def input_name(self, signature: str, role: str) -> str:
+        """The name of ``signature``'s input that plays ``role`` (``"label"``, ``"lr"``,
+        ``"features"``): the compiler picks names clear of the model's own, so drivers look
+        them up by role. Files without roles (format version 1) use ``y``/``lr``."""
+        sig = self._sigs.get(signature)
+        if sig is None:
+            raise InputError(f"unknown signature {signature!r}; this model has "
+                             f"{sorted(self._sigs)}")
+        for s in sig.inputs:
+            if s.get("role") == role:
+                return str(s["name"])
+        legacy = {"label": str(self.meta.get("label", "y")), "lr": "lr", "features": "features"}
+        if role in legacy and any(s["name"] == legacy[role] for s in sig.inputs):
+            return legacy[role]
+        raise InputError(f"signature {signature!r} has no {role} input")
 
     @property
     def trainable(self) -> list[str]:
@@ -351,133 +313,6 @@ class Model:
         return self._classes
 
     # -- high level ------------------------------------------------------------------------
-    def fit(self, x: Any, y: np.ndarray, epochs: int = 1, batch_size: int = 32, *,
-            shuffle: bool = True, seed: int = 0, validation_data: tuple[Any, Any] | None = None,
-            lr: float | None = None, progress: bool = True, on_nonfinite: str = "raise",
-            cache_features: bool = False) -> History:
-        """Train for ``epochs`` over (x, y) in mini-batches; returns per-epoch metrics.
-
-        ``x`` is an array for single-input models or a dict of arrays by input name.
-        ``on_nonfinite``: "raise" stops at a step with a non-finite loss, "skip" skips it.
-        ``cache_features`` (models compiled with ``split_features=True``): run the frozen
-        backbone once per example and train the head on the cached features.
-        """
-        if on_nonfinite not in ("raise", "skip"):
-            raise EdgetrainError("on_nonfinite must be 'raise' or 'skip'")
-        if lr is not None:
-            self._check_fit_lr(lr)
-        xs = self._as_inputs(x)
-        y = np.asarray(y)
-        n = len(y)
-        if n == 0:
-            raise InputError("fit: empty training set")
-        for k, v in xs.items():
-            if len(v) != n:
-                raise InputError(f"fit: input {k!r} has {len(v)} rows but y has {n}")
-        label = self.meta.get("label", "y")
-        train_sig, eval_sig, cache = "train", "eval", None
-        if cache_features:
-            from ._cache import FeatureCache
-
-            cache = FeatureCache(self, batch_size)
-            xs = cache.features(xs)
-            if validation_data is not None:
-                validation_data = (cache.features(self._as_inputs(validation_data[0]),
-                                                  "validation"), validation_data[1])
-            train_sig, eval_sig = "train_features", "eval_features"
-        rng = np.random.default_rng(seed)
-        hist = History()
-        t0 = time.perf_counter()
-        bar = _progress(epochs * ((n + batch_size - 1) // batch_size), progress)
-        try:
-            for epoch in range(epochs):
-                t_epoch = time.perf_counter()
-                order = rng.permutation(n) if shuffle else np.arange(n)
-                losses, weights = [], []
-                for start in range(0, n, batch_size):
-                    idx = order[start:start + batch_size]
-                    feeds = {k: v[idx] for k, v in xs.items()}
-                    feeds[label] = y[idx]
-                    if lr is not None:
-                        feeds["lr"] = np.asarray(lr)
-                    try:
-                        out = self.run(train_sig, **feeds)
-                    except NonFiniteError:
-                        if on_nonfinite == "raise":
-                            raise
-                        hist.skipped_steps += 1
-                        continue
-                    finally:
-                        if bar is not None:
-                            bar.update(1)
-                    losses.append(float(out["loss"]))
-                    weights.append(len(idx))
-                    if bar is not None:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
-                if losses:
-                    hist.add("loss", float(np.average(losses, weights=weights)))
-                if "accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs}:
-                    hist.add("accuracy", self.evaluate(xs, y, batch_size,
-                                                       signature=eval_sig)["accuracy"])
-                if validation_data is not None:
-                    for k, val in self.evaluate(*validation_data, batch_size=batch_size,
-                                                signature=eval_sig).items():
-                        hist.add(f"val_{k}", val)
-                hist.epoch_seconds.append(time.perf_counter() - t_epoch)
-        finally:
-            if bar is not None:
-                bar.close()
-        hist.seconds = time.perf_counter() - t0
-        if cache is not None:
-            evals = int("accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs})
-            cache.report(hist, epochs, evals, progress)
-        return hist
-
-    def _check_fit_lr(self, lr: Any) -> None:
-        """``fit(lr=…)`` before any step, in the dtype the step will see (1e39 is finite in
-        float64, infinite in float32)."""
-        spec = self._input_plan(self._sigs["train"]).get("lr")
-        try:
-            with np.errstate(over="ignore"):
-                arr = np.asarray(lr, dtype=spec.dtype if spec else None)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"fit: lr must be a number, got {lr!r}") from e
-        _check_lr(arr, "fit", True)
-
-    def evaluate(self, x: Any, y: np.ndarray, batch_size: int = 256, *,
-                 signature: str = "eval") -> dict[str, float]:
-        """Mean loss (and accuracy) over a data set, without changing the model.
-
-        ``signature="eval_features"`` evaluates from cached features (``{"features": …}``).
-        """
-        xs = self._as_inputs(x)
-        y = np.asarray(y)
-        label = self.meta.get("label", "y")
-        totals: dict[str, float] = {}
-        for start in range(0, len(y), batch_size):
-            feeds = {k: v[start:start + batch_size] for k, v in xs.items()}
-            feeds[label] = y[start:start + batch_size]
-            out = self.run(signature, **feeds)
-            for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(feeds[label])
-        return {k: v / len(y) for k, v in totals.items()}
-
-    def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
-        """The model output (the one the loss uses) over a data set, in batches."""
-        xs = self._as_inputs(x)
-        n = len(next(iter(xs.values())))
-        outs = [self.run("infer", **{k: v[s:s + batch_size] for k, v in xs.items()})
-                [self.meta["output"]] for s in range(0, n, batch_size)]
-        return np.concatenate(outs)
-
-    def _as_inputs(self, x: Any) -> dict[str, np.ndarray]:
-        names = [s["name"] for s in self._sigs["infer"].inputs]
-        if isinstance(x, Mapping):
-            return {k: np.asarray(v) for k, v in x.items()}
-        if len(names) != 1:
-            raise InputError(f"this model has inputs {names}; pass x as a dict")
-        return {names[0]: np.asarray(x)}
-
     def export(self, path: str | os.PathLike[str], merge_lora: bool = True) -> str:
         """A plain inference ONNX file with the current weights baked in (LoRA adapters merged
         into their weights unless ``merge_lora=False``)."""
@@ -529,13 +364,3 @@ def load(model: onnx.ModelProto | str | os.PathLike[str] | bytes,
          backend: str = "onnxruntime", **backend_options: Any) -> Model:
     """Load a trainable file (path, bytes or ModelProto) on a backend."""
     return Model(model, backend=backend, **backend_options)
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a device build may strip it
-        return None
-    return tqdm(total=total, unit="step", leave=False, dynamic_ncols=True)

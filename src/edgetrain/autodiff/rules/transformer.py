@@ -18,7 +18,7 @@ import onnx_ir as ir
 from ..._ir import Builder, Value
 from ...errors import UnsupportedOpError
 from .._helpers import axes as reduced_axes
-from .._helpers import axis, sum_to_shape, unbroadcast, zeros_of_shape
+from .._helpers import axis, float_const, sum_to_shape, unbroadcast, zeros_of_shape
 from .._registry import GradContext, grad_rule
 
 
@@ -74,6 +74,30 @@ def layer_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
         grads[1] = sum_to_shape(op, op.Mul(dy, xhat), scale, y)
     if bias is not None and ctx.needs_grad(2):
         grads[2] = sum_to_shape(op, dy, bias, y)
+    return grads
+
+
+@grad_rule("RMSNormalization")
+def rms_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = x̂·s with x̂ = x·r, r = 1/√(mean(x²) + ε) over axes [axis, rank):
+    dx = r·(g − x̂·mean(g·x̂)) with g = dy·s; ds = Σ dy·x̂ summed to s's shape.
+
+    A rule rather than the function body: the body would replace the fused forward op of the
+    train step by a dozen nodes that round differently.
+    """
+    x, scale, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    norm_axes = list(range(axis(ctx, x, default=-1), ctx.rank(x)))
+    eps = float_const(op, ctx.attr("epsilon", 1e-5), x)
+    rstd = op.Reciprocal(op.Sqrt(op.Add(op.ReduceMean(op.Mul(x, x), norm_axes, keepdims=1),
+                                        eps)))
+    xhat = op.Mul(x, rstd)
+    grads: list[Value | None] = [None, None]
+    if ctx.needs_grad(0):
+        g = op.Mul(dy, scale)
+        mean_gx = op.ReduceMean(op.Mul(g, xhat), norm_axes, keepdims=1)
+        grads[0] = op.Mul(rstd, op.Sub(g, op.Mul(xhat, mean_gx)))
+    if ctx.needs_grad(1):
+        grads[1] = sum_to_shape(op, op.Mul(dy, xhat), scale, ctx.outputs[0])
     return grads
 
 
