@@ -4,8 +4,8 @@ Each pass reads and extends one :class:`Compilation` (see ``_state``); all of th
 same IR (``edgetrain._ir``, onnx-ir). Everything emitted is a standard ONNX op of the default
 domain.
 
-    import_model        read, check standard ops, convert to opset ≥ 18, fold constant shape
-                        arithmetic, infer shapes, bring into the IR
+    import_model        read, check standard ops, convert to opset ≥ 18, infer shapes, bring
+                        into the IR
     apply_lora          LoRA adapters (when trainable=select.lora(...))
     select_trainables   which weights train; the prediction and the label's type
     train_graph         a copy of the inference graph: Dropout on, batch statistics, lr input

@@ -13,7 +13,6 @@ from .._io import read_regular_file
 from .._ir import Namer, value_names
 from .._validate import DEFAULT_DOMAINS, iter_nodes
 from ..errors import EdgetrainError, FormatError
-from ._fold import fold_constants
 from ._state import Compilation
 
 MIN_OPSET = 13
@@ -72,7 +71,8 @@ def _standard_ops_only(model: onnx.ModelProto) -> None:
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Standard ops only, opset ≥ 18, constant shape arithmetic folded, shapes inferred."""
+    """Standard ops only, opset ≥ 18, shapes inferred. The graph itself stays as it came:
+    it is the inference signature of the file."""
     if any(p.key == META_KEY for p in model.metadata_props):
         raise EdgetrainError("this file is already a trainable edgetrain file; compile its "
                              "original inference model instead (or load it with "
@@ -91,7 +91,6 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             raise EdgetrainError(f"cannot convert the model from opset {opset} to "
                                  f"{TARGET_OPSET}: {e}") from e
     model.ir_version = max(model.ir_version, 7)
-    model = fold_constants(model)
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as e:
