@@ -33,8 +33,8 @@ from safetensors.numpy import load, save
 
 import edgetrain as et
 from _models import data, mlp
-from edgetrain import _checkpoint as ckpt
 from edgetrain import format as fmt
+from edgetrain.format import _integrity as ckpt
 
 KEY = b"fuzzing-key-0123456789"
 BUDGET = [pytest.param(1, id="default"), pytest.param(10, id="x10", marks=pytest.mark.slow)]

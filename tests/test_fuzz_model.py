@@ -33,8 +33,8 @@ from onnx import TensorProto, helper, numpy_helper
 import edgetrain as et
 from _hostile import SECRET, VARIANTS, external_tensor, hostile, sparse_external
 from edgetrain import format as fmt
-from edgetrain._validate import iter_graphs, iter_tensors
 from edgetrain.demos._models import seed_mlp
+from edgetrain.format._validate import iter_graphs, iter_tensors
 
 X = np.random.default_rng(0).random((3, 8, 8), dtype=np.float32)
 Y = np.array([1, 2, 3], dtype=np.int64)

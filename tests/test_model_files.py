@@ -28,8 +28,8 @@ import edgetrain as et
 from _hostile import SECRET, VARIANTS, hostile
 from _models import mlp
 from edgetrain import format as fmt
-from edgetrain._validate import validate, validate_meta
 from edgetrain.demos._models import seed_mlp
+from edgetrain.format._validate import validate, validate_meta
 
 X = np.zeros((2, 8, 8), np.float32)
 

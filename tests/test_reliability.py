@@ -16,6 +16,7 @@ import pytest
 import edgetrain as et
 from edgetrain import format as fmt
 from edgetrain.demos._models import seed_mlp
+from edgetrain.format import _files as fmt_files
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -73,7 +74,7 @@ def test_sigkill_during_save_never_loses_the_checkpoint(model_bytes: bytes, tmp_
     and the temp files of killed writers do not pile up (the next save removes them)."""
     # Writers here die within milliseconds, so no grace period is needed to tell a dead
     # writer's file from a live one's (the forked savers inherit the setting).
-    monkeypatch.setattr(fmt, "STALE_DEAD_WRITER", 0.0, raising=False)
+    monkeypatch.setattr(fmt_files, "STALE_DEAD_WRITER", 0.0)
     ctx = mp.get_context("fork")
     rng = np.random.default_rng(1234)
     folder = str(tmp_path)

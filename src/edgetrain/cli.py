@@ -108,7 +108,7 @@ def _human(n: float) -> str:
 def info(path: str) -> dict[str, Any]:
     """What ``edgetrain info`` prints, as data."""
     from . import format as fmt
-    from ._validate import validate
+    from .format import validate
 
     data = fmt.read_model_bytes(path)  # a regular file only: no FIFO, no device
     proto = fmt.load_model(data)

@@ -8,11 +8,11 @@ import onnx
 import onnx_ir as ir
 
 from .. import format as fmt
-from .._external import load_external_data
 from .._io import read_regular_file
 from .._ir import Namer, value_names
-from .._validate import DEFAULT_DOMAINS, iter_nodes
 from ..errors import EdgetrainError, FormatError
+from ..format._external import load_external_data
+from ..format._validate import DEFAULT_DOMAINS, iter_nodes
 from ._state import Compilation
 
 MIN_OPSET = 13
@@ -25,7 +25,7 @@ def read_model(source: onnx.ModelProto | str | os.PathLike[str]
     """The model as a ModelProto and the folder it came from (``None`` for an object).
 
     A path must name a regular file of bounded size. Tensors it keeps as external data are
-    read by edgetrain from the model's own folder only (see ``edgetrain._external``), never
+    read by edgetrain from the model's own folder only (see ``edgetrain.format._external``), never
     by ``onnx.load`` or a runtime; an object with external references has no folder to
     confine them to and is refused there.
     """

@@ -12,10 +12,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnx
 
-from .. import _checkpoint as _ckpt
 from .. import format as fmt
-from .._validate import validate
 from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
+from ..format import _integrity as _ckpt
+from ..format import validate
 from ._backends import BACKENDS, Backend
 
 __all__ = ["Model", "Signature", "load"]

@@ -24,8 +24,8 @@ import onnx
 from onnx import numpy_helper
 
 from .. import format as fmt
-from .._validate import validate
 from ..errors import EdgetrainError
+from ..format import validate
 from ._files import Folder, is_entry_name
 from ._manifest import check_manifest, check_meta
 

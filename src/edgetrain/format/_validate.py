@@ -1,7 +1,7 @@
 """Validation of untrusted trainable files before anything runs or allocates.
 
 A device loads files that may be truncated, stale, foreign or hostile. Everything a file
-declares is checked against itself here -- the metadata (:mod:`edgetrain._schema`), every
+declares is checked against itself here -- the metadata (:mod:`edgetrain.format._schema`), every
 graph at every depth, every tensor, the graphs the signatures name, the tensors each step
 updates -- so that a bad file ends in one :class:`~edgetrain.errors.FormatError` with a
 message, never in another exception, a hang or an allocation the file merely declared.

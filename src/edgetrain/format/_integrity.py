@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError
 
 #: ``checksum_version`` written by this release: the canonical encoding of ``checksum_v2``.
 CHECKSUM_VERSION = 2

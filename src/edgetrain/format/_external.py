@@ -14,7 +14,7 @@ compiler reads external data itself, and only when every rule holds:
 * ``offset`` and ``length`` are decimal integers that lie inside the file, and ``length`` is the
   tensor's declared size; in all, at most 2 GiB are read (a compiled file is one protobuf).
 
-Trainable files, unlike input models, never hold external data (:mod:`edgetrain._validate`).
+Trainable files, unlike input models, never hold external data (:mod:`edgetrain.format._validate`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ._io import MAX_FILE_BYTES
+from .._io import MAX_FILE_BYTES
+from ..errors import EdgetrainError
 from ._validate import count_elements, iter_tensors
-from .errors import EdgetrainError
 
 _KEYS = {"location", "offset", "length", "checksum"}
 _DRIVE = re.compile(r"^[A-Za-z]:")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 MAX_NAME = 256
@@ -316,7 +316,7 @@ def _one_of(v: Any, what: str, choices: tuple[str, ...]) -> str:
 
 
 def _version(v: Any, what: str) -> int:
-    from .format import FORMAT_VERSION
+    from ._constants import FORMAT_VERSION
 
     return integer(v, what, 1, FORMAT_VERSION)
 
@@ -358,8 +358,8 @@ def validate_meta(meta: Any) -> dict[str, Any]:
     Checks the metadata alone (no graphs): the schema above, and that its names agree with
     one another -- the state lists are disjoint, the step counter is state, a training
     signature updates exactly the trainable and state tensors, ``output`` is an output of
-    ``infer`` and ``label`` an input of ``train``. :func:`edgetrain._validate.validate` checks
-    the rest against the file's graphs.
+    ``infer`` and ``label`` an input of ``train``. :func:`edgetrain.format.validate` checks the
+    rest against the file's graphs.
     """
     obj(meta, "the metadata", _TOP_REQUIRED, _TOP_OPTIONAL)
     trainable, frozen, state = meta["trainable"], meta["frozen"], meta["state"]

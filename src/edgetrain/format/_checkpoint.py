@@ -1,0 +1,211 @@
+"""Checkpoints: safetensors files with the model's state, a checksum over canonical bytes, the
+architecture it belongs to and, with a key, a MAC (see docs/format.md)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .._io import read_regular_file
+from ..errors import CheckpointError
+from . import _integrity as _ckpt
+from ._constants import CHECKPOINT_KIND, FORMAT_VERSION, STEP_NAME, producer_version
+from ._files import atomic_write
+from ._integrity import Identity
+
+
+def fingerprint(meta: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Names, dtypes and shapes: what a checkpoint must agree on with any model restoring it."""
+    return {name: [str(np.asarray(v).dtype), list(np.asarray(v).shape)]
+            for name, v in sorted(state.items())}
+
+
+def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
+                    state: Mapping[str, np.ndarray], *, identity: Identity | None = None,
+                    key: bytes | None = None) -> str:
+    """Write ``state`` as a checkpoint, atomically.
+
+    ``identity`` (:func:`identify`) records the model's architecture, so that a restore into
+    another network with the same tensor names is refused. ``key`` adds an HMAC-SHA256 over
+    the metadata, which holds the checksum of every tensor: only holders of the key can make
+    a checkpoint that a restore with the key accepts.
+    """
+    from safetensors.numpy import save
+
+    path = os.fspath(path)
+    tensors = {k: np.require(v, requirements="C") for k, v in state.items()}
+    _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
+                       identity.nonnegative if identity else (),
+                       f"refusing to save checkpoint {path!r}")
+    info = {
+        "kind": CHECKPOINT_KIND,
+        "format_version": str(FORMAT_VERSION),
+        "fingerprint": json.dumps(fingerprint(meta, tensors), sort_keys=True),
+        "checksum_version": str(_ckpt.CHECKSUM_VERSION),
+        "producer": f"edgetrain {producer_version()}",
+    }
+    if identity is not None:
+        info["architecture"] = identity.architecture
+    info["checksum"] = _ckpt.checksum(tensors, info)
+    if key is not None:
+        info["mac"] = _ckpt.mac(key, info)
+    try:
+        return atomic_write(path, save(tensors, metadata=info))
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path!r}: {e.strerror or e}") from e
+
+
+def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
+                    expected: Mapping[str, np.ndarray], *, identity: Identity | None = None,
+                    key: bytes | None = None) -> dict[str, np.ndarray]:
+    """Read and verify a checkpoint for a model whose current state is ``expected``.
+
+    Verified, in order: the header's size and syntax, the kind and versions, the MAC (when a
+    ``key`` is given: a checkpoint without a valid one is refused), the checksum, the tensor
+    names, dtypes and shapes, the architecture (when both sides know it; checkpoints written
+    before it was recorded restore on the other checks), and the values (finite, a step count
+    in range). Any failure is a :class:`CheckpointError`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = os.fspath(path)
+    where = f"checkpoint {path!r}"
+    data = read_regular_file(path, "checkpoint", CheckpointError)
+    info = _header_metadata(data, path)
+    if info.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path!r} is a safetensors file but not an edgetrain checkpoint")
+    version = _version(info, "format_version", where, default=None)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{where} uses format version {version}; this edgetrain reads "
+                              f"version {FORMAT_VERSION} and older — upgrade edgetrain")
+    checksum_version = _version(info, "checksum_version", where, default=1)
+    if checksum_version > _ckpt.CHECKSUM_VERSION:
+        raise CheckpointError(f"{where} uses checksum version {checksum_version}; this "
+                              f"edgetrain reads version {_ckpt.CHECKSUM_VERSION} and older — "
+                              "upgrade edgetrain")
+    if key is not None:
+        _ckpt.verify_mac(key, info, where)
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, TypeError, OverflowError, OSError) as e:
+        raise CheckpointError(f"{where} is corrupt: {e}") from e
+    if not hmac.compare_digest(_ckpt.checksum(tensors, info, checksum_version).encode(),
+                               info.get("checksum", "").encode("utf-8", "replace")):
+        raise CheckpointError(f"{where} fails its checksum: the file is corrupt or was modified")
+    want = fingerprint(meta, expected)
+    got = fingerprint(meta, tensors)
+    if want != got:
+        raise CheckpointError(f"{where} belongs to another model: {_describe_diff(want, got)}")
+    arch = info.get("architecture")
+    if identity is not None and arch is not None and arch != identity.architecture:
+        raise CheckpointError(f"{where} belongs to another model: its tensors have the same "
+                              "names and shapes, but the network architecture or the optimizer "
+                              "configuration differs")
+    _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
+                       identity.nonnegative if identity else (), where)
+    return tensors
+
+
+def _version(info: Mapping[str, str], name: str, where: str, default: int | None) -> int:
+    """A version number from the metadata: plain decimal digits, nothing Python's int() adds
+    (signs, spaces, underscores, thousands of digits)."""
+    value = info.get(name)
+    if value is None and default is not None:
+        return default
+    if value is None or not re.fullmatch(r"[0-9]{1,6}", value):
+        raise CheckpointError(f"{where} has an invalid {name} ({_clip(value)})")
+    return int(value)
+
+
+def _clip(value: object, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"the JSON constant {name} is not allowed")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {_clip(k)}")
+        out[k] = v
+    return out
+
+
+#: A safetensors header nests three deep; anything far deeper is hostile. Checked before parsing,
+#: since how deep the JSON parser may recurse depends on the process's recursion limit.
+_MAX_HEADER_DEPTH = 16
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep the JSON text nests arrays and objects (brackets inside strings excluded)."""
+    arr = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    if not arr.size:
+        return 0
+    opens = (arr == ord("[")) | (arr == ord("{"))
+    closes = (arr == ord("]")) | (arr == ord("}"))
+    return int(np.cumsum(opens.astype(np.int64) - closes).max())
+
+
+def _header_metadata(data: bytes, path: str) -> dict[str, str]:
+    """The safetensors header's ``__metadata__``, parsed with size checks before reading.
+
+    The header is hostile input: a length beyond the file, numbers of thousands of digits,
+    nesting a thousand deep, duplicate keys and non-string metadata are all refused here.
+    """
+    if len(data) < 8:
+        raise CheckpointError(f"checkpoint {path!r} is truncated ({len(data)} bytes)")
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or n > len(data) - 8 or n > 100_000_000:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated (header length {n})")
+    raw = data[8:8 + n]
+    if _nesting(raw) > _MAX_HEADER_DEPTH:
+        raise CheckpointError(f"checkpoint {path!r} has a corrupt header: JSON nested deeper "
+                              f"than {_MAX_HEADER_DEPTH} levels")
+    try:
+        header = json.loads(raw, object_pairs_hook=_unique_keys,
+                            parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:  # JSON and Unicode errors are ValueErrors
+        raise CheckpointError(f"checkpoint {path!r} has a corrupt header: "
+                              f"{_clip(str(e), 120)}") from e
+    md = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(md, dict):
+        raise CheckpointError(f"{path!r} is not an edgetrain checkpoint (no metadata)")
+    if not all(isinstance(v, str) for v in md.values()):
+        raise CheckpointError(f"checkpoint {path!r} has a corrupt header: metadata values must "
+                              "be strings")
+    return md
+
+
+def _describe_diff(want: Mapping[str, Any], got: Mapping[str, Any]) -> str:
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    parts = []
+    if missing:
+        parts.append(f"missing tensors {_few(missing)}")
+    if extra:
+        parts.append(f"unexpected tensors {_few(extra)}")
+    differ = [k for k in sorted(set(want) & set(got)) if want[k] != got[k]]
+    for k in differ[:5]:
+        parts.append(f"{k!r} is {got[k][0]}{got[k][1]} in the checkpoint but "
+                     f"{want[k][0]}{want[k][1]} in the model")
+    if len(differ) > 5:
+        parts.append(f"and {len(differ) - 5} more tensors differ")
+    return "; ".join(parts)
+
+
+def _few(names: Iterable[str]) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
