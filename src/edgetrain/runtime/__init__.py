@@ -17,6 +17,9 @@ from .. import format as fmt
 from .._validate import validate
 from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
 from ._backends import BACKENDS, Backend
+from ._native import NATIVE_BACKENDS
+
+BACKENDS.update(NATIVE_BACKENDS)  # iree, openvino, tract: each imports its runtime when used
 
 __all__ = ["History", "Model", "Signature", "load"]
 
