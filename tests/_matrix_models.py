@@ -1,5 +1,5 @@
 """The models of the runtime conformance matrix, each compiled once with its optimizer and its
-batches: the seed MLP with SGD and with Adam, the W2 CNN (MaxPool) with Adam, a MobileNetV2-style
+batches: the seed MLP with SGD and with Adam, a CNN with MaxPool (Adam), a MobileNetV2-style
 net with batch norm in training mode (SGD), and a tiny BERT with LoRA adapters (AdamW).
 
 The torch-built ones need torch (and transformers for BERT); they return None without them so
@@ -50,12 +50,43 @@ def mlp_adam() -> MatrixModel:
 
 
 def cnn_adam() -> MatrixModel:
-    """The W2 benchmark CNN (conv-MaxPool-conv-MaxPool-dense-dense), batch 8."""
-    from edgetrain.bench import cnn_workload
+    """The W2 benchmark CNN's layout at a size the pure-NumPy reference trains in seconds:
+    conv3x3(8) relu MaxPool2 → conv3x3(16) relu MaxPool2 → dense 32 relu → dense 10 on 1x14x14
+    images, batch 8 (MaxPool's gradient is the op runtimes disagree on)."""
+    from onnx import TensorProto, helper, numpy_helper
 
-    w = cnn_workload(batch=8, n_batches=4, seed=0)
-    tm = et.compile(w.model, loss="cross_entropy", optimizer=et.optim.Adam(lr=1e-3))
-    return MatrixModel("cnn_adam", tm.proto, [{"x": x, "y": y} for x, y in w.batches])
+    rng = np.random.default_rng(0)
+
+    def u(shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+        return (rng.uniform(-1, 1, shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    w = {"conv1.weight": u((8, 1, 3, 3), 9), "conv1.bias": u((8,), 9),
+         "conv2.weight": u((16, 8, 3, 3), 72), "conv2.bias": u((16,), 72),
+         "fc1.weight": u((32, 64), 64), "fc1.bias": u((32,), 64),
+         "fc2.weight": u((10, 32), 32), "fc2.bias": u((10,), 32)}
+    mk = helper.make_node
+    nodes = [mk("Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], kernel_shape=[3, 3]),
+             mk("Relu", ["c1"], ["r1"]),
+             mk("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             mk("Conv", ["p1", "conv2.weight", "conv2.bias"], ["c2"], kernel_shape=[3, 3]),
+             mk("Relu", ["c2"], ["r2"]),
+             mk("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+             mk("Flatten", ["p2"], ["flat"], axis=1),
+             mk("Gemm", ["flat", "fc1.weight", "fc1.bias"], ["h"], transB=1),
+             mk("Relu", ["h"], ["hr"]),
+             mk("Gemm", ["hr", "fc2.weight", "fc2.bias"], ["logits"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                     ["batch", 1, 14, 14])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                              ir_version=8)
+    tm = et.compile(model, loss="cross_entropy", optimizer=et.optim.Adam(lr=3e-3))
+    xs = rng.random((4, 8, 1, 14, 14), dtype=np.float32)
+    teacher = rng.standard_normal((196, 10))
+    ys = np.argmax(xs.reshape(4, 8, 196) @ teacher, axis=-1).astype(np.int64)
+    return MatrixModel("cnn_adam", tm.proto, [{"x": x, "y": y} for x, y in zip(xs, ys)])
 
 
 def mobilenet_bn_sgd() -> MatrixModel | None:

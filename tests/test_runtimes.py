@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _matrix_models import MODELS, MatrixModel
 
 import edgetrain as et
+from _matrix_models import MODELS, MatrixModel
 from edgetrain.errors import BackendError, EdgetrainError
 
 STEPS = 50
@@ -133,7 +133,7 @@ def test_checkpoints_cross_with_onnxruntime(driver: str, model: str, tmp_path: A
 
 
 def test_unknown_backend_lists_the_native_ones() -> None:
-    with pytest.raises(EdgetrainError, match="iree.*openvino.*reference.*tract"):
+    with pytest.raises(EdgetrainError, match=r"iree.*openvino.*reference.*tract"):
         et.load(MODELS["mlp_sgd"]().proto, backend="tensorrt")
 
 
