@@ -11,6 +11,10 @@ one they do, after the fact, so onnxruntime keeps its fast form and the file sta
 - ``Cast(bool → int64)`` → ``Where(b, 1, 0)``: tract types the cast's result as its symbolic
   dimension type (TDim), which its public API cannot hand back, so a step counter computed that
   way cannot be read. ``Where`` on int64 constants stays int64.
+- ``ReduceSum/ReduceMean(Neg(x))`` → ``Neg(ReduceSum/ReduceMean(x))`` where nothing else reads
+  the negation (exact either way): IREE folds the Neg into the reduction as ``acc − x``, a
+  reduction without an identity value that its Metal code generation rejects (the
+  cross-entropy of an ``eval`` graph is written this way).
 - every node gets a new name, ``node<i>``: tract keys nodes, inputs and initializers by name in
   one namespace and derives names of its own from node names (Conv ``c`` with an input bias
   makes ``c.bias``), which collide with the parameters a model names after its layers.
@@ -76,11 +80,37 @@ def portable(model: onnx.ModelProto, plane_indices: bool = False,
             nodes.extend(_flat_indices(n.input[0], n.output[1], flat_idx, taken, const))
         else:
             nodes.append(n)
+    nodes = _negate_after_reduce(nodes, {o.name for o in g.output}, taken)
     for i, n in enumerate(nodes):
         n.name = unique_name(f"node{i}", taken)
     del g.node[:]
     g.node.extend(nodes)
     return out
+
+
+def _negate_after_reduce(nodes: list[onnx.NodeProto], outputs: set[str], taken: set[str]
+                         ) -> list[onnx.NodeProto]:
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    negs = {n.output[0]: n for n in nodes if n.op_type == "Neg"}
+    dropped: set[int] = set()
+    out: list[onnx.NodeProto] = []
+    for n in nodes:
+        neg = negs.get(n.input[0]) if n.op_type in ("ReduceSum", "ReduceMean") and n.input \
+            else None
+        if neg is None or readers.get(neg.output[0], 0) != 1 or neg.output[0] in outputs:
+            out.append(n)
+            continue
+        dropped.add(id(neg))
+        reduced = unique_name(f"{n.output[0]}.unnegated", taken)
+        inner = onnx.NodeProto()
+        inner.CopyFrom(n)
+        inner.input[0] = neg.input[0]
+        inner.output[0] = reduced
+        out += [inner, helper.make_node("Neg", [reduced], [n.output[0]])]
+    return [n for n in out if id(n) not in dropped]
 
 
 def _flat_indices(x: str, plane: str, flat: str, taken: set[str],
@@ -240,6 +270,11 @@ def specialize(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> o
             kept.append(n)
     outputs = {o.name for o in g.output}
     used = {i for n in kept for i in n.input} | outputs
+    taken = graph_names(g)
+    kept = _negate_after_reduce(kept, outputs, taken)  # folding may have freed a negation
+    for n in kept:
+        if not n.name:
+            n.name = unique_name("node", taken)
     del g.node[:]
     g.node.extend(kept)
     g.initializer.extend(t for t in folded if t.name in used)
