@@ -160,3 +160,24 @@ def test_iree_refuses_a_module_cache_others_can_write(tmp_path: Any) -> None:
 def test_iree_backend_runs_host_modules_only() -> None:
     with pytest.raises(BackendError, match="export-iree"):
         et.load(MODELS["mlp_sgd"]().proto, backend="iree", target="metal")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("driver", [d for d in DRIVERS if d != "reference"])
+def test_infer_eval_and_fit_on_the_backend(driver: str) -> None:
+    """The other signatures too, and ``fit`` with a short last batch (a second batch size)."""
+    _driver(driver)
+    mm = _model("cnn_adam")
+    x = np.concatenate([b["x"] for b in mm.batches])
+    y = np.concatenate([b["y"] for b in mm.batches])
+    ours, theirs = et.load(mm.proto, backend=driver), et.load(mm.proto)
+    np.testing.assert_allclose(ours.run("infer", x=x[:5])["logits"],
+                               theirs.run("infer", x=x[:5])["logits"], rtol=1e-5, atol=1e-6)
+    got, want = ours.evaluate(x, y, batch_size=12), theirs.evaluate(x, y, batch_size=12)
+    assert got.keys() == want.keys() == {"loss", "accuracy"}
+    for k in got:
+        assert abs(got[k] - want[k]) <= 1e-5 * max(1.0, abs(want[k]))
+    h1 = ours.fit(x, y, epochs=2, batch_size=12, progress=False)
+    h2 = theirs.fit(x, y, epochs=2, batch_size=12, progress=False)
+    _assert_same(h1["loss"], h2["loss"], f"fit on {driver}")
+    assert ours.step == theirs.step == 6

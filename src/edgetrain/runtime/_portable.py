@@ -155,7 +155,7 @@ def _scatter_unpool(n: onnx.NodeProto, elem: int, taken: set[str],
     zeros, zflat, iflat, yflat, scat = (fresh(h) for h in ("zeros", "zeros_flat", "idx_flat",
                                                              "dy_flat", "scatter"))
     zero = helper.make_tensor("value", elem, [1], [0])
-    attrs: dict[str, int | str] = {"axis": 1}
+    attrs: dict[str, Any] = {"axis": 1}
     if opset >= 16:  # windows never overlap: "add" and "none" agree; IREE/OpenVINO take both
         attrs["reduction"] = "none"
     return [
@@ -244,9 +244,9 @@ def specialize(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> o
     for vi in g.input:
         if vi.name in shapes:
             dims = vi.type.tensor_type.shape.dim
-            for d, v in zip(dims, shapes[vi.name]):
+            for d, size in zip(dims, shapes[vi.name]):
                 d.Clear()
-                d.dim_value = int(v)
+                d.dim_value = int(size)
     static = _static_shapes(out)
     known = {t.name: numpy_helper.to_array(t) for t in g.initializer
              if int(np.prod(t.dims)) <= _FOLD_LIMIT}
