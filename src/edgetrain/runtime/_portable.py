@@ -18,9 +18,9 @@ one they do, after the fact, so onnxruntime keeps its fast form and the file sta
 - every node gets a new name, ``node<i>``: tract keys nodes, inputs and initializers by name in
   one namespace and derives names of its own from node names (Conv ``c`` with an input bias
   makes ``c.bias``), which collide with the parameters a model names after its layers.
-- with ``decompose_bn=True``, a BatchNormalization whose mean and variance are computed in the
-  graph (batch statistics, in training mode) becomes its arithmetic, (x − μ)·γ/√(σ² + ε) + β:
-  tract implements the op only with constant statistics.
+- with ``decompose_bn=True``, a BatchNormalization whose parameters are not all constants
+  (batch statistics in training mode, or a trainable scale and shift) becomes its arithmetic,
+  (x − μ)·γ/√(σ² + ε) + β: tract implements the op only with constant parameters.
 - with ``plane_indices=True``, MaxPool's ``Indices`` are turned from a runtime's per-(n, c)
   plane offsets into the flat N·C·H·W offsets that ONNX specifies and the gradient scatters by
   (IREE's importer lowers MaxPool to torch's ``max_pool2d_with_indices``, which counts within
@@ -69,7 +69,7 @@ def portable(model: onnx.ModelProto, plane_indices: bool = False,
             nodes.append(helper.make_node("Where", [n.input[0], one, zero], list(n.output),
                                           name=n.name))
         elif decompose_bn and n.op_type == "BatchNormalization" and len(n.output) == 1 \
-                and not {n.input[3], n.input[4]} <= {t.name for t in g.initializer} \
+                and not set(n.input[1:5]) <= {t.name for t in g.initializer} \
                 and ranks.get(n.input[0]) is not None:
             nodes.extend(_batch_norm(n, int(ranks[n.input[0]]), types.get(n.input[0], 1), taken,
                                      const))
