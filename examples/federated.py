@@ -32,8 +32,10 @@ from edgetrain.federated._deploy import free_port
 
 
 def run_simulation(out: str) -> None:
+    # strategy: "fedavg", "fedprox", "fedadam" or the robust "fedmedian", "fedtrimmedavg",
+    # "krum"; also dp="server", secagg=True
     result = simulate(None, clients=10, rounds=20, non_iid=0.5, out_dir=out,
-                      strategy="fedavg")  # or "fedprox", "fedadam"; dp="server", secagg=True
+                      strategy="fedavg")
     print(f"accuracy per round: {[round(a, 3) for a in result.accuracies]}")
     print(f"plot: {result.plot}")
     # the global model is an ordinary edgetrain checkpoint: restore it on any device

@@ -152,7 +152,7 @@ def test_corrupt_checkpoints_are_refused(tmp_path: Path, backend: str) -> None:
     bad.write_bytes(good[:-3] + bytes([good[-3] ^ 0x10]) + good[-2:])
     with pytest.raises(et.CheckpointError, match="fails its checksum"):
         m.restore(bad)
-    with pytest.raises(et.CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(et.CheckpointError, match=r"missing\.safetensors.* does not exist"):
         m.restore(tmp_path / "missing.safetensors")
     from safetensors.numpy import save_file
 

@@ -1,4 +1,4 @@
-"""Federated learning on Flower (issue 7): the real flwr apps, strategies, mods and processes.
+"""Federated learning on Flower: the real flwr apps, strategies, mods and processes.
 
 Fast checks run Flower's ServerApp and ClientApp through the inline engine (same apps, no Ray);
 the acceptance runs use Flower's Ray simulation engine and a real SuperLink with three
@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pytest
 pytest.importorskip("flwr", reason="needs the 'federated' extra (flwr)")
 
 import edgetrain as et
+from _fed_procs import Procs, running_procs, wait_for
 from edgetrain.federated import (
     ServerSettings,
     dirichlet_partition,
@@ -257,6 +256,7 @@ def cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_simulation_non_iid_digits_reaches_90_percent(tmp_path: Path) -> None:
     """``edgetrain federated simulate``: 10 clients, Dirichlet(0.5) digits, the seed MLP,
     Flower's Ray engine; >= 0.9 held-out accuracy within 20 rounds, plotted per round."""
@@ -281,84 +281,12 @@ def test_simulation_non_iid_digits_reaches_90_percent(tmp_path: Path) -> None:
 
 # -- acceptance: a real deployment -------------------------------------------------------------
 
-class Procs:
-    """Processes this test starts (each in its own session), stopped by id at the end."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-        self.ports: list[int] = []
-
-    def start(self, args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-        with open(log, "wb") as f:
-            p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def kill(self, p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=15)
-
-    def stop_all(self) -> None:
-        for p in self.procs:
-            self.kill(p, signal.SIGTERM)
-        # Flower detaches its SuperExec helpers into their own sessions; they exit when their
-        # parent does. Anything of ours still serving one of our ports is stopped by pid.
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and self._leftovers():
-            time.sleep(0.5)
-        for pid in self._leftovers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def _leftovers(self) -> list[int]:
-        marks = [f"127.0.0.1:{port}" for port in self.ports]
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "flwr" in cmd or "flower" in cmd:
-                if any(mark in cmd for mark in marks):
-                    found.append(int(entry))
-        return found
-
-
 @pytest.fixture
 def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        p.stop_all()
+    yield from running_procs()
 
 
-def wait_for(cond: object, timeout: float, what: str, proc: subprocess.Popen | None = None,
-             log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
-
-
+@pytest.mark.slow
 def test_deployment_superlink_and_three_supernodes(tmp_path: Path, procs: Procs) -> None:
     """SuperLink + 3 SuperNodes as separate processes on 127.0.0.1, 3 rounds of FedAvg. One
     device stops answering in round 3 and is killed mid-round: the round still completes with

@@ -66,15 +66,24 @@ def _saver(model_bytes: bytes, folder: str, ready: mp.synchronize.Event) -> None
         os.write(log, line)
 
 
-def test_sigkill_during_save_never_loses_the_checkpoint(model_bytes: bytes, tmp_path) -> None:
-    """≥100 SIGKILLs at random moments of repeated saves: the latest checkpoint always restores."""
+def _temp_files(folder: str) -> list[str]:
+    return [n for n in os.listdir(folder) if n.startswith(".edgetrain-") and n.endswith(".tmp")]
+
+
+def test_sigkill_during_save_never_loses_the_checkpoint(model_bytes: bytes, tmp_path,
+                                                        monkeypatch) -> None:
+    """≥100 SIGKILLs at random moments of repeated saves: the latest checkpoint always restores,
+    and the temp files of killed writers do not pile up (the next save removes them)."""
+    # Writers here die within milliseconds, so no grace period is needed to tell a dead
+    # writer's file from a live one's (the forked savers inherit the setting).
+    monkeypatch.setattr(fmt, "STALE_DEAD_WRITER", 0.0, raising=False)
     ctx = mp.get_context("fork")
     rng = np.random.default_rng(1234)
     folder = str(tmp_path)
     first = et.load(model_bytes)
     first.save(os.path.join(folder, "ck.safetensors"))
     logged: dict[int, str] = {0: _digest(first.parameters())}
-    trials, exact = 100, 0
+    trials, exact, most_temps = 100, 0, 0
     for trial in range(trials):
         ready = ctx.Event()
         p = ctx.Process(target=_saver, args=(model_bytes, folder, ready))
@@ -97,6 +106,12 @@ def test_sigkill_during_save_never_loses_the_checkpoint(model_bytes: bytes, tmp_
             exact += 1
         else:  # saved but killed before its log line: the next trial resumes from it
             logged[step] = _digest(m.parameters())
+        most_temps = max(most_temps, len(_temp_files(folder)))
+    # At most the last victims' files remain (a saver killed before its first save cleans
+    # nothing), and the next save removes those too.
+    assert most_temps <= 3, f"{most_temps} temp files piled up"
+    first.save(os.path.join(folder, "ck.safetensors"))
+    assert _temp_files(folder) == []
     # Most kills land between a save and its log line only rarely; nearly all are checked exactly.
     assert exact >= trials * 0.8
 
@@ -193,53 +208,7 @@ def test_structurally_edited_model_files_fail_cleanly(model_bytes: bytes,
     _expect_clean(lambda: _load_and_run(bytes(proto.SerializeToString())))
 
 
-@settings(max_examples=1500, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data())
-def test_fuzzed_checkpoints_fail_cleanly(model_bytes: bytes, ckpt_bytes: bytes, tmp_path_factory,
-                                         data: st.DataObject) -> None:
-    buf = bytearray(ckpt_bytes)
-    kind = data.draw(st.sampled_from(["truncate", "flip", "overwrite", "header"]))
-    if kind == "truncate":
-        buf = buf[:data.draw(st.integers(0, len(buf) - 1))]
-    elif kind == "flip":
-        i = data.draw(st.integers(0, len(buf) - 1))
-        buf[i] ^= 1 << data.draw(st.integers(0, 7))
-    elif kind == "overwrite":
-        i = data.draw(st.integers(0, len(buf) - 1))
-        chunk = data.draw(st.binary(min_size=1, max_size=16))
-        buf[i:i + len(chunk)] = chunk
-    else:  # rewrite the JSON header: huge shapes, wrong dtypes, missing/extra tensors
-        n = int.from_bytes(buf[:8], "little")
-        header = json.loads(buf[8:8 + n])
-        name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
-        what = data.draw(st.sampled_from(["shape", "dtype", "drop", "offsets", "meta"]))
-        if what == "shape":
-            header[name]["shape"] = data.draw(st.lists(st.integers(0, 2**50), max_size=4))
-        elif what == "dtype":
-            header[name]["dtype"] = data.draw(st.sampled_from(["F64", "I8", "BOOL", "U64", "X"]))
-        elif what == "drop":
-            del header[name]
-        elif what == "offsets":
-            header[name]["data_offsets"] = [data.draw(st.integers(0, 2**40)),
-                                            data.draw(st.integers(0, 2**40))]
-        else:
-            header["__metadata__"]["fingerprint"] = data.draw(st.text(max_size=10))
-        raw = json.dumps(header).encode()
-        buf = bytearray(len(raw).to_bytes(8, "little") + raw + buf[8 + n:])
-    path = tmp_path_factory.mktemp("fz") / "ck.safetensors"
-    path.write_bytes(bytes(buf))
-    m = et.load(model_bytes)
-    before = m.state()
-    try:
-        m.restore(str(path))
-    except et.CheckpointError as e:
-        assert str(e)
-        after = m.state()
-        assert all(np.array_equal(before[k], after[k]) for k in before), "state changed"
-    else:
-        # Only a mutation that leaves the verified content intact may load.
-        assert bytes(buf) == ckpt_bytes or kind in ("flip", "overwrite", "header")
+# Checkpoints are fuzzed in test_fuzz_checkpoint.py (raw bytes, headers, forged contents).
 
 
 # -- concurrency -----------------------------------------------------------------------------

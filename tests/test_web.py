@@ -12,8 +12,13 @@ import argparse
 import base64
 import json
 import os
+import re
+import select
 import shutil
+import socket
+import stat
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,12 +35,15 @@ import edgetrain as et
 from edgetrain import format as fmt
 from edgetrain.web import (
     Mulberry32,
+    WebServer,
     add_cli,
     batch_indices,
     export_web,
     read_dataset,
     start_server,
 )
+from edgetrain.web._export import MARKER
+from edgetrain.web._server import CONTENT_SECURITY_POLICY, MAX_HANDLERS, REQUEST_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"
@@ -121,6 +129,12 @@ def test_export_layout(site: Path) -> None:
         m = onnx.load(site / f"{sig}.onnx", load_external_data=False)
         assert m.ir_version <= helper.find_min_ir_version_for(list(m.opset_import))
         assert all(n.domain in ("", "ai.onnx") for n in m.graph.node)
+    # The marker lists exactly the files written, each readable by any web server (0644).
+    listed = json.loads((site / MARKER).read_text())["files"]
+    written = sorted(str(p.relative_to(site)) for p in site.rglob("*")
+                     if p.is_file() and p.name != MARKER)
+    assert listed == written
+    assert {stat.S_IMODE((site / f).stat().st_mode) for f in listed} == {0o644}
 
 
 def test_export_graphs_run_in_python(site: Path, trainable: Path) -> None:
@@ -173,18 +187,41 @@ def test_digits_dataset_refused_for_other_models(tmp_path: Path) -> None:
         export_web(tm.proto, tmp_path / "out", dataset="digits", webgpu=False)
 
 
+def _headers_of(url: str) -> tuple[int, Any, bytes]:
+    try:
+        r = urllib.request.urlopen(url)
+    except urllib.error.HTTPError as e:
+        r = e
+    with r:
+        return r.status, r.headers, r.read()
+
+
 def test_server_headers(site: Path) -> None:
     with start_server(site) as server:
         assert server.url.startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(server.url + "ort/ort-wasm-simd-threaded.wasm") as r:
-            assert r.headers["Content-Type"] == "application/wasm"
-            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
-            assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
-        with urllib.request.urlopen(server.url + "edgetrain.js") as r:
-            assert r.headers["Content-Type"].startswith("text/javascript")
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(server.url + "missing.onnx")
-        assert e.value.code == 404
+        code, headers, _ = _headers_of(server.url + "ort/ort-wasm-simd-threaded.wasm")
+        assert code == 200 and headers["Content-Type"] == "application/wasm"
+        assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert _headers_of(server.url + "edgetrain.js")[1]["Content-Type"].startswith(
+            "text/javascript")
+        assert _headers_of(server.url + "missing.onnx")[0] == 404
+        for path in ("", "state.safetensors", "missing.onnx"):
+            code, headers, body = _headers_of(server.url + path)
+            assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY, path
+            assert headers["X-Content-Type-Options"] == "nosniff"
+            assert headers["Referrer-Policy"] == "no-referrer"
+            assert headers["Cross-Origin-Resource-Policy"] == "same-origin"
+        code, headers, body = _headers_of(server.url)
+        assert code == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    # The page carries the same policy (minus frame-ancestors, which a <meta> cannot set), so it
+    # holds on any static host: scripts from the export only, wasm allowed, no inline script.
+    meta = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">',
+                     body.decode())
+    assert meta and meta.group(1) + "; frame-ancestors 'none'" == CONTENT_SECURITY_POLICY
+    assert "script-src 'self' 'wasm-unsafe-eval';" in meta.group(1)
+    assert "unsafe-inline" not in meta.group(1)
+    assert "'unsafe-eval'" not in meta.group(1)
     with pytest.raises(et.EdgetrainError, match="not a web export"):
         start_server(site / "ort")
 
@@ -209,10 +246,306 @@ def test_batches_match_javascript(site: Path) -> None:
     assert batch_indices(42, 5, 32, 1500).tolist() == js["idx"]
 
 
+# -- hostile metadata -------------------------------------------------------------------------
+
+XSS = '<img src=x onerror="window.__pwned=(window.__pwned||[]).concat(1)">'
+
+
+def _edit_meta(proto: onnx.ModelProto, edit: Any) -> onnx.ModelProto:
+    """A copy of ``proto`` whose metadata ``edit(meta)`` changed, written past every loader."""
+    bad = onnx.ModelProto()
+    bad.CopyFrom(proto)
+    meta = fmt.read_meta(bad)
+    edit(meta)
+    fmt.write_meta(bad, meta)
+    return bad
+
+
+def _rename_signature(meta: dict[str, Any], new: str) -> None:
+    meta["signatures"][new] = meta["signatures"]["eval"]
+
+
+METADATA_ATTACKS = {
+    "loss name": (lambda m: m["loss"].update(name="cross_entropy" + XSS), "loss.name"),
+    "optimizer name": (lambda m: m["optimizer"].update(name=XSS), "optimizer.name"),
+    "optimizer key": (lambda m: m["optimizer"].update({XSS: 1}), "a key of manifest.optimizer"),
+    "output": (lambda m: m.update(output="logits" + XSS), "manifest.output"),
+    "input name": (lambda m: m["signatures"]["infer"]["inputs"][0].update(name=XSS),
+                   "signatures.infer.inputs[0].name"),
+    "dim name": (lambda m: m["signatures"]["train"]["inputs"][0]["shape"].__setitem__(0, XSS),
+                 "signatures.train.inputs[0].shape[0]"),
+    "trainable": (lambda m: m["trainable"].append("a b"), "manifest.trainable[4]"),
+    "signature name": (lambda m: _rename_signature(m, XSS), "a signature name"),
+    "signature path": (lambda m: _rename_signature(m, "../../escape"), "a signature name"),
+    "non-finite number": (lambda m: m["optimizer"].update(lr=float("nan")),
+                          "manifest.optimizer.lr"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(METADATA_ATTACKS))
+def test_export_refuses_unsafe_metadata(trainable: Path, tmp_path: Path, attack: str) -> None:
+    """Every string that reaches the manifest (and so the page) must be a plain name."""
+    _require("ort-web")
+    edit, field = METADATA_ATTACKS[attack]
+    bad = _edit_meta(fmt.load_model(trainable), edit)
+    out = tmp_path / "a" / "out"
+    with pytest.raises(et.FormatError, match=re.escape(field)) as e:
+        export_web(bad, out, webgpu=False)
+    assert "web export allows only" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+# -- the output folder --------------------------------------------------------------------------
+
+def _outside(tmp_path: Path) -> Path:
+    """A private file outside the export folder, which the export must never touch."""
+    outside = tmp_path / "elsewhere" / "secret.txt"
+    outside.parent.mkdir()
+    outside.write_text("the user's own")
+    outside.chmod(0o600)
+    return outside
+
+
+def _untouched(path: Path, text: str, mode: int = 0o600) -> None:
+    st = path.lstat()
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == mode, path
+    assert path.read_text() == text, path
+
+
+def test_export_refuses_a_foreign_folder(trainable: Path, tmp_path: Path) -> None:
+    _require("ort-web")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "notes.txt").chmod(0o600)
+    (out / "index.html").write_text("my page")
+    with pytest.raises(et.EdgetrainError, match=r"not empty and is not an edgetrain web export"
+                       r".*--force \(force=True\)"):
+        export_web(trainable, out, webgpu=False, dataset=None)
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "notes.txt"]
+    _untouched(out / "notes.txt", "mine")
+    assert (out / "index.html").read_text() == "my page"
+    # A file is not a folder either.
+    with pytest.raises(et.EdgetrainError, match="not a folder"):
+        export_web(trainable, out / "notes.txt", webgpu=False, dataset=None)
+
+
+def test_export_force_touches_only_its_own_files(trainable: Path, tmp_path: Path) -> None:
+    """--force: the export's files are replaced (links too, never followed); nothing else."""
+    _require("ort-web")
+    outside = _outside(tmp_path)
+    out = tmp_path / "out"
+    (out / "ort").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "notes.txt").chmod(0o600)
+    (out / "ort" / "mine.js").write_text("my script")
+    (out / "ort" / "mine.js").chmod(0o600)
+    (out / "demo.js").symlink_to(outside)  # a name the export writes, pointing outside
+    (out / "link.txt").symlink_to(outside)  # a name it does not write
+    parser = argparse.ArgumentParser(prog="edgetrain")
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export-web", str(trainable), str(out), "--no-webgpu",
+                              "--no-dataset", "--force"])
+    assert args.func(args) == 0
+    _untouched(outside, "the user's own")
+    _untouched(out / "notes.txt", "mine")
+    _untouched(out / "ort" / "mine.js", "my script")
+    assert (out / "link.txt").is_symlink() and os.readlink(out / "link.txt") == str(outside)
+    assert not (out / "demo.js").is_symlink()  # the link itself was replaced
+    assert "batchIndices" in (out / "demo.js").read_text()
+    assert (out / MARKER).is_file() and (out / "edgetrain-web.json").is_file()
+
+
+def test_export_never_writes_through_a_linked_folder(trainable: Path, tmp_path: Path) -> None:
+    _require("ort-web")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ort").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(et.EdgetrainError, match=r"ort is a symbolic link"):
+        export_web(trainable, out, webgpu=False, dataset=None, force=True)
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["ort"]
+    (out / "ort").unlink()
+    (out / "index.html").mkdir()  # a folder where the export writes a file
+    with pytest.raises(et.EdgetrainError, match=r"index.html is a folder"):
+        export_web(trainable, out, webgpu=False, dataset=None, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["index.html"]
+
+
+def test_reexport_replaces_only_what_it_wrote(trainable: Path, tmp_path: Path) -> None:
+    """A re-export replaces the files its marker lists and deletes those it no longer writes;
+    the user's files (and modes, and link targets) stay as they are."""
+    _require("ort-web")
+    out = tmp_path / "out"
+    export_web(trainable, out, webgpu=False)
+    assert (out / "digits.bin").is_file()
+    outside = _outside(tmp_path)
+    (out / "notes.txt").write_text("mine")
+    (out / "notes.txt").chmod(0o600)
+    (out / "ort" / "mine.js").write_text("my script")
+    (out / "ort" / "link.js").symlink_to(outside)
+    (out / "index.html").write_text("edited")  # an export file: replaced again
+    (out / "README.md").write_text("the user's readme")
+    export_web(trainable, out, webgpu=False, dataset=None)
+    assert not (out / "digits.bin").exists()  # written before, not now: deleted
+    assert "Content-Security-Policy" in (out / "index.html").read_text()
+    _untouched(out / "notes.txt", "mine")
+    _untouched(out / "ort" / "mine.js", "my script", 0o644)
+    _untouched(outside, "the user's own")
+    assert (out / "ort" / "link.js").is_symlink()
+    assert (out / "README.md").read_text() == "the user's readme"
+    assert "digits.bin" not in json.loads((out / MARKER).read_text())["files"]
+    # A marker that is a link (or names files outside) is no marker.
+    (out / MARKER).unlink()
+    (out / MARKER).symlink_to(tmp_path / "elsewhere" / "secret.txt")
+    with pytest.raises(et.EdgetrainError, match="not an edgetrain web export"):
+        export_web(trainable, out, webgpu=False, dataset=None)
+    (out / MARKER).unlink()
+    (out / MARKER).write_text(json.dumps({"kind": "edgetrain-web-export", "version": 1,
+                                          "files": ["../elsewhere/secret.txt", "index.html"]}))
+    with pytest.raises(et.EdgetrainError, match="not an edgetrain web export"):
+        export_web(trainable, out, webgpu=False, dataset=None)
+    _untouched(outside, "the user's own")
+
+
+# -- the server under attack ------------------------------------------------------------------
+
+def _raw(server: WebServer, request: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str],
+                                                                            bytes]:
+    """Send raw bytes, read until the server closes: (status, headers, body); 0 if no reply."""
+    with socket.create_connection((server.host, server.port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(1 << 16):
+            data += chunk
+    if not data:
+        return 0, {}, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def _get(server: WebServer, path: str, host: str | None = None, method: str = "GET",
+         extra: str = "") -> int:
+    host = f"127.0.0.1:{server.port}" if host is None else host
+    request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+    return _raw(server, request.encode("latin-1"))[0]
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    """A served folder with a sub-folder, hidden files and links to a secret outside it."""
+    root = tmp_path / "site"
+    (root / "sub").mkdir(parents=True)
+    (root / "index.html").write_text("<!doctype html><title>t</title>")
+    (root / "sub" / "a.txt").write_text("a")
+    (root / ".hidden").write_text("hidden")
+    (root / MARKER).write_text("{}")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "state.safetensors").write_text("secret")
+    (root / "state.safetensors").symlink_to(secret / "state.safetensors")
+    (root / "linked").symlink_to(secret, target_is_directory=True)
+    return root
+
+
+def test_server_refuses_malformed_paths_and_stays_up(folder: Path) -> None:
+    with start_server(folder) as server:
+        for path in ("/%00", "/index.html%00.txt", "/%00/../index.html", "/../secret/x",
+                     "/sub/../index.html", "/%2e%2e/secret/state.safetensors", "/./index.html",
+                     "/sub//a.txt", "/a%5cb", "/%ff", "/%0d%0aX:%20y",
+                     "http://evil.example/index.html", "*"):
+            assert _get(server, path) == 400, path
+        assert _get(server, "/") == 200 and _get(server, "/sub/a.txt") == 200
+        assert _get(server, "/index.html?x=%00#y") == 200  # the query is not a path
+
+
+def test_server_no_links_listings_or_hidden_files(folder: Path) -> None:
+    with start_server(folder) as server:
+        for path in ("/state.safetensors", "/linked/state.safetensors", "/linked/", "/sub/",
+                     "/sub", "/linked", "/.hidden", f"/{MARKER}", "/missing"):
+            status, _, body = _raw(server, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:"
+                                   f"{server.port}\r\n\r\n".encode())
+            assert status == 404 and b"secret" not in body and b"a.txt" not in body, path
+        assert _get(server, "/sub/a.txt", method="HEAD") == 200
+
+
+def test_server_answers_only_its_loopback_host(folder: Path) -> None:
+    with start_server(folder) as server:
+        port = server.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}",
+                     f"[::1]:{port}"):
+            assert _get(server, "/", host=host) == 200, host
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1:{port + 1}",
+                     "127.0.0.1", f"localhost.evil.example:{port}", f"127.0.0.2:{port}", ""):
+            assert _get(server, "/", host=host) == 403, host
+        assert _raw(server, b"GET / HTTP/1.0\r\n\r\n")[0] == 403  # no Host at all
+        two = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n\r\n"
+        assert _raw(server, two.encode())[0] == 403
+
+
+def test_server_serves_only_get_and_head(folder: Path) -> None:
+    with start_server(folder) as server:
+        for method in ("POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "FOO"):
+            status, headers, _ = _raw(server, f"{method} / HTTP/1.1\r\nHost: 127.0.0.1:"
+                                      f"{server.port}\r\nContent-Length: 0\r\n\r\n".encode())
+            assert status == 405 and headers["Allow"] == "GET, HEAD", method
+        assert _get(server, "/", extra="Content-Length: 5\r\n") == 400  # a GET with a body
+        assert (folder / "index.html").read_text() == "<!doctype html><title>t</title>"
+
+
+@pytest.mark.slow
+def test_server_closes_half_sent_requests_with_few_threads(folder: Path) -> None:
+    """300 idle half-sent requests and a slow trickle: every connection is closed within the
+    timeout, handler threads stay bounded, and the server still answers afterwards."""
+    baseline = threading.active_count()
+    with start_server(folder) as server:
+        trickle = socket.create_connection((server.host, server.port), timeout=30)
+        trickle.sendall(b"GET / HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        half = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode()
+        socks = []
+        for _ in range(300):
+            s = socket.create_connection((server.host, server.port), timeout=30)
+            s.sendall(half)
+            socks.append(s)
+        opened = time.monotonic()
+        peak = threading.active_count()
+        while time.monotonic() - t0 < 15:  # a byte every 0.1 s never completes the head
+            peak = max(peak, threading.active_count())
+            try:
+                if select.select([trickle], [], [], 0)[0] and not trickle.recv(1 << 16):
+                    break
+                trickle.sendall(b"X")
+            except OSError:
+                break
+            time.sleep(0.1)
+        trickle_closed = time.monotonic() - t0
+        trickle.close()
+        assert trickle_closed < REQUEST_TIMEOUT + 1.5, trickle_closed
+        # the server thread, its reaper, and at most MAX_HANDLERS handlers
+        assert peak - baseline <= MAX_HANDLERS + 2, peak - baseline
+        for s in socks:
+            while s.recv(1 << 16):  # a 503 for the connections beyond the bound, then EOF
+                pass
+            s.close()
+        assert time.monotonic() - opened < REQUEST_TIMEOUT + 1.5
+        assert _get(server, "/") == 200
+        assert threading.active_count() - baseline <= 3
+
+
 # -- the browser --------------------------------------------------------------------------
 
-def _run_page(site: Path, query: str, shot: Path, extra_args: str = "") -> dict[str, Any]:
-    """Serve ``site``, open ``?query`` in headless Chromium, return window.edgetrainResult."""
+def _run_page(site: Path, query: str, shot: Path, extra_args: str = "",
+              probe: str = "") -> dict[str, Any]:
+    """Serve ``site``, open ``?query`` in headless Chromium, return window.edgetrainResult.
+
+    ``probe`` is a JavaScript expression evaluated in the page afterwards (``res["probe"]``).
+    """
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -220,7 +553,7 @@ def _run_page(site: Path, query: str, shot: Path, extra_args: str = "") -> dict[
         proc = subprocess.run(["node", str(WEB / "run-page.mjs"), server.url + query, str(shot),
                                "120000"], capture_output=True, text=True, timeout=240,
                               env={**os.environ, "CHROMIUM": CHROMIUM,
-                                   "CHROMIUM_EXTRA_ARGS": extra_args})
+                                   "CHROMIUM_EXTRA_ARGS": extra_args, "RUN_PAGE_PROBE": probe})
     assert proc.returncode == 0, f"the page run failed:\n{proc.stderr[-4000:]}"
     res: dict[str, Any] = json.loads(proc.stdout)
     assert res.get("ok"), f"the page reported an error: {res.get('error')}\n{res.get('stack')}"
@@ -286,8 +619,53 @@ def test_browser_trains_like_python(site: Path, trainable: Path, tmp_path: Path)
     res = _run_page(site, f"?autorun=1&steps={STEPS}&seed={SEED}&batch={BATCH}",
                     ARTIFACTS / "web-demo.png")
     assert res["backend"] == "wasm" and res["steps"] == STEPS and res["batch_size"] == BATCH
+    assert res["crossOriginIsolated"] and res["csp_violations"] == []
     _check_against_python(res, site, trainable, tmp_path)
     assert res["accuracy"] > res["accuracy_before"] + 0.1  # it learned
+
+
+#: Read back, after the page ran: did a handler run, what does the model box show, and does the
+#: policy itself stop a handler in markup injected now?
+PAGE_PROBE = """(async () => {
+  const out = { pwned: window.__pwned ?? null, images: document.images.length,
+    info: [...document.querySelectorAll('#model-info dt')].map(
+      (dt) => [dt.textContent, dt.nextElementSibling.textContent]),
+    version: document.getElementById('ort-version').textContent };
+  document.body.insertAdjacentHTML('beforeend', '<img src="x" onerror="window.__pwned = 1">');
+  await new Promise((r) => setTimeout(r, 500));
+  out.injected_ran = window.__pwned ?? null;
+  return out;
+})()"""
+
+
+@pytest.mark.slow
+def test_browser_shows_hostile_metadata_as_text(site: Path, tmp_path: Path) -> None:
+    """Markup in the manifest (written directly, past export's checks) is shown as text and
+    never runs, and onnxruntime-web's worker threads still work under the page's policy."""
+    _require("node", "playwright", "chromium")
+    hostile = tmp_path / "site"
+    shutil.copytree(site, hostile, symlinks=True)
+    manifest = json.loads((hostile / "edgetrain-web.json").read_text())
+    manifest["loss"]["name"] = "cross_entropy" + XSS
+    manifest["optimizer"]["name"] = XSS
+    manifest["signatures"][XSS] = {"kind": "builtin", "inputs": [], "outputs": []}
+    manifest["onnxruntime_web"]["version"] += XSS
+    (hostile / "edgetrain-web.json").write_text(json.dumps(manifest))
+    res = _run_page(hostile, "?autorun=1&steps=3&seed=1&threads=2",
+                    ARTIFACTS / "web-demo-hostile.png", probe=PAGE_PROBE)
+    page = res["probe"]
+    assert page["pwned"] is None and page["images"] == 0, page
+    info = dict(page["info"])
+    assert info["loss"] == "cross_entropy" + XSS
+    assert info["optimizer"].startswith(XSS + " (lr ")
+    assert info["signatures"].endswith(", " + XSS)
+    assert page["version"] == manifest["onnxruntime_web"]["version"]
+    # The policy blocks a handler in markup that got in anyway (here: injected by the test).
+    assert page["injected_ran"] is None
+    assert res["csp_violations"] and all("script-src-attr" in v or "inline event handler" in v
+                                         for v in res["csp_violations"]), res["csp_violations"]
+    assert res["threads"] == 2 and res["crossOriginIsolated"] and res["step"] == 3
+    assert any(w.endswith("/ort/ort-wasm-simd-threaded.mjs") for w in res["workers"]), res
 
 
 def test_browser_onehot_sgd_image_input(tmp_path: Path) -> None:
@@ -315,5 +693,5 @@ def test_browser_trains_on_webgpu(trainable: Path, tmp_path: Path) -> None:
                     ARTIFACTS / "web-demo-webgpu.png",
                     "--enable-unsafe-webgpu --enable-unsafe-swiftshader "
                     "--use-webgpu-adapter=swiftshader --use-angle=swiftshader")
-    assert res["backend"] == "webgpu"
+    assert res["backend"] == "webgpu" and res["csp_violations"] == []
     _check_against_python(res, site, trainable, tmp_path)

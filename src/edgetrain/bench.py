@@ -231,6 +231,15 @@ def efficientnet_workload(batch: int = 8, n_batches: int = 3, seed: int = 0) -> 
                     weights, batches, {"name": "sgd", "lr": 0.01}, flops, trainable=trainable)
 
 
+def workload_name(text: str) -> str:
+    """A workload name as the command line takes it (case-insensitive); unknown names refused."""
+    name = text.upper()
+    if name not in WORKLOADS:
+        raise argparse.ArgumentTypeError(f"unknown workload {text!r}; choose from "
+                                         f"{', '.join(WORKLOADS)}")
+    return name
+
+
 def workload(name: str, seed: int = 0) -> Workload:
     """Build one workload by name (W1..W4)."""
     name = name.upper()
@@ -311,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
     for name in args.workloads:
         try:
             r = run_workload(name, args.steps)
-        except EdgetrainError as e:  # unavailable here, or an unknown name: report, go on
+        except EdgetrainError as e:  # unavailable here (a missing package, an op rule): go on
             print(f"{name.upper()}: unavailable: {e}")
             results.append({"workload": name.upper(), "system": "edgetrain",
                             "error": f"unavailable: {e}"})
@@ -321,6 +330,9 @@ def main(args: argparse.Namespace) -> int:
               f"({r['gflops']:.1f} GFLOP/s, {r['file_bytes'] / 1e6:.2f} MB file, "
               f"compiled in {r['compile_s']:.2f} s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        from ._cli_files import writing
+        from .format import atomic_write
+
+        with writing(args.json, "--json"):
+            atomic_write(args.json, json.dumps(results, indent=2).encode())
     return 0

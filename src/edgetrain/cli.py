@@ -1,9 +1,16 @@
-"""``edgetrain`` command line: compile | info | train | infer | export | bench | demo | ..."""
+"""``edgetrain`` command line: compile | info | train | infer | export | bench | demo | ...
+
+Every command either does its job or prints one ``edgetrain: error: …`` line and exits with
+status 2, with every file it was given unchanged: no command writes over one of its inputs,
+and training is never thrown away by a rerun (``train`` resumes from FILE's checkpoint).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import os
 import sys
@@ -13,19 +20,33 @@ from typing import Any
 import numpy as np
 from onnx import helper
 
-from .errors import EdgetrainError
+from . import _cli_files as files
+from . import format as fmt
+from ._args import (
+    Parser,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from ._datafile import load_arrays
+from ._io import read_regular_file
+from .errors import CheckpointError, EdgetrainError, FormatError
 
 
-def _load_npz(path: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+def _say(text: object) -> None:
+    """``print``, except that a reader that went away (``| head``) does not stop the command.
+
+    A closed pipe would otherwise raise in the middle of ``train`` and skip the checkpoint
+    save that follows; the rest of the output goes to /dev/null instead.
+    """
     try:
-        with np.load(path, allow_pickle=False) as data:
-            out = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise EdgetrainError(f"cannot read {path!r} as .npz: {e}") from e
-    missing = [k for k in keys if k not in out]
-    if missing:
-        raise EdgetrainError(f"{path!r} lacks array(s) {missing}; it has {sorted(out)}")
-    return out
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _optimizer(args: argparse.Namespace) -> Any:
@@ -51,13 +72,28 @@ def _optimizer(args: argparse.Namespace) -> Any:
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compile import compile as et_compile
 
-    tm = et_compile(args.input, loss=args.loss, optimizer=_optimizer(args),
+    files.refuse_overwrite({"-o": args.out}, {"IN": args.input})
+    files.writable(args.out, "-o")
+    try:
+        proto = fmt.load_model(read_regular_file(args.input, "model file"))
+    except FormatError as e:
+        raise FormatError(f"{args.input!r}: {e}") from e
+    if any(p.key == fmt.META_KEY for p in proto.metadata_props):
+        raise EdgetrainError(f"{args.input!r} is already a trainable edgetrain file; train it "
+                             f"(`edgetrain train {args.input} --data …`) or compile the "
+                             "inference model it came from")
+    tm = et_compile(proto, loss=args.loss, optimizer=_optimizer(args),
                     trainable=args.trainable or None, output=args.output_name,
                     labels=args.labels)
-    path = tm.save(args.out)
-    print(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
+    with files.writing(args.out, "-o"):
+        path = tm.save(args.out)
+    _say(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
           f"{len(tm.meta['trainable'])} trainable, {len(tm.meta['frozen'])} frozen tensors; "
           f"signatures {', '.join(sorted(tm.meta['signatures']))}")
+    stale = files.default_checkpoint(args.out)
+    if os.path.lexists(stale):
+        _say(f"note: {stale} (from an earlier run) exists; `edgetrain train` resumes from it "
+              "and `infer`/`export` use it — pass --fresh to train from the new weights")
     return 0
 
 
@@ -129,59 +165,203 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_to_read(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """The checkpoint ``infer``/``export``/``export-web`` start from, and whether by default.
+
+    ``--checkpoint`` must exist: silently using the untrained weights instead would hand the
+    user a model that looks fine and predicts nothing. Without it, the default checkpoint that
+    ``train`` writes is used when present (``--no-checkpoint`` ignores it).
+    """
+    if args.checkpoint:
+        if not os.path.lexists(args.checkpoint):
+            raise EdgetrainError(f"--checkpoint {args.checkpoint!r} does not exist")
+        return args.checkpoint, False
+    default = files.default_checkpoint(args.file)
+    if not args.no_checkpoint and os.path.lexists(default):
+        return default, True
+    return None, False
+
+
+def _protected(args: argparse.Namespace) -> dict[str, str | None]:
+    """Paths a command reading FILE must never write: FILE, its data and training state."""
+    default = files.default_checkpoint(args.file)
+    paths = {"FILE": args.file, "--data": getattr(args, "data", None),
+             "--checkpoint": args.checkpoint, "the default checkpoint": default,
+             "the progress file": files.progress_path(default)}
+    if args.checkpoint:
+        paths["the checkpoint's progress file"] = files.progress_path(args.checkpoint)
+    return paths
+
+
+def _epoch_note(ckpt: str, step: int) -> str:
+    epoch = files.read_progress(ckpt, step)
+    return "" if epoch is None else f", epoch {epoch}"
+
+
 def _model(args: argparse.Namespace) -> Any:
+    """Load FILE with the checkpoint :func:`_checkpoint_to_read` picks, and say which."""
     from .runtime import load
 
+    ckpt, by_default = _checkpoint_to_read(args)
     m = load(args.file, backend=args.backend)
-    if getattr(args, "checkpoint", None) and os.path.exists(args.checkpoint):
-        m.run("restore", checkpoint_path=args.checkpoint)
-        print(f"restored {args.checkpoint} (step {m.step})")
+    if ckpt is None:
+        _say(f"no checkpoint: using the weights stored in {args.file}")
+        return m
+    m.run("restore", checkpoint_path=ckpt)
+    how = "the default checkpoint" if by_default else "checkpoint"
+    hint = "; --no-checkpoint uses the weights stored in FILE" if by_default else ""
+    _say(f"using {how} {ckpt} (step {m.step}{_epoch_note(ckpt, m.step)}){hint}")
     return m
 
 
+def _xy(arrays: dict[str, np.ndarray], path: str, keys: Sequence[str]) -> None:
+    """Refuse arrays that hold no samples, or whose sample counts disagree."""
+    x = arrays["x"]
+    if x.ndim == 0 or len(x) == 0:
+        raise EdgetrainError(f"{path!r}: array 'x' holds no samples (shape {list(x.shape)})")
+    for k in keys:
+        v = arrays.get(k)
+        if v is not None and (v.ndim == 0 or len(v) != len(x)):
+            raise EdgetrainError(f"{path!r}: array {k!r} has shape {list(v.shape)} but 'x' "
+                                 f"has {len(x)} samples")
+
+
+def _restore_for_training(m: Any, ckpt: str, n: int, batch_size: int) -> int:
+    """Restore ``ckpt`` into ``m``; the number of epochs it already holds."""
+    try:
+        m.run("restore", checkpoint_path=ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; pass --fresh to start over (the old checkpoint is kept "
+                              "as a backup)") from e
+    epoch = files.read_progress(ckpt, m.step)
+    note = ""
+    if epoch is None:  # no progress file, or a stale one: estimate from the step count
+        epoch = m.step // max(1, -(-n // batch_size))
+        note = ", estimated from the step count"
+    _say(f"resuming from {ckpt} (step {m.step}, epoch {epoch}{note}); --fresh starts over")
+    return epoch
+
+
+def _train_paths(args: argparse.Namespace) -> str:
+    """The checkpoint ``train`` writes, after checking every output it will write."""
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            raise EdgetrainError("--plot needs matplotlib: pip install 'edgetrain[plot]'") from e
+    default = files.default_checkpoint(args.file)
+    ckpt = args.checkpoint or default
+    protected = {"FILE": args.file, "--data": args.data}
+    if not files.same_file(ckpt, default):
+        protected.update({"the default checkpoint": default,
+                          "the progress file": files.progress_path(default)})
+    outputs = {"the checkpoint": ckpt, "its progress file": files.progress_path(ckpt),
+               "--plot": args.plot}
+    files.refuse_overwrite(outputs, protected)
+    for label, path in outputs.items():
+        if path:
+            files.writable(path, label)
+    return ckpt
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    data = _load_npz(args.data, ["x", "y"])
-    m = _model(args)
+    from .runtime import load
+
+    ckpt = _train_paths(args)
+    data = load_arrays(args.data, ["x", "y"])
+    _xy(data, args.data, ["y"])
+    m = load(args.file, backend=args.backend)
+    resume = os.path.lexists(ckpt) and not args.fresh
+    if resume:
+        start = _restore_for_training(m, ckpt, len(data["x"]), args.batch_size)
+    else:
+        start = 0
+        _say(f"starting from the weights stored in {args.file}"
+              + (" (--fresh)" if args.fresh and os.path.lexists(ckpt) else ""))
+        default = files.default_checkpoint(args.file)
+        if args.checkpoint and not args.fresh and os.path.lexists(default):
+            _say(f"note: --checkpoint {args.checkpoint} does not exist yet: training starts "
+                  f"from FILE's weights, not from its default checkpoint {default}")
     hist = m.fit(data["x"], data["y"], epochs=args.epochs, batch_size=args.batch_size,
                  lr=args.lr, seed=args.seed, progress=not args.no_progress,
                  on_nonfinite="skip" if args.skip_nonfinite else "raise")
-    for e in range(len(hist["loss"])):
-        line = f"epoch {e + 1}: " + "  ".join(f"{k} {v[e]:.4f}" for k, v in hist.history.items()
-                                             if e < len(v))
-        print(line)
+    for e in range(args.epochs):
+        _say(f"epoch {start + e + 1}: " + "  ".join(f"{k} {v[e]:.4f}"
+                                                    for k, v in hist.history.items()
+                                                    if e < len(v)))
     if hist.skipped_steps:
-        print(f"skipped {hist.skipped_steps} non-finite step(s)")
-    ckpt = args.checkpoint or os.path.splitext(args.file)[0] + ".ckpt.safetensors"
-    m.run("save", checkpoint_path=ckpt)
-    print(f"saved {ckpt} (step {m.step})")
+        _say(f"skipped {hist.skipped_steps} non-finite step(s)")
+    if not resume and os.path.lexists(ckpt):
+        _say(f"kept the previous checkpoint as {files.keep_backup(ckpt)}")
+    with files.writing(ckpt, "checkpoint"):
+        m.run("save", checkpoint_path=ckpt)
+    files.write_progress(ckpt, m.step, start + args.epochs)
+    _say(f"saved {ckpt} (step {m.step}, epoch {start + args.epochs})")
     if args.plot:
-        print(f"wrote {hist.plot(args.plot)}")
+        with files.writing(args.plot, "plot"):
+            _say(f"wrote {hist.plot(args.plot)}")
     return 0
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    data = _load_npz(args.data, ["x"])
+    out_path = args.out
+    if out_path and not out_path.endswith(".npz"):
+        out_path += ".npz"  # as np.savez names it
+    files.refuse_overwrite({"-o": out_path}, _protected(args))
+    if out_path:
+        files.writable(out_path, "-o")
+    data = load_arrays(args.data, ["x"], ["y"])
+    _xy(data, args.data, ["y"])
     m = _model(args)
     out = m.predict(data["x"], batch_size=args.batch_size)
-    if args.out:
-        np.savez(args.out, **{m.meta["output"]: out})
-        print(f"wrote {args.out} ({m.meta['output']}: {out.shape})")
+    if out_path:
+        buf = io.BytesIO()
+        np.savez(buf, **{m.meta["output"]: out})
+        with files.writing(out_path, "-o"):
+            fmt.atomic_write(out_path, buf.getvalue())
+        _say(f"wrote {out_path} ({m.meta['output']}: {out.shape})")
     if m.meta.get("classification"):
         pred = np.argmax(out, axis=1)
-        print(f"predictions: {pred[:20].tolist()}{' …' if len(pred) > 20 else ''}")
+        _say(f"predictions: {pred[:20].tolist()}{' …' if len(pred) > 20 else ''}")
         if "y" in data:
             y = data["y"] if data["y"].ndim == 1 else np.argmax(data["y"], axis=1)
-            print(f"accuracy: {float(np.mean(pred == y)):.4f}")
-    elif not args.out:
-        print(out)
+            _say(f"accuracy: {float(np.mean(pred == y)):.4f}")
+    elif not out_path:
+        _say(out)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    files.refuse_overwrite({"-o": args.out}, _protected(args))
+    files.writable(args.out, "-o")
     m = _model(args)
-    path = m.export(args.out)
-    print(f"wrote {path}: plain inference ONNX with the current weights")
+    with files.writing(args.out, "-o"):
+        path = m.export(args.out)
+    _say(f"wrote {path}: plain inference ONNX with the current weights")
     return 0
+
+
+def _guard_export_web(sub: Any) -> None:
+    """``export-web``: the same checkpoint rules as ``export``, and no writing over inputs."""
+    p = sub.choices.get("export-web")
+    if p is None:
+        return
+    inner = p.get_default("func")
+    with contextlib.suppress(argparse.ArgumentError):  # unless the command has it already
+        p.add_argument("--no-checkpoint", action="store_true",
+                       help="ignore FILE's default checkpoint; export the weights stored in FILE")
+
+    def run(args: argparse.Namespace) -> int:
+        ckpt, by_default = _checkpoint_to_read(args)
+        files.refuse_folder_holding("OUT_DIR", args.out_dir, _protected(args))
+        files.writable(os.path.join(args.out_dir, "x"), "OUT_DIR")
+        if by_default:
+            _say(f"using the default checkpoint {ckpt}; --no-checkpoint exports the weights "
+                  "stored in FILE")
+        args.checkpoint = ckpt
+        return int(inner(args) or 0)
+
+    p.set_defaults(func=run)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -193,66 +373,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
+    if args.json:  # before the benchmark runs for minutes, not after
+        files.refuse_overwrite({"--json": args.json}, {})
+        files.writable(args.json, "--json")
     return bench_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgetrain", description="On-device training with plain "
-                                "ONNX: compile a model into one trainable file, train it anywhere.")
+    p = Parser(prog="edgetrain", description="On-device training with plain ONNX: compile a "
+               "model into one trainable file, train it anywhere.")
     p.add_argument("--version", action="version", version=f"edgetrain {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("compile", help="inference ONNX -> trainable ONNX")
-    c.add_argument("input")
-    c.add_argument("-o", "--out", required=True)
-    c.add_argument("--loss", default="cross_entropy",
-                   choices=["cross_entropy", "mse", "l1", "huber", "bce_with_logits"])
-    c.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-    c.add_argument("--lr", type=float, default=None)
-    c.add_argument("--momentum", type=float, default=0.0)
-    c.add_argument("--nesterov", action="store_true")
-    c.add_argument("--weight-decay", type=float, default=None)
-    c.add_argument("--clip-norm", type=float, default=None)
-    c.add_argument("--trainable", nargs="*", help="names or glob patterns (default: all)")
-    c.add_argument("--output-name", default=None, help="model output that feeds the loss")
-    c.add_argument("--labels", default="index", choices=["index", "onehot"])
-    c.set_defaults(func=cmd_compile)
+    _add_compile(sub)
 
     i = sub.add_parser("info", help="signatures, parameter counts and sizes of a file")
-    i.add_argument("file")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("file", help="trainable edgetrain file (.onnx)")
+    i.add_argument("--json", action="store_true", help="print the details as JSON")
     i.set_defaults(func=cmd_info)
 
-    t = sub.add_parser("train", help="train a file on an .npz with arrays x and y")
-    t.add_argument("file")
-    t.add_argument("--data", required=True)
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint", default=None,
-                   help="restored first if it exists; written after training")
-    t.add_argument("--plot", default=None, help="write a loss/accuracy PNG here")
-    t.add_argument("--skip-nonfinite", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=cmd_train)
-
-    n = sub.add_parser("infer", help="run the infer signature on an .npz with array x")
-    n.add_argument("file")
-    n.add_argument("--data", required=True)
-    n.add_argument("--checkpoint", default=None)
-    n.add_argument("--batch-size", type=int, default=256)
-    n.add_argument("-o", "--out", default=None, help="write outputs to this .npz")
-    n.set_defaults(func=cmd_infer)
-
-    e = sub.add_parser("export", help="plain inference ONNX with trained weights baked in")
-    e.add_argument("file")
-    e.add_argument("--checkpoint", default=None)
-    e.add_argument("-o", "--out", required=True)
-    e.set_defaults(func=cmd_export)
-
-    for sp in (t, n, e):
-        sp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "reference"])
+    _add_train(sub)
+    _add_infer_export(sub)
 
     d = sub.add_parser("demo", help="run a demo end to end (default: the seed walkthrough)")
     d.add_argument("which", nargs="?", default="seed", choices=["seed"],
@@ -262,10 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     _seed.add_arguments(d)
     d.set_defaults(func=cmd_demo)
 
+    from .bench import workload_name
+
     b = sub.add_parser("bench", help="time edgetrain's training step on the benchmark workloads")
-    b.add_argument("--workloads", nargs="*", default=["W1", "W2", "W3"])
-    b.add_argument("--steps", type=int, default=200)
-    b.add_argument("--json", default=None)
+    b.add_argument("--workloads", nargs="*", type=workload_name, default=["W1", "W2", "W3"],
+                   help="workloads to time: W1 W2 W3 W4 (default W1 W2 W3)")
+    b.add_argument("--steps", type=positive_int, default=200,
+                   help="timed steps per workload (default 200)")
+    b.add_argument("--json", default=None, help="also write the results to this JSON file")
     b.set_defaults(func=cmd_bench)
 
     for modname in ("web", "federated", "iree_export"):
@@ -276,7 +420,79 @@ def build_parser() -> argparse.ArgumentParser:
         add = getattr(mod, "add_cli", None)
         if add is not None:
             add(sub)
+    _guard_export_web(sub)
     return p
+
+
+def _add_infer_export(sub: Any) -> None:
+    n = sub.add_parser("infer", help="run the infer signature on an .npz with array x")
+    n.add_argument("file", help="trainable edgetrain file (.onnx)")
+    n.add_argument("--data", required=True, help="an .npz with array x (and y for the "
+                   "accuracy), or an .npy holding x")
+    n.add_argument("--batch-size", type=positive_int, default=256,
+                   help="samples per inference call (default 256)")
+    n.add_argument("-o", "--out", default=None, help="write outputs to this .npz")
+    n.set_defaults(func=cmd_infer)
+
+    e = sub.add_parser("export", help="plain inference ONNX with trained weights baked in")
+    e.add_argument("file", help="trainable edgetrain file (.onnx)")
+    e.add_argument("-o", "--out", required=True, help="the plain inference .onnx to write")
+    e.set_defaults(func=cmd_export)
+
+    for sp in (n, e):
+        sp.add_argument("--checkpoint", default=None, help="restore this checkpoint first "
+                        "(default: FILE's checkpoint written by `train`, if there is one)")
+        sp.add_argument("--no-checkpoint", action="store_true",
+                        help="ignore FILE's default checkpoint; use the weights stored in FILE")
+    for sp in (sub.choices["train"], n, e):
+        sp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "reference"],
+                        help="the runtime that executes the graphs (default onnxruntime)")
+
+
+def _add_compile(sub: Any) -> None:
+    c = sub.add_parser("compile", help="inference ONNX -> trainable ONNX")
+    c.add_argument("input", help="the inference model (.onnx)")
+    c.add_argument("-o", "--out", required=True, help="the trainable .onnx to write")
+    c.add_argument("--loss", default="cross_entropy",
+                   choices=["cross_entropy", "mse", "l1", "huber", "bce_with_logits"],
+                   help="loss on the model output (default cross_entropy)")
+    c.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
+                   help="optimizer (default sgd)")
+    c.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default: the optimizer's)")
+    c.add_argument("--momentum", type=fraction, default=0.0, help="SGD momentum in [0, 1)")
+    c.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
+    c.add_argument("--weight-decay", type=non_negative_float, default=None,
+                   help="weight decay (default 0; AdamW 0.01)")
+    c.add_argument("--clip-norm", type=positive_float, default=None,
+                   help="clip the global gradient norm to this value")
+    c.add_argument("--trainable", nargs="*", help="names or glob patterns (default: all)")
+    c.add_argument("--output-name", default=None, help="model output that feeds the loss")
+    c.add_argument("--labels", default="index", choices=["index", "onehot"],
+                   help="label format of y (default index)")
+    c.set_defaults(func=cmd_compile)
+
+
+def _add_train(sub: Any) -> None:
+    t = sub.add_parser("train", help="train a file on an .npz with arrays x and y; resumes from "
+                       "its checkpoint")
+    t.add_argument("file", help="trainable edgetrain file (.onnx); it is never modified")
+    t.add_argument("--data", required=True, help="an .npz with arrays x and y")
+    t.add_argument("--epochs", type=positive_int, default=1, help="epochs to train (default 1)")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+    t.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default: the one compiled into FILE)")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="shuffling seed")
+    t.add_argument("--checkpoint", default=None,
+                   help="restored first if it exists; written after training "
+                   "(default: FILE.ckpt.safetensors next to FILE)")
+    t.add_argument("--fresh", action="store_true",
+                   help="start from FILE's weights; the old checkpoint is kept as a backup")
+    t.add_argument("--plot", default=None, help="write a loss/accuracy PNG here")
+    t.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip steps with a non-finite loss or gradient instead of stopping")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
 
 
 def _version() -> str:
@@ -285,18 +501,18 @@ def _version() -> str:
     return __version__
 
 
+#: Demos run by ``edgetrain demo NAME`` besides the seed walkthrough (modules of .demos).
+NAMED_DEMOS = ("transfer", "text")
+
+
 def _named_demo(argv: list[str]) -> Any:
     """``edgetrain demo NAME ARGS…`` hands ARGS to ``edgetrain.demos.NAME.main`` untouched."""
     if len(argv) >= 2 and argv[0] == "demo" and not argv[1].startswith("-") \
             and argv[1] != "seed":
         name = argv[1]
-        if not name.isidentifier():
-            raise EdgetrainError(f"unknown demo {name!r}")
-        try:
-            mod = importlib.import_module(f".demos.{name}", __package__)
-        except ModuleNotFoundError as e:
-            known = ["seed", "transfer", "text"]
-            raise EdgetrainError(f"unknown demo {name!r}; demos: {', '.join(known)}") from e
+        if name not in NAMED_DEMOS:
+            raise EdgetrainError(f"unknown demo {name!r}; demos: seed, {', '.join(NAMED_DEMOS)}")
+        mod = importlib.import_module(f".demos.{name}", __package__)
         return lambda: int(mod.main(argv[2:]) or 0)
     return None
 
@@ -307,19 +523,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo = _named_demo(argv)
         if demo is not None:
             return int(demo())
-    except EdgetrainError as e:
-        print(f"edgetrain: error: {e}", file=sys.stderr)
-        return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except EdgetrainError as e:
-        print(f"edgetrain: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
+    except BrokenPipeError:  # the reader of our output went away (`| head`): not an error
+        _say("")
+        return 1
     except FileNotFoundError as e:
-        print(f"edgetrain: error: {e.filename or e}: no such file", file=sys.stderr)
-        return 2
+        return _fail(f"{e.filename or e}: no such file")
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave: a bug, show it
+            raise
+        return _fail(f"{e.filename}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _fail(message: str, status: int = 2) -> int:
+    """One line on stderr, whatever the message holds (a checker's report spans lines)."""
+    print(f"edgetrain: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

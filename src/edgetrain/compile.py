@@ -327,12 +327,13 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
                 np.zeros(shape, dtype=np_dtype(inits[p].data_type)), name))
             bop.types[name] = inits[p].data_type
 
-    # Guard: the step counts (and the runtime commits the new state) only when the loss, the
-    # learning rate and every gradient are finite: a sum is non-finite whenever one of its
-    # terms is. ReduceSumSquare reads each tensor once with no squared temporary. Where the
-    # update is fused into the gradient's GEMM the gradient never exists; the new weight is
-    # checked instead (finite old weight and rate: non-finite new weight iff gradient).
-    checked: dict[str, Value] = {p: grads[p] for p in kept}
+    # Guard: the step counts (and every driver commits the new state) only when the loss, the
+    # learning rate and everything the step commits — new weights, optimizer slots, running
+    # statistics — are finite: a sum is non-finite whenever one of its terms is. A non-finite
+    # gradient makes its new weight non-finite, so the new values cover the gradients too, and
+    # they also catch an update that overflows from finite gradients (a huge rate, say).
+    # ReduceSum reads each tensor once with no temporary; unlike a sum of squares it does not
+    # overflow on large finite values (Adam's second moments are squared gradients already).
     if opt.clip_norm is not None:
         sq = [bop.ReduceSumSquare(grads[p], keepdims=0) for p in kept]
         gsq = bop.Sum(*sq) if len(sq) > 1 else sq[0]
@@ -356,8 +357,6 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
     for p in kept:
         if scaled:
             fused = _fuse_into_gemm(bop, read, p, grads[p])
-            if fused is not None:
-                checked[p] = fused
             p_new, s_new = fused or bop.Sub(p, grads[p]), dict[str, Value]()
         else:
             state = {s: n for s, n in slot_names[p].items()}
@@ -365,9 +364,8 @@ def _train_graph(proto: onnx.ModelProto, model_inputs: list[onnx.ValueInfoProto]
         new_values[p] = p_new
         new_values.update((slot_names[p][s], v) for s, v in s_new.items())
     new_values.update(bn_updates)  # running statistics (batch_norm="train")
-    if not sq:
-        sq = [bop.ReduceSumSquare(checked[p], keepdims=0) for p in kept]
-    check = bop.Sum("loss", *sq, "lr")  # one node for all the terms
+    terms = [bop.ReduceSum(v, keepdims=0) for v in new_values.values()]
+    check = bop.Sum("loss", *sq, *terms, "lr")  # one node for all the terms (clip's are free)
     ok = bop.Equal(bop.Sub(check, check), 0.0)  # x − x is 0 for finite x, NaN for ±inf and NaN
     step_out = unique_name(f"{fmt.STEP_NAME}.new", taken)
     bop.Add(fmt.STEP_NAME, bop.Cast(ok, to=TensorProto.INT64), _names=[step_out])

@@ -3,17 +3,21 @@
 Model file: one ONNX ``ModelProto``. Main graph = the ``infer`` signature; weights and optimizer
 state are its initializers; each training signature is a ``training_info[i].algorithm`` whose
 ``update_binding`` maps updated initializers to step outputs; ``metadata_props["edgetrain"]``
-is JSON naming the signatures. Checkpoints are safetensors files with a model fingerprint and a
-checksum in their metadata. Every write is atomic: temp file in the same folder, fsync, rename.
+is JSON naming the signatures. Checkpoints are safetensors files whose metadata holds a checksum
+over canonical bytes, the model's architecture hash and, with a key, a MAC (docs/format.md).
+Every write is atomic: temp file in the same folder, fsync, rename.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import hmac
 import json
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import _checkpoint as _ckpt
+from ._io import read_regular_file
 from .errors import CheckpointError, FormatError
 
 FORMAT_VERSION = 1
@@ -98,11 +104,17 @@ def check(model: onnx.ModelProto) -> None:
 # -- model files -----------------------------------------------------------------------------
 
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> str:
-    """Write ``data`` so that ``path`` holds either the old or the new content, never a mix."""
+    """Write ``data`` so that ``path`` holds either the old or the new content, never a mix.
+
+    The temporary file is named after this process (``.edgetrain-<pid>-<random>.tmp``), so a
+    later write can tell a writer's leftovers once it is gone (see :func:`_remove_stale_temps`).
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".edgetrain-", suffix=".tmp", dir=folder)
+    _remove_stale_temps(folder)  # first: a writer killed mid-write has cleaned up before it
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", suffix=_TEMP_SUFFIX,
+                               dir=folder)
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
         try:
@@ -128,6 +140,57 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> str:
         finally:
             os.close(dfd)
     return path
+
+
+_TEMP_PREFIX, _TEMP_SUFFIX = ".edgetrain-", ".tmp"
+_TEMP_NAME = re.compile(r"\.edgetrain-(?:(\d{1,10})-)?[A-Za-z0-9_]{6,16}\.tmp")
+#: A dead writer's temp file is removed once untouched this long (seconds): a writer on another
+#: machine sharing the folder, whose pid means nothing here, is still writing a younger file.
+STALE_DEAD_WRITER = 60.0
+#: Any temp file of edgetrain's untouched this long is removed, whoever wrote it (pids are
+#: reused; files of releases without a pid in the name).
+STALE_ANY = 3600.0
+
+
+def _remove_stale_temps(folder: str) -> None:
+    """Delete temp files that writers killed mid-write left in ``folder`` (never raises).
+
+    Only regular files named like edgetrain's own temp files are candidates, and only when
+    their writer is provably gone (its pid is not alive) and they are older than
+    :data:`STALE_DEAD_WRITER`, or when they are older than :data:`STALE_ANY`. Temp files of
+    live writers, this process's other threads included, are left alone.
+    """
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for e in entries:
+            m = _TEMP_NAME.fullmatch(e.name)
+            if m is None:
+                continue
+            with contextlib.suppress(OSError):
+                st = e.stat(follow_symlinks=False)
+                age = now - st.st_mtime
+                pid = int(m.group(1)) if m.group(1) else None
+                gone = pid is not None and pid != os.getpid() and not _alive(pid)
+                if stat.S_ISREG(st.st_mode) and (age > STALE_ANY
+                                                 or (gone and age > STALE_DEAD_WRITER)):
+                    os.unlink(e.path)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts as alive).
+
+    On Windows ``os.kill`` terminates the process instead of probing it: every pid counts as
+    alive there, and only the age rule removes temp files.
+    """
+    if pid <= 0 or os.name == "nt":
+        return True  # not a process id: never treat its files as a dead writer's
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> str:
@@ -213,92 +276,179 @@ def with_state(model: onnx.ModelProto, state: Mapping[str, np.ndarray]) -> onnx.
 
 
 # -- checkpoints -----------------------------------------------------------------------------
+# The layout is specified in docs/format.md; the canonical bytes of the checksum, the MAC and
+# the architecture hash are in edgetrain._checkpoint.
+
+Identity = _ckpt.Identity
+identify = _ckpt.identify
+
 
 def fingerprint(meta: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """What a checkpoint must agree on with the model that restores it."""
+    """Names, dtypes and shapes: what a checkpoint must agree on with any model restoring it."""
     return {name: [str(np.asarray(v).dtype), list(np.asarray(v).shape)]
             for name, v in sorted(state.items())}
 
 
-def _checksum(tensors: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        a = np.require(tensors[name], requirements="C")
-        h.update(name.encode())
-        h.update(str(a.dtype).encode())
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
-                    state: Mapping[str, np.ndarray]) -> str:
+                    state: Mapping[str, np.ndarray], *, identity: Identity | None = None,
+                    key: bytes | None = None) -> str:
+    """Write ``state`` as a checkpoint, atomically.
+
+    ``identity`` (:func:`identify`) records the model's architecture, so that a restore into
+    another network with the same tensor names is refused. ``key`` adds an HMAC-SHA256 over
+    the metadata, which holds the checksum of every tensor: only holders of the key can make
+    a checkpoint that a restore with the key accepts.
+    """
     from safetensors.numpy import save
 
+    path = os.fspath(path)
     tensors = {k: np.require(v, requirements="C") for k, v in state.items()}
+    _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
+                       identity.nonnegative if identity else (),
+                       f"refusing to save checkpoint {path!r}")
     info = {
         "kind": CHECKPOINT_KIND,
         "format_version": str(FORMAT_VERSION),
         "fingerprint": json.dumps(fingerprint(meta, tensors), sort_keys=True),
-        "checksum": _checksum(tensors),
+        "checksum_version": str(_ckpt.CHECKSUM_VERSION),
         "producer": f"edgetrain {producer_version()}",
     }
-    return atomic_write(path, save(tensors, metadata=info))
+    if identity is not None:
+        info["architecture"] = identity.architecture
+    info["checksum"] = _ckpt.checksum(tensors, info)
+    if key is not None:
+        info["mac"] = _ckpt.mac(key, info)
+    try:
+        return atomic_write(path, save(tensors, metadata=info))
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path!r}: {e.strerror or e}") from e
 
 
 def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
-                    expected: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Read and verify a checkpoint against the model's state (names, shapes, dtypes)."""
+                    expected: Mapping[str, np.ndarray], *, identity: Identity | None = None,
+                    key: bytes | None = None) -> dict[str, np.ndarray]:
+    """Read and verify a checkpoint for a model whose current state is ``expected``.
+
+    Verified, in order: the header's size and syntax, the kind and versions, the MAC (when a
+    ``key`` is given: a checkpoint without a valid one is refused), the checksum, the tensor
+    names, dtypes and shapes, the architecture (when both sides know it; checkpoints written
+    before it was recorded restore on the other checks), and the values (finite, a step count
+    in range). Any failure is a :class:`CheckpointError`.
+    """
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {e.strerror or e}") from e
+    where = f"checkpoint {path!r}"
+    data = read_regular_file(path, "checkpoint", CheckpointError)
     info = _header_metadata(data, path)
     if info.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path!r} is a safetensors file but not an edgetrain checkpoint")
-    try:
-        version = int(info.get("format_version", "0"))
-    except ValueError as e:
-        raise CheckpointError(f"{path!r} has an invalid format_version") from e
+    version = _version(info, "format_version", where, default=None)
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path!r} uses format version {version}; this "
-                              f"edgetrain reads version {FORMAT_VERSION} and older — upgrade "
-                              f"edgetrain")
+        raise CheckpointError(f"{where} uses format version {version}; this edgetrain reads "
+                              f"version {FORMAT_VERSION} and older — upgrade edgetrain")
+    checksum_version = _version(info, "checksum_version", where, default=1)
+    if checksum_version > _ckpt.CHECKSUM_VERSION:
+        raise CheckpointError(f"{where} uses checksum version {checksum_version}; this "
+                              f"edgetrain reads version {_ckpt.CHECKSUM_VERSION} and older — "
+                              "upgrade edgetrain")
+    if key is not None:
+        _ckpt.verify_mac(key, info, where)
     try:
         tensors = load(data)
-    except (SafetensorError, ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path!r} is corrupt: {e}") from e
-    if _checksum(tensors) != info.get("checksum"):
-        raise CheckpointError(f"checkpoint {path!r} fails its checksum: the file is corrupt "
-                              "or was modified")
+    except (SafetensorError, ValueError, TypeError, OverflowError, OSError) as e:
+        raise CheckpointError(f"{where} is corrupt: {e}") from e
+    if not hmac.compare_digest(_ckpt.checksum(tensors, info, checksum_version).encode(),
+                               info.get("checksum", "").encode("utf-8", "replace")):
+        raise CheckpointError(f"{where} fails its checksum: the file is corrupt or was modified")
     want = fingerprint(meta, expected)
     got = fingerprint(meta, tensors)
     if want != got:
-        raise CheckpointError(f"checkpoint {path!r} belongs to another model: "
-                              f"{_describe_diff(want, got)}")
+        raise CheckpointError(f"{where} belongs to another model: {_describe_diff(want, got)}")
+    arch = info.get("architecture")
+    if identity is not None and arch is not None and arch != identity.architecture:
+        raise CheckpointError(f"{where} belongs to another model: its tensors have the same "
+                              "names and shapes, but the network architecture or the optimizer "
+                              "configuration differs")
+    _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
+                       identity.nonnegative if identity else (), where)
     return tensors
 
 
+def _version(info: Mapping[str, str], name: str, where: str, default: int | None) -> int:
+    """A version number from the metadata: plain decimal digits, nothing Python's int() adds
+    (signs, spaces, underscores, thousands of digits)."""
+    value = info.get(name)
+    if value is None and default is not None:
+        return default
+    if value is None or not re.fullmatch(r"[0-9]{1,6}", value):
+        raise CheckpointError(f"{where} has an invalid {name} ({_clip(value)})")
+    return int(value)
+
+
+def _clip(value: object, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"the JSON constant {name} is not allowed")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {_clip(k)}")
+        out[k] = v
+    return out
+
+
+#: A safetensors header nests three deep; anything far deeper is hostile. Checked before parsing,
+#: since how deep the JSON parser may recurse depends on the process's recursion limit.
+_MAX_HEADER_DEPTH = 16
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep the JSON text nests arrays and objects (brackets inside strings excluded)."""
+    arr = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    if not arr.size:
+        return 0
+    opens = (arr == ord("[")) | (arr == ord("{"))
+    closes = (arr == ord("]")) | (arr == ord("}"))
+    return int(np.cumsum(opens.astype(np.int64) - closes).max())
+
+
 def _header_metadata(data: bytes, path: str) -> dict[str, str]:
-    """The safetensors header's ``__metadata__``, parsed with size checks before reading."""
+    """The safetensors header's ``__metadata__``, parsed with size checks before reading.
+
+    The header is hostile input: a length beyond the file, numbers of thousands of digits,
+    nesting a thousand deep, duplicate keys and non-string metadata are all refused here.
+    """
     if len(data) < 8:
         raise CheckpointError(f"checkpoint {path!r} is truncated ({len(data)} bytes)")
     n = int.from_bytes(data[:8], "little")
     if n <= 0 or n > len(data) - 8 or n > 100_000_000:
         raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated (header length {n})")
+    raw = data[8:8 + n]
+    if _nesting(raw) > _MAX_HEADER_DEPTH:
+        raise CheckpointError(f"checkpoint {path!r} has a corrupt header: JSON nested deeper "
+                              f"than {_MAX_HEADER_DEPTH} levels")
     try:
-        header = json.loads(data[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path!r} has a corrupt header: {e}") from e
+        header = json.loads(raw, object_pairs_hook=_unique_keys,
+                            parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:  # JSON and Unicode errors are ValueErrors
+        raise CheckpointError(f"checkpoint {path!r} has a corrupt header: "
+                              f"{_clip(str(e), 120)}") from e
     md = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(md, dict):
         raise CheckpointError(f"{path!r} is not an edgetrain checkpoint (no metadata)")
-    return {str(k): str(v) for k, v in md.items()}
+    if not all(isinstance(v, str) for v in md.values()):
+        raise CheckpointError(f"checkpoint {path!r} has a corrupt header: metadata values must "
+                              "be strings")
+    return md
 
 
 def _describe_diff(want: Mapping[str, Any], got: Mapping[str, Any]) -> str:

@@ -32,10 +32,14 @@ class Optimizer:
     name: ClassVar[str] = "optimizer"
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise EdgetrainError(f"learning rate must be positive, got {self.lr}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise EdgetrainError(f"clip_norm must be positive, got {self.clip_norm}")
+        self.check()
+
+    def check(self) -> None:
+        """Refuse hyper-parameters no training run can use (checked again at compile time,
+        since the fields may have changed since construction)."""
+        _number("learning rate", self.lr, low=0.0, low_open=True)
+        if self.clip_norm is not None:
+            _number("clip_norm", self.clip_norm, low=0.0, low_open=True)
 
     def slots(self) -> list[str]:
         """Names of the per-parameter state tensors (same shape as the parameter)."""
@@ -73,8 +77,11 @@ class SGD(Optimizer):
     weight_decay: float = 0.0
     name: ClassVar[str] = "sgd"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
+        super().check()
+        _number("momentum", self.momentum, low=0.0)
+        _number("dampening", self.dampening, low=0.0, high=1.0)
+        _number("weight_decay", self.weight_decay, low=0.0)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise EdgetrainError("Nesterov momentum requires a momentum and zero dampening")
 
@@ -111,6 +118,16 @@ class Adam(Optimizer):
     weight_decay: float = 0.0
     name: ClassVar[str] = "adam"
     decoupled: ClassVar[bool] = False
+
+    def check(self) -> None:
+        super().check()
+        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
+        if len(betas) != 2:
+            raise EdgetrainError(f"betas must be two numbers, got {self.betas!r}")
+        for i, b in enumerate(betas):
+            _number(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
+        _number("eps", self.eps, low=0.0, low_open=True)
+        _number("weight_decay", self.weight_decay, low=0.0)
 
     def slots(self) -> list[str]:
         return ["exp_avg", "exp_avg_sq"]
@@ -187,9 +204,24 @@ def _bias_corrections(op: Builder, step: Value, betas: tuple[float, float], dtyp
     return shared[key]
 
 
-
 def _cast(op: Builder, x: Value, to: int) -> Value:
     return x if op.types.get(x) == to else op.Cast(x, to=to)
+
+
+def _number(what: str, value: Any, low: float, high: float = math.inf,
+            low_open: bool = False, high_open: bool = False) -> None:
+    """A hyper-parameter must be a finite number in its range (torch's own checks, plus
+    finiteness: an infinite or NaN rate would write non-finite weights at the first step)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    v = float(value) if ok else math.nan
+    if not (math.isfinite(v) and (v > low if low_open else v >= low)
+            and (v < high if high_open else v <= high)):
+        if math.isinf(high) and low == 0:
+            want = "positive and finite" if low_open else "nonnegative and finite"
+        else:
+            want = (f"a finite number in {'(' if low_open else '['}{low:g}, {high:g}"
+                    f"{')' if high_open else ']'}")
+        raise EdgetrainError(f"{what} must be {want}, got {value!r}")
 
 
 _BY_NAME: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Adam, AdamW)}
@@ -199,6 +231,7 @@ def get(optimizer: str | Optimizer | None, lr: float | None = None) -> Optimizer
     if optimizer is None:
         return SGD(lr=lr if lr is not None else 0.01)
     if isinstance(optimizer, Optimizer):
+        optimizer.check()
         return optimizer
     if isinstance(optimizer, str) and optimizer.lower() in _BY_NAME:
         cls = _BY_NAME[optimizer.lower()]

@@ -18,6 +18,8 @@ import onnx
 
 from .. import compile as et_compile
 from .. import optim
+from .._args import Parser, non_negative_int, positive_float, positive_int
+from ..errors import EdgetrainError
 from ..runtime import load
 from ._data import digits
 from ._models import seed_mlp
@@ -74,22 +76,30 @@ def run(out_dir: str = "edgetrain-demo", epochs: int = 10, batch_size: int = 32,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edgetrain demo", description=__doc__)
+    p = Parser(prog="edgetrain demo", description=__doc__)
     add_arguments(p)
     return run_from_args(p.parse_args(argv))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="edgetrain-demo", help="output folder")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "reference"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="SGD rate (default 0.05)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "reference"],
+                   help="the runtime that executes the graphs (default onnxruntime)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the data split and the weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise EdgetrainError(f"--out {args.out!r} exists and is not a folder")
+    try:
+        import matplotlib  # noqa: F401  (the demo ends with a plot: fail now, not after)
+    except ImportError as e:
+        raise EdgetrainError("the demo needs matplotlib: pip install 'edgetrain[demo]'") from e
     res = run(args.out, args.epochs, args.batch_size, args.lr, args.backend, args.seed,
               progress=not args.no_progress)
     return 0 if res["test_accuracy"] > 0 else 1

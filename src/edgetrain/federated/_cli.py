@@ -8,6 +8,7 @@ on a device install without the ``federated`` extra.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
                    help="trainable file, or 'seed-mlp' (default): the seed MLP for 8x8 digits")
     s.add_argument("--data", help="npz with arrays x and y (default: scikit-learn's digits)")
     s.add_argument("--clients", type=int, default=10, help="number of simulated devices")
-    s.add_argument("--rounds", type=int, default=20)
+    s.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
     s.add_argument("--non-iid", type=float, default=None, metavar="ALPHA",
                    help="Dirichlet label skew with concentration ALPHA (default: IID)")
     s.add_argument("--test-fraction", type=float, default=0.25,
@@ -64,7 +65,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address the SuperLink binds")
     v.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet + Control)")
     v.add_argument("--superlink", help="use this running SuperLink (HOST:PORT) instead")
-    v.add_argument("--rounds", type=int, default=3)
+    v.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
     v.add_argument("--min-clients", type=int, default=2,
                    help="connected devices to wait for before each round")
     v.add_argument("--eval-data", help="npz held out on the server for the global accuracy")
@@ -93,8 +94,12 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _strategy_args(p: argparse.ArgumentParser) -> None:
+    from ._server import STRATEGIES
+
     g = p.add_argument_group("training and aggregation")
-    g.add_argument("--strategy", choices=("fedavg", "fedprox", "fedadam"), default="fedavg")
+    g.add_argument("--strategy", choices=STRATEGIES, default="fedavg",
+                   help="fedavg, fedprox, fedadam average the updates; fedmedian, "
+                   "fedtrimmedavg, krum resist a minority of bad ones (default: fedavg)")
     g.add_argument("--local-epochs", type=int, default=None,
                    help="epochs per round on each device (seed-mlp: 3, else 1)")
     g.add_argument("--batch-size", type=int, default=None, help="(seed-mlp: 16, else 32)")
@@ -102,13 +107,27 @@ def _strategy_args(p: argparse.ArgumentParser) -> None:
                    "(default: the file's own)")
     g.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's mu")
     g.add_argument("--server-lr", type=float, default=0.1, help="FedAdam's eta")
-    g.add_argument("--fraction-train", type=float, default=1.0)
+    g.add_argument("--trim-beta", type=float, default=0.2,
+                   help="fedtrimmedavg: share of values cut off at each end")
+    g.add_argument("--byzantine", type=int, default=1,
+                   help="krum: number of clients assumed malicious")
+    g.add_argument("--fraction-train", type=float, default=1.0,
+                   help="share of devices asked to train in each round")
     g.add_argument("--fraction-evaluate", type=float, default=1.0,
                    help="share of devices that also evaluate the global model locally")
     g.add_argument("--round-timeout", type=float, default=600.0,
                    help="seconds a round waits for devices; it goes on with those that answered")
     g.add_argument("--save-updates", action="store_true",
-                   help="keep every device's returned parameters under OUT/updates")
+                   help="keep every accepted update under OUT/updates")
+    c = p.add_argument_group("checks on every client reply (a failing reply is dropped)")
+    c.add_argument("--max-examples", type=int, default=10_000_000,
+                   help="largest example count a reply may claim")
+    c.add_argument("--max-update-norm", type=float, default=0.0,
+                   help="largest L2 norm of a reply's update (0: no bound)")
+    c.add_argument("--outlier-factor", type=float, default=10.0,
+                   help="with 3+ replies: drop an update norm above this many times the "
+                   "round's median, weight an example claim at most this many times the "
+                   "median (0: off)")
     d = p.add_argument_group("privacy")
     d.add_argument("--dp", choices=("none", "server", "client"), default="none",
                    help="differential privacy: clip each update (on the server or on the "
@@ -128,11 +147,19 @@ def _tls_args(p: argparse.ArgumentParser, server: bool) -> None:
     g.add_argument("--insecure", action="store_true",
                    help="plain HTTP without TLS: only on 127.0.0.1 or a trusted network")
     if server:
-        g.add_argument("--ssl-certfile")
-        g.add_argument("--ssl-keyfile")
-        g.add_argument("--ssl-ca-certfile")
+        g.add_argument("--ssl-certfile", help="PEM certificate the SuperLink presents")
+        g.add_argument("--ssl-keyfile", help="PEM private key of that certificate")
+        g.add_argument("--ssl-ca-certfile", help="PEM of the CA that signed the certificate")
+        g.add_argument("--authorized-supernodes", action="append", default=[],
+                       metavar="KEYS.pub",
+                       help="OpenSSH EC public keys (one per line; repeatable) of the only "
+                       "SuperNodes allowed to join: Flower's SuperNode authentication "
+                       "(needs TLS)")
     else:
         g.add_argument("--root-certificates", help="PEM of the CA that signed the SuperLink")
+        g.add_argument("--auth-key", metavar="KEY",
+                       help="this SuperNode's OpenSSH EC private key, whose public key the "
+                       "server lists in --authorized-supernodes (needs TLS)")
 
 
 def _settings(args: argparse.Namespace, seeded: bool) -> dict[str, Any]:
@@ -143,6 +170,9 @@ def _settings(args: argparse.Namespace, seeded: bool) -> dict[str, Any]:
         "dp": args.dp, "dp_noise": args.dp_noise, "dp_clip": args.dp_clip,
         "secagg": args.secagg, "secagg_shares": args.secagg_shares,
         "secagg_threshold": args.secagg_threshold, "save_updates": args.save_updates,
+        "max_examples": args.max_examples, "max_update_norm": args.max_update_norm,
+        "outlier_factor": args.outlier_factor, "trim_beta": args.trim_beta,
+        "byzantine": args.byzantine,
     }
     if args.lr is not None:
         kw["lr"] = args.lr
@@ -153,6 +183,30 @@ def _settings(args: argparse.Namespace, seeded: bool) -> dict[str, Any]:
     if batch is not None:
         kw["batch_size"] = batch
     return kw
+
+
+def _check(flag: str, value: Any, ok: bool, want: str) -> None:
+    if not ok:
+        raise EdgetrainError(f"{flag} must be {want}, got {value!r}")
+
+
+def _check_port(flag: str, port: int) -> None:
+    _check(flag, port, 1 <= port <= 65535, "a port from 1 to 65535")
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """Every training and aggregation flag, before anything is written or started: a bad
+    value would otherwise crash deep inside Flower or train nothing and exit 0."""
+    from ._server import ServerSettings
+
+    if args.lr is not None:
+        _check("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a positive number")
+    for flag, value in (("--local-epochs", args.local_epochs),
+                        ("--batch-size", args.batch_size)):
+        if value is not None:
+            _check(flag, value, value >= 1, "at least 1")
+    ServerSettings(model="(checked later)", rounds=args.rounds,
+                   **_settings(args, _seeded(args.file))).validate()
 
 
 def _seeded(file: str | None) -> bool:
@@ -170,9 +224,14 @@ def _model_file(file: str, out: str) -> str:
         path = os.path.abspath(os.path.join(out, f"{SEED_NAME}.onnx"))
         seed_trainable(path)
         return path
-    if not os.path.exists(file):
+    if not os.path.isfile(file):
         raise EdgetrainError(f"trainable file not found: {file}")
     return os.path.abspath(file)
+
+
+def _need_file(flag: str, path: str | None) -> None:
+    if path is not None and not os.path.isfile(path):
+        raise EdgetrainError(f"{flag}: file not found: {path}")
 
 
 def _need_flwr() -> None:
@@ -184,6 +243,16 @@ def _need_flwr() -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    _check_common(args)
+    _check("--clients", args.clients, args.clients >= 1, "at least 1")
+    _check("--test-fraction", args.test_fraction, 0 < args.test_fraction < 1, "in (0, 1)")
+    _check("--seed", args.seed, 0 <= args.seed < 2**32, "an integer from 0 to 2**32 - 1")
+    if args.non_iid is not None:
+        _check("--non-iid", args.non_iid, math.isfinite(args.non_iid) and args.non_iid > 0,
+               "a positive number")
+    _need_file("--data", args.data)
+    if not _seeded(args.file):
+        _need_file("FILE", args.file)
     _need_flwr()
     from ._simulate import simulate
 
@@ -196,21 +265,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    _check_common(args)
+    _check_port("--port", args.port)
+    _check("--min-clients", args.min_clients, args.min_clients >= 1, "at least 1")
+    if args.timeout is not None:
+        _check("--timeout", args.timeout, math.isfinite(args.timeout) and args.timeout > 0,
+               "a positive number of seconds")
+    _need_file("--eval-data", args.eval_data)
+    if not _seeded(args.file):
+        _need_file("FILE", args.file)
     _need_flwr()
-    from ._deploy import TLS, run_deployment_server
+    from ._deploy import TLS, read_public_keys, run_deployment_server
     from ._server import ServerSettings
 
+    tls = TLS(insecure=args.insecure, certfile=args.ssl_certfile, keyfile=args.ssl_keyfile,
+              ca_certfile=args.ssl_ca_certfile)
+    tls.check(supernode_auth=bool(args.authorized_supernodes))
+    keys = read_public_keys(args.authorized_supernodes)
     model = _model_file(args.file, args.out)
-    min_clients = max(1, args.min_clients)
+    min_clients = args.min_clients
     settings = ServerSettings(model=model, out_dir=os.path.abspath(args.out),
                               rounds=args.rounds, min_available=min_clients,
                               min_train=min(2, min_clients), min_evaluate=min(2, min_clients),
                               eval_data=os.path.abspath(args.eval_data) if args.eval_data
                               else "", **_settings(args, _seeded(args.file)))
-    tls = TLS(insecure=args.insecure, certfile=args.ssl_certfile, keyfile=args.ssl_keyfile,
-              ca_certfile=args.ssl_ca_certfile)
     history = run_deployment_server(settings, host=args.host, port=args.port, tls=tls,
-                                    superlink=args.superlink, timeout=args.timeout)
+                                    superlink=args.superlink, timeout=args.timeout,
+                                    authorized_keys=keys)
     print(f"global model: {settings.out_dir}/global.safetensors, "
           f"{settings.out_dir}/global.onnx")
     if "accuracy" in history[-1]:
@@ -219,24 +300,32 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    _need_flwr()
-    from ._deploy import supernode_command
-
+    _check_port("--port", args.port)
     if not args.insecure and not args.root_certificates:
         raise EdgetrainError("give --insecure (plain HTTP, only on a trusted network) or "
                              "--root-certificates CA.pem")
+    if args.auth_key and (args.insecure or not args.root_certificates):
+        raise EdgetrainError("--auth-key needs TLS: give --root-certificates CA.pem instead "
+                             "of --insecure")
+    _need_file("--root-certificates", args.root_certificates)
     extra: dict[str, Any] = {}
     for item in args.node_config:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise EdgetrainError(f"--node-config takes KEY=VALUE, got {item!r}")
         extra[key.strip()] = _scalar(value.strip())
+    _need_file("--data", args.data)
+    if not _seeded(args.file):
+        _need_file("FILE", args.file)
+    _need_flwr()
+    from ._deploy import check_private_key, supernode_command
+
+    if args.auth_key:
+        check_private_key(args.auth_key)
     model = _model_file(args.file, args.out)
-    if not os.path.exists(args.data):
-        raise EdgetrainError(f"data file not found: {args.data}")
     cmd = supernode_command(args.superlink, model, args.data, host=args.host, port=args.port,
                             insecure=args.insecure, root_certificates=args.root_certificates,
-                            node_config=extra)
+                            node_config=extra, auth_key=args.auth_key)
     sys.stdout.flush()
     sys.stderr.flush()
     # become the SuperNode: signals sent to this process reach Flower directly

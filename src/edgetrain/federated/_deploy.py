@@ -28,8 +28,11 @@ from ._simulate import round_line
 
 __all__ = [
     "TLS",
+    "check_private_key",
     "follow_metrics",
     "free_port",
+    "read_public_keys",
+    "register_supernodes",
     "run_deployment_server",
     "start_superlink",
     "stop_process",
@@ -52,10 +55,18 @@ class TLS:
     keyfile: str | None = None       # server key (SuperLink)
     ca_certfile: str | None = None   # CA that signed it (SuperLink; clients as root certs)
 
-    def check(self) -> None:
+    def check(self, supernode_auth: bool = False) -> None:
+        if supernode_auth and self.insecure:
+            raise EdgetrainError("SuperNode authentication (--authorized-supernodes) needs "
+                                 "TLS: give --ssl-certfile, --ssl-keyfile and "
+                                 "--ssl-ca-certfile instead of --insecure")
         if not self.insecure and not (self.certfile and self.keyfile):
             raise EdgetrainError("give --insecure (plain HTTP, only on a trusted network) or "
                                  "--ssl-certfile and --ssl-keyfile")
+        for flag, path in (("--ssl-certfile", self.certfile), ("--ssl-keyfile", self.keyfile),
+                           ("--ssl-ca-certfile", self.ca_certfile)):
+            if not self.insecure and path and not os.path.isfile(path):
+                raise EdgetrainError(f"{flag}: file not found: {path}")
 
 
 def _exe(name: str) -> str:
@@ -108,9 +119,14 @@ def write_flwr_config(flwr_home: str, address: str, tls: TLS) -> str:
     return path
 
 
-def superlink_command(host: str, port: int, tls: TLS) -> list[str]:
+def superlink_command(host: str, port: int, tls: TLS, supernode_auth: bool = False,
+                      ) -> list[str]:
+    """``flower-superlink``; with ``supernode_auth`` only SuperNodes whose public key was
+    registered (``flwr supernode register``) may join."""
     cmd = [_exe("flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
+    if supernode_auth:
+        cmd.append("--enable-supernode-auth")
     if tls.insecure:
         cmd.append("--insecure")
     else:
@@ -123,8 +139,10 @@ def superlink_command(host: str, port: int, tls: TLS) -> list[str]:
 def supernode_command(superlink: str, model: str, data: str, *, host: str = "127.0.0.1",
                       port: int = 9094, insecure: bool = False,
                       root_certificates: str | None = None,
-                      node_config: Mapping[str, Any] | None = None) -> list[str]:
-    """``flower-supernode`` for one device holding ``model`` and its local ``data``."""
+                      node_config: Mapping[str, Any] | None = None,
+                      auth_key: str | None = None) -> list[str]:
+    """``flower-supernode`` for one device holding ``model`` and its local ``data``; with
+    ``auth_key`` (an OpenSSH EC private key) it authenticates to the SuperLink."""
     cfg = {"model": os.path.abspath(model), "data": os.path.abspath(data),
            **dict(node_config or {})}
     cmd = [_exe("flower-supernode"), "--superlink", superlink, "--host", host,
@@ -134,7 +152,78 @@ def supernode_command(superlink: str, model: str, data: str, *, host: str = "127
         cmd.append("--insecure")
     elif root_certificates:
         cmd += ["--root-certificates", root_certificates]
+    if auth_key:
+        cmd += ["--auth-supernode-private-key", os.path.abspath(auth_key)]
     return cmd
+
+
+# -- SuperNode authentication ------------------------------------------------------------------
+
+_NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+def read_public_keys(paths: Sequence[str]) -> list[str]:
+    """The OpenSSH EC public keys in ``paths`` (one per line, ``#`` comments and blank lines
+    skipped, duplicates once), each checked as Flower will: an EC key on a NIST curve."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys: list[str] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read(1 << 20).splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise EdgetrainError(f"--authorized-supernodes: cannot read {path}: {e}") from e
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                key = serialization.load_ssh_public_key(line.encode())
+            except Exception as e:  # cryptography raises several types for bad input
+                raise EdgetrainError(f"{path}:{number}: not an OpenSSH public key ({e})") from e
+            if not isinstance(key, ec.EllipticCurvePublicKey) or \
+                    key.curve.name not in _NIST_CURVES:
+                raise EdgetrainError(f"{path}:{number}: SuperNode keys must be EC keys on a "
+                                     "NIST curve (ssh-keygen -t ecdsa -b 384)")
+            if line not in keys:
+                keys.append(line)
+    if paths and not keys:
+        raise EdgetrainError("--authorized-supernodes: no key found in "
+                             f"{', '.join(paths)}")
+    return keys
+
+
+def check_private_key(path: str) -> None:
+    """Refuse what ``flower-supernode --auth-supernode-private-key`` would refuse."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        with open(path, "rb") as f:
+            key = serialization.load_ssh_private_key(f.read(1 << 20), None)
+    except Exception as e:  # unreadable, encrypted, or not an OpenSSH private key
+        raise EdgetrainError(f"--auth-key {path}: not an unencrypted OpenSSH private key "
+                             f"({e})") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise EdgetrainError(f"--auth-key {path}: SuperNode keys must be EC keys "
+                             "(ssh-keygen -t ecdsa -b 384)")
+
+
+def register_supernodes(keys: Sequence[str], flwr_home: str, folder: str) -> None:
+    """``flwr supernode register`` every key on the connection in ``flwr_home``."""
+    os.makedirs(folder, exist_ok=True)
+    for k, key in enumerate(keys):
+        path = os.path.join(folder, f"supernode_{k}.pub")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(key + "\n")
+        r = subprocess.run([_exe("flwr"), "supernode", "register", path, CONNECTION],
+                           capture_output=True, text=True, env=_env(flwr_home), timeout=120)
+        if r.returncode != 0:
+            tail = (r.stdout + r.stderr).strip().splitlines()[-3:]
+            raise EdgetrainError(f"registering SuperNode key {k + 1} failed: "
+                                 f"{' '.join(tail)}")
 
 
 def _toml(v: Any) -> str:
@@ -175,10 +264,11 @@ def _env(flwr_home: str | None) -> dict[str, str]:
 
 
 def start_superlink(host: str, port: int, tls: TLS, log_path: str,
-                    flwr_home: str | None = None, timeout: float = 60.0) -> subprocess.Popen:
+                    flwr_home: str | None = None, timeout: float = 60.0,
+                    supernode_auth: bool = False) -> subprocess.Popen:
     """Start ``flower-superlink`` in its own process group and wait until it listens."""
     log = open(log_path, "ab")
-    proc = subprocess.Popen(superlink_command(host, port, tls), stdout=log,
+    proc = subprocess.Popen(superlink_command(host, port, tls, supernode_auth), stdout=log,
                             stderr=subprocess.STDOUT, env=_env(flwr_home),
                             start_new_session=True)
     log.close()
@@ -225,19 +315,43 @@ def follow_metrics(path: str, seen: int, stream: TextIO) -> int:
     return seen
 
 
+def _run_and_follow(cmd: list[str], flwr_home: str, metrics_path: str, run_log_path: str,
+                    timeout: float | None, stream: TextIO) -> None:
+    """Run ``flwr run`` to its end, printing each round the ServerApp records."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with open(run_log_path, "wb") as run_log:
+        run = subprocess.Popen(cmd, stdout=run_log, stderr=subprocess.STDOUT,
+                               env=_env(flwr_home), start_new_session=True)
+        seen = 0
+        try:
+            while run.poll() is None:
+                seen = follow_metrics(metrics_path, seen, stream)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise EdgetrainError(f"the federated run did not finish within "
+                                         f"{timeout:.0f} s (log: {run_log_path})")
+                time.sleep(0.5)
+        finally:
+            stop_process(run)
+        follow_metrics(metrics_path, seen, stream)
+
+
 def run_deployment_server(settings: ServerSettings, *, host: str = "127.0.0.1",
                           port: int = 9093, tls: TLS | None = None,
                           superlink: str | None = None, timeout: float | None = None,
                           stream: TextIO | None = None,
-                          flwr_args: Sequence[str] = ()) -> list[dict[str, Any]]:
+                          flwr_args: Sequence[str] = (),
+                          authorized_keys: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Start a SuperLink on ``host:port`` (or use ``superlink``), submit the edgetrain app
     with ``settings``, print each round as it lands, stop what was started.
+
+    With ``authorized_keys`` (OpenSSH EC public keys) the SuperLink runs Flower's SuperNode
+    authentication and only SuperNodes holding one of the matching private keys may join.
 
     Returns the per-round records; raises if the run does not finish all rounds.
     """
     stream = stream or sys.stdout
     tls = tls or TLS()
-    tls.check()
+    tls.check(supernode_auth=bool(authorized_keys))
     settings.validate()
     out_dir = os.path.abspath(settings.out_dir)
     settings.out_dir = out_dir
@@ -252,29 +366,20 @@ def run_deployment_server(settings: ServerSettings, *, host: str = "127.0.0.1",
     link = None
     if superlink is None:
         link = start_superlink(host, port, tls, os.path.join(out_dir, "superlink.log"),
-                               flwr_home)
+                               flwr_home, supernode_auth=bool(authorized_keys))
+        how = (" --root-certificates CA.pem --auth-key KEY" if authorized_keys else
+               " --insecure" if tls.insecure else " --root-certificates CA.pem")
         print(f"SuperLink listening on {address} (log: {out_dir}/superlink.log); start "
               f"SuperNodes with: edgetrain federated client FILE --data DATA.npz "
-              f"--superlink {address}{' --insecure' if tls.insecure else ''}",
-              file=stream, flush=True)
+              f"--superlink {address}{how}", file=stream, flush=True)
     run_log_path = os.path.join(out_dir, "run.log")
-    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        with open(run_log_path, "wb") as run_log:
-            run = subprocess.Popen([_exe("flwr"), "run", app_dir, CONNECTION, "--stream",
-                                    *flwr_args], stdout=run_log, stderr=subprocess.STDOUT,
-                                   env=_env(flwr_home), start_new_session=True)
-            seen = 0
-            try:
-                while run.poll() is None:
-                    seen = follow_metrics(metrics_path, seen, stream)
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise EdgetrainError(f"the federated run did not finish within "
-                                             f"{timeout:.0f} s (log: {run_log_path})")
-                    time.sleep(0.5)
-            finally:
-                stop_process(run)
-            seen = follow_metrics(metrics_path, seen, stream)
+        if authorized_keys:
+            register_supernodes(authorized_keys, flwr_home, os.path.join(out_dir, "auth"))
+            print(f"SuperNode authentication: {len(authorized_keys)} key(s) registered; "
+                  "other SuperNodes are refused", file=stream, flush=True)
+        _run_and_follow([_exe("flwr"), "run", app_dir, CONNECTION, "--stream", *flwr_args],
+                        flwr_home, metrics_path, run_log_path, timeout, stream)
     finally:
         if link is not None:
             stop_process(link)

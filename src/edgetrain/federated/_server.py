@@ -5,9 +5,15 @@ global model; after every round they are written as an edgetrain checkpoint
 (``Model.run("save")``, restorable on any device) and as a plain inference ONNX model
 (``Model.export``), and scored on held-out data when the server has some.
 
-FedAvg, FedProx and FedAdam are Flower's own strategies (``flwr.serverapp.strategy``); DP is
-Flower's fixed-clipping wrappers; SecAgg+ is Flower's ``SecAggPlusWorkflow``, which still runs
-on Flower's compat strategies, so that path builds the compat twin of the chosen strategy.
+FedAvg, FedProx, FedAdam and the robust FedMedian, FedTrimmedAvg and Krum are Flower's own
+strategies (``flwr.serverapp.strategy``); DP is Flower's fixed-clipping wrappers; SecAgg+ is
+Flower's ``SecAggPlusWorkflow``, which still runs on Flower's compat strategies, so that path
+builds the compat twin of the chosen strategy.
+
+No client is trusted: every reply is screened (:mod:`._guard`) before any strategy or DP
+wrapper sees it, and a bad one is dropped with a logged reason instead of poisoning the
+global model or ending the run. Under DP the accepted updates count equally and the noise is
+scaled to how many were averaged, so one client's influence stays what the noise covers.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -28,12 +35,21 @@ from ..runtime import Model
 from ..runtime import load as et_load
 from ._client import local_evaluate, set_global
 from ._data import Dataset, load_dataset
+from ._guard import (
+    Accepted,
+    ReplyRules,
+    aggregate_is_sane,
+    screen_evaluate,
+    screen_train,
+)
 
 __all__ = ["STRATEGIES", "GlobalModelWriter", "ServerSettings", "make_server_app", "run_server"]
 
 log = logging.getLogger("edgetrain.federated")
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+# aggregators that do not average: robust to a minority of bad updates that pass the checks
+ROBUST = ("fedmedian", "fedtrimmedavg", "krum")
 DP_MODES = ("none", "server", "client")
 
 
@@ -69,11 +85,17 @@ class ServerSettings:
     secagg_shares: float = 3.0       # SecAgg+ num_shares (an int, or a fraction of clients)
     secagg_threshold: float = 2.0    # SecAgg+ reconstruction_threshold
     eval_data: str = ""              # npz held out on the server for the global accuracy
-    save_updates: bool = False       # keep every client's returned parameters (audit, tests)
+    save_updates: bool = False       # keep every accepted update as aggregated (audit, tests)
+    max_examples: int = 10_000_000   # a reply claiming more examples (or < 1) is dropped
+    max_update_norm: float = 0.0     # a reply with a larger ||w - w_global|| is dropped; 0 = off
+    outlier_factor: float = 10.0     # norm / example claims vs the round's median; 0 = off
+    trim_beta: float = 0.2           # FedTrimmedAvg: share cut off at each end
+    byzantine: int = 1               # Krum: clients assumed malicious (f)
     backend: str = "onnxruntime"
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> None:
+        """Refuse every setting that would crash later or silently train nothing."""
         if self.strategy not in STRATEGIES:
             raise EdgetrainError(f"unknown strategy {self.strategy!r}; choose one of "
                                  f"{list(STRATEGIES)}")
@@ -82,12 +104,59 @@ class ServerSettings:
         if self.secagg and self.dp == "server":
             raise EdgetrainError("server-side DP clips each client's update on the server, "
                                  "which SecAgg+ hides; use --dp client with --secagg")
-        if self.rounds < 1:
-            raise EdgetrainError(f"rounds must be at least 1, got {self.rounds}")
+        if self.strategy in ROBUST and self.secagg:
+            raise EdgetrainError(f"{self.strategy} needs every client's update, which "
+                                 "SecAgg+ hides; use fedavg, fedprox or fedadam with --secagg")
+        if self.strategy in ROBUST and self.dp != "none":
+            raise EdgetrainError(f"the DP noise is calibrated to a mean of clipped updates; "
+                                 f"{self.strategy} does not average, so it cannot take --dp")
         if not self.model:
             raise EdgetrainError("the server needs the trainable file (model=…)")
-        if min(self.min_available, self.min_train) < 1:
-            raise EdgetrainError("min_available and min_train must be at least 1")
+        for name, ok, want in self._rules():
+            if not ok:
+                raise EdgetrainError(f"{name} (--{name.replace('_', '-')}) must be {want}, "
+                                     f"got {getattr(self, name)!r}")
+
+    def _rules(self) -> list[tuple[str, bool, str]]:
+        fin = math.isfinite
+        shares = _int_or_fraction(self.secagg_shares) if fin(self.secagg_shares) else -1
+        threshold = (_int_or_fraction(self.secagg_threshold)
+                     if fin(self.secagg_threshold) else -1)
+        return [
+            ("rounds", self.rounds >= 1, "at least 1"),
+            ("local_epochs", self.local_epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", fin(self.lr) and self.lr >= 0, "a positive number (0: the file's own)"),
+            ("proximal_mu", fin(self.proximal_mu) and self.proximal_mu >= 0,
+             "a finite number >= 0"),
+            ("server_lr", fin(self.server_lr) and self.server_lr > 0, "a positive number"),
+            ("fraction_train", 0 < self.fraction_train <= 1, "in (0, 1]"),
+            ("fraction_evaluate", 0 <= self.fraction_evaluate <= 1, "in [0, 1]"),
+            ("min_available", self.min_available >= 1, "at least 1"),
+            ("min_train", self.min_train >= 1, "at least 1"),
+            ("min_evaluate", self.min_evaluate >= 0, "at least 0"),
+            ("round_timeout", fin(self.round_timeout) and self.round_timeout > 0,
+             "a positive number of seconds"),
+            ("dp_noise", fin(self.dp_noise) and self.dp_noise >= 0, "a finite number >= 0"),
+            ("dp_clip", fin(self.dp_clip) and self.dp_clip > 0, "a positive number"),
+            ("dp_sampled", self.dp_sampled >= 0, "at least 0"),
+            ("secagg_shares", shares == 1 or (isinstance(shares, int) and 3 <= shares <= 1024)
+             or (isinstance(shares, float) and 0 < shares < 1),
+             "1 (all), an integer from 3 to 1024, or a fraction in (0, 1)"),
+            ("secagg_threshold", (isinstance(threshold, int) and threshold >= 1
+                                  and (shares == 1 or not isinstance(shares, int)
+                                       or threshold < shares))
+             or (isinstance(threshold, float) and 0 < threshold < 1),
+             "an integer >= 1 below secagg_shares, or a fraction in (0, 1)"),
+            ("max_examples", self.max_examples >= 1, "at least 1"),
+            ("max_update_norm", fin(self.max_update_norm) and self.max_update_norm >= 0,
+             "a finite number >= 0 (0: no bound)"),
+            ("outlier_factor", self.outlier_factor == 0 or (fin(self.outlier_factor)
+                                                            and self.outlier_factor > 1),
+             "0 (off) or a finite number above 1"),
+            ("trim_beta", 0 <= self.trim_beta < 0.5, "in [0, 0.5)"),
+            ("byzantine", self.byzantine >= 0, "at least 0"),
+        ]
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat TOML-able values (what a Flower App's ``[tool.flwr.app.config]`` holds)."""
@@ -103,8 +172,12 @@ class ServerSettings:
                 continue
             default = getattr(cls(), f.name)
             value = config[key]
-            kw[f.name] = type(default)(value) if not isinstance(default, bool) else (
-                value if isinstance(value, bool) else str(value).lower() in ("1", "true"))
+            try:
+                kw[f.name] = type(default)(value) if not isinstance(default, bool) else (
+                    value if isinstance(value, bool) else str(value).lower() in ("1", "true"))
+            except (TypeError, ValueError) as e:
+                raise EdgetrainError(f"run config {key}={value!r} is not a "
+                                     f"{type(default).__name__}") from e
         known = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
         kw["extra"] = {k: v for k, v in config.items() if k not in known}
         return cls(**kw)
@@ -203,7 +276,7 @@ def _run_message_api(grid: Any, s: ServerSettings, initial: Mapping[str, np.ndar
                      on_params: Any) -> None:
     from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
-    strategy = build_strategy(s, grid)
+    strategy = build_strategy(s, reply_rules(s, initial), grid)
 
     def evaluate_fn(server_round: int, arrays: Any) -> Any:
         # Flower calls this after the round's client evaluation: its aggregate joins the record
@@ -219,28 +292,41 @@ def _run_message_api(grid: Any, s: ServerSettings, initial: Mapping[str, np.ndar
                    evaluate_config=ConfigRecord({}), evaluate_fn=evaluate_fn)
 
 
-def build_strategy(s: ServerSettings, grid: Any = None) -> Any:
-    """The Flower strategy for ``s``: FedAvg/FedProx/FedAdam, wrapped for DP, and observed
-    (round metrics of the clients; with ``save_updates`` every client's returned values)."""
+def build_strategy(s: ServerSettings, rules: ReplyRules, grid: Any = None) -> Any:
+    """The Flower strategy for ``s``: FedAvg/FedProx/FedAdam or a robust aggregator, wrapped
+    for DP, behind the reply screening of :mod:`._guard` and observed (round metrics; with
+    ``save_updates`` every accepted update as it was weighted)."""
     from flwr.serverapp import strategy as fs
 
     common: dict[str, Any] = dict(
         fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
         min_train_nodes=s.min_train, min_evaluate_nodes=s.min_evaluate,
         min_available_nodes=s.min_available)
-    strategy: Any
-    if s.strategy == "fedavg":
-        strategy = fs.FedAvg(**common)
-    elif s.strategy == "fedprox":
-        strategy = fs.FedProx(**common, proximal_mu=s.proximal_mu)
-    else:
-        strategy = fs.FedAdam(**common, eta=s.server_lr, eta_l=s.lr or 0.1)
+    make = {
+        "fedavg": lambda: fs.FedAvg(**common),
+        "fedprox": lambda: fs.FedProx(**common, proximal_mu=s.proximal_mu),
+        "fedadam": lambda: fs.FedAdam(**common, eta=s.server_lr, eta_l=s.lr or 0.1),
+        "fedmedian": lambda: fs.FedMedian(**common),
+        "fedtrimmedavg": lambda: fs.FedTrimmedAvg(**common, beta=s.trim_beta),
+        "krum": lambda: fs.Krum(**common, num_malicious_nodes=s.byzantine),
+    }
+    strategy: Any = make[s.strategy]()
     if s.dp != "none":
         wrapper = (fs.DifferentialPrivacyServerSideFixedClipping if s.dp == "server"
                    else fs.DifferentialPrivacyClientSideFixedClipping)
         strategy = wrapper(strategy, noise_multiplier=s.dp_noise, clipping_norm=s.dp_clip,
                            num_sampled_clients=_sampled_clients(s, grid))
-    return _observed(strategy, os.path.join(s.out_dir, "updates") if s.save_updates else None)
+    return _observed(strategy, rules,
+                     os.path.join(s.out_dir, "updates") if s.save_updates else None)
+
+
+def reply_rules(s: ServerSettings, params: Mapping[str, np.ndarray]) -> ReplyRules:
+    """What every client reply must satisfy, from the settings and the server's parameters."""
+    return ReplyRules.for_parameters(params, max_examples=s.max_examples,
+                                     max_update_norm=s.max_update_norm,
+                                     outlier_factor=s.outlier_factor,
+                                     equal_weights=s.dp != "none",
+                                     clip_norm=s.dp_clip if s.dp == "client" else 0.0)
 
 
 def _sampled_clients(s: ServerSettings, grid: Any) -> int:
@@ -257,16 +343,17 @@ def _sampled_clients(s: ServerSettings, grid: Any) -> int:
     return max(int(len(nodes) * s.fraction_train), s.min_train, 1)
 
 
-def _observed(inner: Any, updates_dir: str | None) -> Any:
-    """A pass-through strategy (outermost, so it sees what the clients really sent) that
-    notes each round's answer counts and aggregated client metrics, and with ``updates_dir``
-    keeps every reply's arrays and ``num_examples`` as ``round_RRR_node_N.npz``."""
+def _observed(inner: Any, rules: ReplyRules, updates_dir: str | None) -> Any:
+    """The outermost strategy: it screens every reply (:mod:`._guard`) before ``inner`` sees
+    it, refuses a non-finite aggregate, notes each round's counts and client metrics, and
+    with ``updates_dir`` keeps every accepted update as ``round_RRR_node_N.npz``."""
     from flwr.serverapp.strategy import Strategy
 
     class Observed(Strategy):
         def __init__(self) -> None:
             self.inner = inner
             self.round_metrics: dict[int, dict[str, float]] = {}
+            self.current: dict[int, dict[str, np.ndarray]] = {}
             if updates_dir:
                 os.makedirs(updates_dir, exist_ok=True)
 
@@ -280,22 +367,29 @@ def _observed(inner: Any, updates_dir: str | None) -> Any:
 
         def configure_train(self, server_round: int, arrays: Any, config: Any,
                             grid: Any) -> Iterable[Any]:
+            # the global model the replies are updates of (for their norms)
+            self.current = {server_round: {k: v.numpy() for k, v in arrays.items()}}
             return self.inner.configure_train(server_round, arrays, config, grid)
 
         def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
-            replies = list(replies)
-            ok = [m for m in replies if not m.has_error()]
-            self._note(server_round, {"train_replies": len(ok),
-                                      "train_failures": len(replies) - len(ok)})
-            for msg in ok if updates_dir else ():
-                content = msg.content
-                arrays = content.array_records[next(iter(content.array_records))]
-                metrics = content.metric_records[next(iter(content.metric_records))]
-                path = os.path.join(str(updates_dir), f"round_{server_round:03d}_node_"
-                                                      f"{msg.metadata.src_node_id}.npz")
-                np.savez(path, __num_examples__=np.asarray(metrics["num-examples"]),
-                         **{f"p:{k}": v.numpy() for k, v in arrays.items()})
-            arrays, metrics = self.inner.aggregate_train(server_round, replies)
+            accepted, failed, dropped = screen_train(
+                server_round, replies, rules, self.current.get(server_round, {}))
+            self._note(server_round, {"train_replies": len(accepted),
+                                      "train_failures": failed, "train_dropped": dropped})
+            if updates_dir:
+                _save_updates(updates_dir, server_round, accepted)
+            if not accepted:
+                log.warning("round %d: no update to aggregate; the global model is kept",
+                            server_round)
+                return None, None
+            if hasattr(self.inner, "num_sampled_clients"):
+                # DP: the noise std is multiplier * clip / clients; with the replies actually
+                # averaged, one client's share of the mean is what the noise is scaled to
+                self.inner.num_sampled_clients = len(accepted)
+            arrays, metrics = self.inner.aggregate_train(server_round,
+                                                         [a.message for a in accepted])
+            if not aggregate_is_sane(server_round, arrays, rules):
+                return None, metrics
             if metrics is not None:
                 self._note(server_round, {f"clients_{k}": v for k, v in metrics.items()})
             return arrays, metrics
@@ -305,7 +399,8 @@ def _observed(inner: Any, updates_dir: str | None) -> Any:
             return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Any]) -> Any:
-            metrics = self.inner.aggregate_evaluate(server_round, replies)
+            metrics = self.inner.aggregate_evaluate(
+                server_round, screen_evaluate(server_round, replies, rules))
             if metrics is not None:
                 self._note(server_round, {f"clients_{k}": v for k, v in metrics.items()})
             return metrics
@@ -313,14 +408,22 @@ def _observed(inner: Any, updates_dir: str | None) -> Any:
     return Observed()
 
 
+def _save_updates(folder: str, server_round: int, accepted: list[Accepted]) -> None:
+    for a in accepted:
+        path = os.path.join(folder, f"round_{server_round:03d}_node_{a.node}.npz")
+        arrays: dict[str, Any] = {f"p:{k}": v for k, v in a.arrays.items()}
+        np.savez(path, __num_examples__=np.asarray(a.weight), **arrays)
+
+
 def read_updates(folder: str, server_round: int) -> list[tuple[int, dict[str, np.ndarray]]]:
-    """The client updates recorded for a round: ``[(num_examples, {name: array}), …]``."""
+    """The accepted client updates of a round: ``[(weight, {name: array}), …]``, the weight
+    being the example count the aggregate used (see :mod:`._guard`)."""
     out = []
     prefix = f"round_{server_round:03d}_node_"
     for name in sorted(os.listdir(folder)):
         if name.startswith(prefix) and name.endswith(".npz"):
             with np.load(os.path.join(folder, name)) as z:
-                out.append((int(z["__num_examples__"]),
+                out.append((int(float(z["__num_examples__"])),
                             {k[2:]: z[k] for k in z.files if k.startswith("p:")}))
     return out
 
@@ -381,6 +484,8 @@ def _run_compat_secagg(grid: Any, s: ServerSettings, context: Any, names: list[s
         strategy = cs.DifferentialPrivacyClientSideFixedClipping(
             strategy, noise_multiplier=s.dp_noise, clipping_norm=s.dp_clip,
             num_sampled_clients=_sampled_clients(s, grid))
+    strategy.aggregate_fit = _checked_fit(strategy.aggregate_fit, reply_rules(s, initial),
+                                          names)
     if context is None:
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
                           run_config={})
@@ -390,7 +495,44 @@ def _run_compat_secagg(grid: Any, s: ServerSettings, context: Any, names: list[s
     secagg = SecAggPlusWorkflow(num_shares=_int_or_fraction(s.secagg_shares),
                                 reconstruction_threshold=_int_or_fraction(s.secagg_threshold),
                                 timeout=s.round_timeout)
-    DefaultWorkflow(fit_workflow=secagg)(grid, legacy)
+    DefaultWorkflow(fit_workflow=_round_survives(secagg))(grid, legacy)
+
+
+def _round_survives(fit_workflow: Any) -> Any:
+    """A SecAgg+ round that raises (a client's masked vector of the wrong length makes
+    Flower's unmasking fail) is logged and leaves the global model as it was, instead of
+    ending the run; the next round starts afresh."""
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+
+    def run(grid: Any, context: Any) -> None:
+        try:
+            fit_workflow(grid, context)
+        except Exception as e:  # one hostile reply must not end the federation
+            cfg = context.state.config_records.get(MAIN_CONFIGS_RECORD, {})
+            log.warning("round %s: secure aggregation failed (%s: %s); the global model is "
+                        "kept", cfg.get(Key.CURRENT_ROUND, "?"), type(e).__name__, e)
+
+    return run
+
+
+def _checked_fit(aggregate_fit: Any, rules: ReplyRules, names: list[str]) -> Any:
+    """``aggregate_fit`` whose result is refused unless sane: under SecAgg+ the server sees
+    only the sum, so the aggregate is all that can be checked."""
+    from flwr.common import parameters_to_ndarrays
+
+    def checked(server_round: int, results: Any, failures: Any) -> Any:
+        params, metrics = aggregate_fit(server_round, results, failures)
+        if params is None:
+            return params, metrics
+        try:
+            values: Any = dict(zip(names, parameters_to_ndarrays(params), strict=True))
+        except ValueError:
+            values = {}
+        if not aggregate_is_sane(server_round, values, rules):
+            return None, metrics
+        return params, metrics
+
+    return checked
 
 
 def _int_or_fraction(v: float) -> int | float:

@@ -161,8 +161,8 @@ def simulate(model: str | None = None, *, data: str | None = None, clients: int 
 
 
 def round_line(r: dict[str, Any]) -> str:
-    """``round  3:  held-out accuracy 0.9311  loss 0.2423  (10 clients trained, 0 failed;
-    accuracy on their own data 0.9402)`` from a round record."""
+    """``round  3:  held-out accuracy 0.9311  loss 0.2423  (9 clients trained, 0 failed,
+    1 dropped; accuracy on their own data 0.9402)`` from a round record."""
     line = f"round {r['round']:3d}:"
     if "accuracy" in r:
         line += f"  held-out accuracy {r['accuracy']:.4f}"
@@ -172,6 +172,8 @@ def round_line(r: dict[str, Any]) -> str:
         line += f"  ({int(r['train_replies'])} clients trained"
         if "train_failures" in r:
             line += f", {int(r['train_failures'])} failed"
+        if r.get("train_dropped"):
+            line += f", {int(r['train_dropped'])} dropped"
         if "clients_eval_accuracy" in r:
             line += f"; accuracy on their own data {r['clients_eval_accuracy']:.4f}"
         line += ")"

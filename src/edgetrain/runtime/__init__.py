@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnx
 
+from .. import _checkpoint as _ckpt
 from .. import format as fmt
 from .._validate import validate
 from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
@@ -120,6 +121,7 @@ class Model:
         except Exception as e:  # a backend refusing the graphs: the file is at fault
             raise FormatError(f"the {backend} backend cannot load this file: {e}") from e
         self._lock = threading.RLock()
+        self._identity: fmt.Identity | None = None
         self._plans: dict[str, dict[str, _InputSpec]] = {}
         self._sigs = {
             name: Signature(name, spec["kind"], tuple(spec["inputs"]), tuple(spec["outputs"]),
@@ -164,6 +166,8 @@ class Model:
                 if arr.shape != want.shape or arr.dtype != want.dtype:
                     raise InputError(f"set_parameters: {k!r} is {arr.dtype}{list(arr.shape)}, "
                                      f"expected {want.dtype}{list(want.shape)}")
+                if arr.dtype.kind == "f" and not _all_finite(arr):
+                    raise InputError(f"set_parameters: {k!r} contains NaN or infinity")
                 new[k] = arr
             self._backend.set_state(new)
 
@@ -186,9 +190,10 @@ class Model:
         if sig.kind == "builtin":
             return self._builtin(sig, inputs)
         feeds = self._check_inputs(sig, inputs)
-        # The step graph counts only a step whose loss, rate and gradients are finite, and the
-        # backend commits the new state only when the count advanced: a skipped step leaves
-        # every weight as it was, even when only the gradient overflowed.
+        # The step graph counts only a step whose loss, rate and every new state value (weights,
+        # optimizer slots, running statistics) are finite, and the backend commits the new
+        # state only when the count advanced by one: a skipped step leaves every weight as it
+        # was, even when only the update overflowed.
         with self._lock:
             try:
                 out, committed = self._backend.run(signature, feeds)
@@ -207,33 +212,57 @@ class Model:
             raise NonFiniteError(f"{signature}: the loss is {float(out['loss'])}; the step was "
                                  "skipped and the weights are unchanged")
         loss = f"{float(out['loss'])}" if "loss" in out else "n/a"
-        raise NonFiniteError(f"{signature}: the gradient is not finite (loss {loss}); the step "
-                             "was skipped and the weights are unchanged")
+        lr = f", lr {float(feeds['lr'])}" if "lr" in feeds else ""
+        raise NonFiniteError(f"{signature}: the gradients or the updated weights or optimizer "
+                             f"state are not finite (loss {loss}{lr}); the step was skipped and "
+                             "the weights are unchanged")
 
     def _builtin(self, sig: Signature, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(inputs) - {"checkpoint_path"}
+        unknown = set(inputs) - {"checkpoint_path", "key"}
         if unknown or "checkpoint_path" not in inputs:
-            raise InputError(f"{sig.name} takes exactly one input, checkpoint_path; got "
+            raise InputError(f"{sig.name} takes checkpoint_path and optionally key; got "
                              f"{sorted(inputs)}")
         path = os.fspath(inputs["checkpoint_path"])
+        key = inputs.get("key")
+        if key is not None:
+            key = _ckpt.key_bytes(key)
         if sig.name == "save":
             with self._lock:
                 state = self._backend.get_state()
-            fmt.save_checkpoint(path, self.meta, state)
+            fmt.save_checkpoint(path, self.meta, state, identity=self.identity, key=key)
         elif sig.name == "restore":
-            with self._lock:
+            with self._lock:  # verified in full before anything changes
                 current = self._backend.get_state()
-                loaded = fmt.load_checkpoint(path, self.meta, current)
+                loaded = fmt.load_checkpoint(path, self.meta, current, identity=self.identity,
+                                             key=key)
                 self._backend.set_state(loaded)
         else:
             raise EdgetrainError(f"unknown builtin signature {sig.name!r}")
         return {"checkpoint_path": path}
 
-    def save(self, checkpoint_path: str | os.PathLike[str]) -> str:
-        return str(self.run("save", checkpoint_path=checkpoint_path)["checkpoint_path"])
+    @property
+    def identity(self) -> fmt.Identity:
+        """The model's architecture hash and value constraints that checkpoints must match."""
+        if self._identity is None:
+            self._identity = fmt.identify(self.proto, self.meta)
+        return self._identity
 
-    def restore(self, checkpoint_path: str | os.PathLike[str]) -> str:
-        return str(self.run("restore", checkpoint_path=checkpoint_path)["checkpoint_path"])
+    def save(self, checkpoint_path: str | os.PathLike[str], *, key: bytes | None = None) -> str:
+        """Write a checkpoint (atomic). With ``key`` (≥ 16 random bytes) it carries an
+        HMAC-SHA256 that :meth:`restore` with the same key requires (see docs/format.md)."""
+        keyed = {} if key is None else {"key": key}
+        return str(self.run("save", checkpoint_path=checkpoint_path, **keyed)["checkpoint_path"])
+
+    def restore(self, checkpoint_path: str | os.PathLike[str], *,
+                key: bytes | None = None) -> str:
+        """Load a checkpoint, verified in full first; on any failure the state is unchanged.
+
+        Without ``key`` the checksum proves integrity only (anyone can write a valid file);
+        with ``key`` a checkpoint without a valid MAC made with that key is refused.
+        """
+        keyed = {} if key is None else {"key": key}
+        return str(self.run("restore", checkpoint_path=checkpoint_path, **keyed)
+                   ["checkpoint_path"])
 
     def _input_plan(self, sig: Signature) -> dict[str, _InputSpec]:
         """The input specs of ``sig`` parsed once (a step pays for checks, not for parsing)."""
@@ -287,6 +316,8 @@ class Model:
             if arr.ndim and arr.shape[0] == 0:
                 raise InputError(f"{sig.name}: input {name!r} is an empty batch")
             feeds[name] = arr
+        if sig.updates and "lr" in feeds:  # the file's default too: a file may be hostile
+            _check_lr(feeds["lr"], sig.name, "lr" in inputs)
         if sig.updates or sig.name == "eval":  # defaults are valid: check what was given
             self._check_values(sig, {k: feeds[k] for k in inputs})
         return feeds
@@ -335,6 +366,8 @@ class Model:
         """
         if on_nonfinite not in ("raise", "skip"):
             raise EdgetrainError("on_nonfinite must be 'raise' or 'skip'")
+        if lr is not None:
+            self._check_fit_lr(lr)
         xs = self._as_inputs(x)
         y = np.asarray(y)
         n = len(y)
@@ -402,6 +435,17 @@ class Model:
             cache.report(hist, epochs, evals, progress)
         return hist
 
+    def _check_fit_lr(self, lr: Any) -> None:
+        """``fit(lr=…)`` before any step, in the dtype the step will see (1e39 is finite in
+        float64, infinite in float32)."""
+        spec = self._input_plan(self._sigs["train"]).get("lr")
+        try:
+            with np.errstate(over="ignore"):
+                arr = np.asarray(lr, dtype=spec.dtype if spec else None)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"fit: lr must be a number, got {lr!r}") from e
+        _check_lr(arr, "fit", True)
+
     def evaluate(self, x: Any, y: np.ndarray, batch_size: int = 256, *,
                  signature: str = "eval") -> dict[str, float]:
         """Mean loss (and accuracy) over a data set, without changing the model.
@@ -466,6 +510,16 @@ def _all_finite(arr: np.ndarray) -> bool:
             if math.isfinite(float(np.ptp(arr))):
                 return True
     return bool(np.all(np.isfinite(arr)))
+
+
+def _check_lr(lr: np.ndarray, where: str, given: bool) -> None:
+    """A learning rate must be finite and nonnegative: a negative one ascends the loss, an
+    infinite one writes infinite weights."""
+    value = float(lr) if lr.size == 1 else math.nan
+    if not (math.isfinite(value) and value >= 0):
+        source = "" if given else " (the model file's default)"
+        raise InputError(f"{where}: the learning rate 'lr'{source} must be finite and ≥ 0, "
+                         f"got {value}")
 
 
 def load(model: onnx.ModelProto | str | os.PathLike[str] | bytes,

@@ -6,10 +6,11 @@ keeps the state as ``OrtValue`` s and binds them with IOBinding; each step write
 into a second set of buffers and the two sets swap, so no state crosses into NumPy per step.
 Frozen weights are handed to every session as one shared ``OrtValue`` each.
 
-A training step commits its new state only when it advanced the step counter: the step graph
-counts a step only when the loss, the learning rate and the gradients (or, where the update
-is fused into the gradient's GEMM, the new weights) are finite. A skipped step leaves every
-state value as it was, without a per-tensor select in the graph.
+A training step commits its new state only when it advanced the step counter by exactly one:
+the step graph counts a step only when the loss, the learning rate and every value the step
+commits (new weights, optimizer slots, batch-norm running statistics) are finite. A skipped
+step leaves every state value as it was, without a per-tensor select in the graph. Any other
+change of the counter (a graph that jumps or wraps it) is not a step either.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class ReferenceBackend(Backend):
         all_feeds.update({k: self._state[k] for k in state_inputs})
         results = dict(zip(outs, sess.run(None, all_feeds)))
         step_out = updates.get(self.step_name)
-        commit = step_out is None or int(results[step_out]) > int(self._state[self.step_name])
+        commit = step_out is None or _advanced(self._state[self.step_name], results[step_out])
         if commit:
             for k, out in updates.items():
                 self._state[k] = np.asarray(results[out])
@@ -214,7 +215,7 @@ class OrtBackend(Backend):
             result.update((o, v.numpy()) for o, v in zip(b.dynamic, values))
         front, back = self._front, self._back
         step = self.step_name
-        commit = not b.counted or int(back[step].numpy()) > int(front[step].numpy())
+        commit = not b.counted or _advanced(front[step].numpy(), back[step].numpy())
         if commit:
             for k in b.updated:
                 front[k], back[k] = back[k], front[k]
@@ -231,6 +232,11 @@ class OrtBackend(Backend):
             front = self._front[k]
             want = _np_type(front.data_type())
             front.update_inplace(np.require(v, dtype=want, requirements="C"))
+
+
+def _advanced(old: np.ndarray, new: np.ndarray) -> bool:
+    """The commit rule: the step graph counted this step (the counter went up by one)."""
+    return int(new) == int(old) + 1
 
 
 class _Binding(NamedTuple):

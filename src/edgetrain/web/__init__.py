@@ -26,7 +26,7 @@ __all__ = [
 def _cmd_export(args: argparse.Namespace) -> int:
     dataset = None if args.no_dataset else "auto"
     out = export_web(args.file, args.out_dir, checkpoint=args.checkpoint, dataset=dataset,
-                     webgpu=not args.no_webgpu)
+                     webgpu=not args.no_webgpu, force=args.force)
     print(f"edgetrain: wrote the web export to {out}; serve it with "
           f"`edgetrain serve-web {out}`")
     return 0
@@ -47,17 +47,24 @@ def add_cli(subparsers: Any) -> None:
                               "manifest, the edgetrain.js driver, the demo page and the vendored "
                               "onnxruntime-web into OUT_DIR.")
     p.add_argument("file", metavar="FILE", help="trainable edgetrain file (.onnx)")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
+    p.add_argument("out_dir", metavar="OUT_DIR",
+                   help="folder to write: new, empty, or an earlier export (created if missing)")
     p.add_argument("--checkpoint", metavar="CK", help="start from this checkpoint's state")
     p.add_argument("--no-dataset", action="store_true",
                    help="do not embed the digits demo data set")
     p.add_argument("--no-webgpu", action="store_true",
                    help="vendor only the wasm build of onnxruntime-web (smaller)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty folder that is not an earlier export: only the "
+                   "export's own files are replaced, nothing else is touched")
     p.set_defaults(func=_cmd_export)
     s = subparsers.add_parser("serve-web", help="serve a web export on 127.0.0.1",
                               description="Serve OUT_DIR (from export-web) with the headers "
-                              "onnxruntime-web's threads need.")
-    s.add_argument("out_dir", metavar="OUT_DIR")
-    s.add_argument("--host", default="127.0.0.1")
+                              "onnxruntime-web's threads need. Only GET and HEAD of regular "
+                              "files in OUT_DIR, never through a symbolic link, and only for "
+                              "requests addressed to the loopback host it listens on.")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="a folder written by export-web")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     s.set_defaults(func=_cmd_serve)

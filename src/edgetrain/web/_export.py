@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import stat
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,10 @@ import onnx
 from onnx import numpy_helper
 
 from .. import format as fmt
+from .._validate import validate
 from ..errors import EdgetrainError
+from ._files import Folder, is_entry_name
+from ._manifest import check_manifest, check_meta
 
 #: The onnxruntime-web release the export vendors (pinned in web/package.json).
 ORT_WEB_VERSION = "1.30.0"
@@ -33,6 +37,11 @@ MANIFEST = "edgetrain-web.json"
 FROZEN_FILE = "frozen.bin"
 STATE_FILE = "state.safetensors"
 DATASET_FILE = "digits.bin"
+VENDOR_DIR = "ort"
+#: The marker of an export folder: it lists the files the export wrote (and may replace).
+MARKER = ".edgetrain-export.json"
+MARKER_KIND = "edgetrain-web-export"
+MAX_MARKER_BYTES = 1 << 20
 GRAPH_SIGNATURES = ("infer", "train", "eval")
 #: Frozen initializers at least this big move to the shared external-data file.
 EXTERNAL_MIN_BYTES = 1024
@@ -126,7 +135,7 @@ def _dataset_for(meta: Mapping[str, Any]) -> tuple[list[int], int] | None:
     return sample, 10
 
 
-def _write_digits(out: Path, sample_shape: list[int]) -> dict[str, Any]:
+def _digits(sample_shape: list[int]) -> tuple[bytes, dict[str, Any]]:
     """scikit-learn's 8×8 digits as bytes (pixels 0..16, then labels): training rows first.
 
     The split is the one ``edgetrain demo`` trains on (seeded, 20 % held out), so a page that
@@ -140,40 +149,18 @@ def _write_digits(out: Path, sample_shape: list[int]) -> dict[str, Any]:
     x_train, y_train, x_test, y_test = digits(test_fraction=0.2, seed=0)
     pixels = np.rint(np.concatenate([x_train, x_test]).reshape(-1, 64) * 16).astype(np.uint8)
     labels = np.concatenate([y_train, y_test]).astype(np.uint8)
-    (out / DATASET_FILE).write_bytes(pixels.tobytes() + labels.tobytes())
-    return {"name": "digits", "file": DATASET_FILE, "count": len(labels), "train": len(y_train),
-            "test": len(y_test), "split": "edgetrain demo's: seed 0, 20% held out",
+    info = {"name": "digits", "file": DATASET_FILE, "count": len(labels), "train": len(y_train),
+            "test": len(y_test), "split": "edgetrain demo: seed 0, 20% held out",
             "features": 64, "image": [8, 8], "pixel_max": 16, "scale": 1.0 / 16.0,
             "classes": 10, "sample_shape": sample_shape, "x_offset": 0,
             "y_offset": int(pixels.nbytes), "x_dtype": "uint8", "y_dtype": "uint8"}
+    return pixels.tobytes() + labels.tobytes(), info
 
 
-def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os.PathLike[str],
-               checkpoint: str | os.PathLike[str] | None = None, *,
-               dataset: str | None = "auto", webgpu: bool = True,
-               ort_web: str | os.PathLike[str] | None = None,
-               batch_size: int = 32) -> Path:
-    """Write a self-contained web folder that trains ``file`` in the browser.
-
-    ``checkpoint`` (an edgetrain checkpoint) becomes the initial state. ``dataset`` "auto"
-    embeds scikit-learn's digits when the model takes 64 floats and predicts 10 classes
-    ("digits" requires it, None never embeds). ``webgpu`` also vendors the WebGPU build of
-    onnxruntime-web. Returns the output folder, which ``serve`` can serve.
-    """
-    if dataset not in ("auto", "digits", None):
-        raise EdgetrainError(f"dataset must be 'auto', 'digits' or None, got {dataset!r}")
-    proto = fmt.load_model(file if not isinstance(file, os.PathLike) else os.fspath(file))
-    meta = fmt.read_meta(proto)
-    dist = find_ort_web(ort_web)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    state = fmt.initial_state(proto, meta)
-    if checkpoint is not None:
-        state = fmt.load_checkpoint(checkpoint, meta, state)
-    fmt.save_checkpoint(out / STATE_FILE, meta, state)
-
-    frozen = {t.name for t in proto.graph.initializer} - set(state)
+def _graphs(proto: onnx.ModelProto, meta: Mapping[str, Any], frozen: set[str]
+            ) -> tuple[dict[str, bytes], dict[str, Any], bytes]:
+    """The standalone graph files, the manifest's signatures and the shared frozen weights."""
+    files: dict[str, bytes] = {}
     blob = bytearray()
     offsets: dict[str, tuple[int, int, str]] = {}
     signatures: dict[str, Any] = {}
@@ -187,53 +174,50 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
             m.ir_version = min(m.ir_version,
                                onnx.helper.find_min_ir_version_for(list(m.opset_import)))
             graph_file = f"{name}.onnx"
-            fmt.save_model(m, out / graph_file)
+            files[graph_file] = m.SerializeToString()
             entry.update(graph=graph_file, state_inputs=state_inputs, updates=updates,
                          graph_outputs=[o.name for o in m.graph.output])
         signatures[name] = entry
     missing = [s for s in GRAPH_SIGNATURES if s not in signatures]
     if missing:
         raise EdgetrainError(f"the file lacks signatures {missing}; recompile it")
-    fmt.atomic_write(out / FROZEN_FILE, bytes(blob))
+    return files, signatures, bytes(blob)
 
-    data = None
-    fit = _dataset_for(meta)
-    if dataset == "digits" and fit is None:
-        raise EdgetrainError("the digits data set needs a classifier with one float32 input "
-                             "of 64 values per sample and 10 classes")
-    if dataset is not None and fit is not None:
-        data = _write_digits(out, fit[0])
 
-    vendor = out / "ort"
-    vendor.mkdir(exist_ok=True)
+def _state_bytes(meta: Mapping[str, Any], state: Mapping[str, np.ndarray],
+                 identity: Any) -> bytes:
+    """The initial state as an edgetrain checkpoint (carrying the model's architecture, which
+    the browser driver compares on restore), written where no one else can see it."""
+    with tempfile.TemporaryDirectory(prefix="edgetrain-web-") as tmp:
+        return Path(fmt.save_checkpoint(Path(tmp) / STATE_FILE, meta, state,
+                                        identity=identity)).read_bytes()
+
+
+def _vendor(dist: Path, webgpu: bool) -> tuple[dict[str, bytes | Path], str, list[str]]:
+    """The onnxruntime-web files under ``ort/``, its version and the builds vendored."""
     builds = ["wasm", "webgpu"] if webgpu else ["wasm"]
-    wanted = {fname for build in builds for fname in ORT_FILES[build]} | {"README.txt"}
-    for stale in vendor.iterdir():  # e.g. the WebGPU build of an earlier export
-        if stale.is_file() and stale.name not in wanted:
-            stale.unlink()
-    for build in builds:
-        for fname in ORT_FILES[build]:
-            src, dst = dist / fname, vendor / fname
-            if not dst.exists() or dst.stat().st_size != src.stat().st_size or \
-                    dst.stat().st_mtime < src.stat().st_mtime:
-                shutil.copy2(src, dst)
+    files: dict[str, bytes | Path] = {f"{VENDOR_DIR}/{fname}": dist / fname
+                                      for build in builds for fname in ORT_FILES[build]}
     version = _ort_web_version(dist) or ORT_WEB_VERSION
     if version != ORT_WEB_VERSION:
         warnings.warn(f"vendoring onnxruntime-web {version} from {dist}; edgetrain is tested "
-                      f"with {ORT_WEB_VERSION} (npm ci --prefix web installs it)", stacklevel=2)
-    (vendor / "README.txt").write_text(
+                      f"with {ORT_WEB_VERSION} (npm ci --prefix web installs it)", stacklevel=3)
+    files[f"{VENDOR_DIR}/README.txt"] = (
         f"onnxruntime-web {version} (npm), MIT License, Copyright (c) Microsoft Corporation.\n"
-        "Vendored by `edgetrain export-web` so the page needs no CDN.\n")
-    for f in sorted(STATIC.iterdir()):
-        if f.is_file():
-            shutil.copy2(f, out / f.name)
+        "Vendored by `edgetrain export-web` so the page needs no CDN.\n").encode()
+    return files, version, builds
 
-    manifest = {
+
+def _manifest(meta: Mapping[str, Any], signatures: dict[str, Any],
+              state: Mapping[str, np.ndarray], version: str, builds: list[str],
+              batch_size: int, data: dict[str, Any] | None) -> dict[str, Any]:
+    """What the driver and the page read: signatures, state specs, names, hyper-parameters."""
+    return {
         "format": WEB_FORMAT,
         "format_version": WEB_FORMAT_VERSION,
         "producer": f"edgetrain {fmt.producer_version()}",
         "onnxruntime_web": {"version": version,
-                            "builds": {b: f"ort/{ORT_FILES[b][0]}" for b in builds}},
+                            "builds": {b: f"{VENDOR_DIR}/{ORT_FILES[b][0]}" for b in builds}},
         "signatures": signatures,
         "state": {"file": STATE_FILE,
                   "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)}
@@ -251,8 +235,164 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
         "batch_size": batch_size,
         "dataset": data,
     }
-    fmt.atomic_write(out / MANIFEST, json.dumps(manifest, indent=1).encode())
-    for f in out.iterdir():  # atomic writes create 0600 files; any web server must read them
-        if f.is_file():
-            f.chmod(0o644)
+
+
+def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os.PathLike[str],
+               checkpoint: str | os.PathLike[str] | None = None, *,
+               dataset: str | None = "auto", webgpu: bool = True,
+               ort_web: str | os.PathLike[str] | None = None,
+               batch_size: int = 32, force: bool = False) -> Path:
+    """Write a self-contained web folder that trains ``file`` in the browser.
+
+    ``checkpoint`` (an edgetrain checkpoint) becomes the initial state. ``dataset`` "auto"
+    embeds scikit-learn's digits when the model takes 64 floats and predicts 10 classes
+    ("digits" requires it, None never embeds). ``webgpu`` also vendors the WebGPU build of
+    onnxruntime-web. ``out_dir`` must be new, empty or an earlier export (whose files are
+    replaced); ``force`` writes into any other folder, touching only the export's own files.
+    Returns the output folder, which ``serve`` can serve.
+    """
+    if dataset not in ("auto", "digits", None):
+        raise EdgetrainError(f"dataset must be 'auto', 'digits' or None, got {dataset!r}")
+    proto = fmt.load_model(file if not isinstance(file, os.PathLike) else os.fspath(file))
+    meta = fmt.read_meta(proto)
+    check_meta(meta)  # the strings the manifest copies, before anything is built or written
+    validate(proto, meta)  # and the file's own consistency, as edgetrain.load checks it
+    dist = find_ort_web(ort_web)
+
+    state = fmt.initial_state(proto, meta)
+    identity = fmt.identify(proto, meta)
+    if checkpoint is not None:
+        state = fmt.load_checkpoint(checkpoint, meta, state, identity=identity)
+    graphs, signatures, blob = _graphs(proto, meta, {t.name for t in proto.graph.initializer}
+                                       - set(state))
+    files: dict[str, bytes | Path] = {STATE_FILE: _state_bytes(meta, state, identity),
+                                      FROZEN_FILE: blob,
+                                      **graphs}
+    data = None
+    fit = _dataset_for(meta)
+    if dataset == "digits" and fit is None:
+        raise EdgetrainError("the digits data set needs a classifier with one float32 input "
+                             "of 64 values per sample and 10 classes")
+    if dataset is not None and fit is not None:
+        files[DATASET_FILE], data = _digits(fit[0])
+    vendored, version, builds = _vendor(dist, webgpu)
+    files.update(vendored)
+    files.update({f.name: f for f in sorted(STATIC.iterdir()) if f.is_file()})
+    manifest = _manifest(meta, signatures, state, version, builds, batch_size, data)
+    check_manifest(manifest)
+    files[MANIFEST] = json.dumps(manifest, indent=1, allow_nan=False).encode()
+    out = Path(out_dir)
+    write_export(out, files, force)
     return out
+
+
+# -- writing into the output folder ------------------------------------------------------------
+
+def _listed_name(name: object) -> bool:
+    """A file name an export can have written: ``NAME`` or ``ort/NAME``, never hidden."""
+    if not isinstance(name, str):
+        return False
+    parts = name.split("/")
+    return (len(parts) == 1 or (len(parts) == 2 and parts[0] == VENDOR_DIR)) and \
+        all(is_entry_name(p) and not p.startswith(".") for p in parts)
+
+
+def _read_marker(root: Folder) -> set[str] | None:
+    """The files an earlier export wrote, from its marker; None if there is no valid marker."""
+    fd = root.open_regular(MARKER)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_MARKER_BYTES + 1)
+    try:
+        marker = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if len(raw) > MAX_MARKER_BYTES or not isinstance(marker, dict) or \
+            marker.get("kind") != MARKER_KIND or not isinstance(marker.get("files"), list) or \
+            not all(_listed_name(n) for n in marker["files"]):
+        return None
+    return set(marker["files"])
+
+
+def _marker(names: set[str]) -> bytes:
+    return json.dumps({"kind": MARKER_KIND, "version": 1,
+                       "producer": f"edgetrain {fmt.producer_version()}",
+                       "files": sorted(names)}, indent=1).encode()
+
+
+def _previous_files(root: Folder, out: Path, force: bool) -> set[str]:
+    """What an earlier export in ``out`` wrote; refuses a foreign non-empty folder unless force."""
+    if not root.names():
+        return set()
+    listed = _read_marker(root)
+    if listed is not None:
+        return listed
+    if force:
+        return set()
+    raise EdgetrainError(
+        f"{out} is not empty and is not an edgetrain web export (it has no {MARKER}); "
+        "refusing to write into it. Choose a new or empty folder, or pass --force "
+        "(force=True) to add the export's files to it: files of the same names are replaced, "
+        "nothing else is touched")
+
+
+def _check_targets(root: Folder, out: Path, names: list[str]) -> None:
+    """Every name is free or a file (never a folder), and ``ort`` is a real folder or missing."""
+    st = root.lstat(VENDOR_DIR)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder"
+        raise EdgetrainError(f"{out / VENDOR_DIR} is {kind}; the export writes onnxruntime-web "
+                             "into a folder of that name and never through a link. Remove it "
+                             "or choose another folder")
+    vendor = root.subfolder(VENDOR_DIR) if st is not None else None
+    try:
+        for name in names:
+            parent, _, base = name.rpartition("/")
+            folder = vendor if parent else root
+            entry = folder.lstat(base) if folder is not None else None
+            if entry is not None and stat.S_ISDIR(entry.st_mode):
+                raise EdgetrainError(f"{out / name} is a folder; the export writes a file of "
+                                     "that name. Remove it or choose another folder")
+    finally:
+        if vendor is not None:
+            vendor.close()
+
+
+def write_export(out: Path, files: Mapping[str, bytes | Path], force: bool = False) -> None:
+    """Write ``files`` (``name`` or ``ort/name``) into ``out``, touching nothing else.
+
+    A new or empty folder, or an earlier export (recognised by its marker file, which lists
+    what it wrote), is written; any other folder only with ``force``. Each file is replaced
+    atomically (a link of that name is replaced, never followed); files an earlier export
+    wrote and this one does not are deleted; every other entry is left as it was.
+    """
+    try:
+        if out.is_symlink() or out.exists():
+            if not out.is_dir():
+                raise EdgetrainError(f"{out} exists and is not a folder")
+        else:
+            out.mkdir(parents=True)
+        _write_files(out, files, force)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise EdgetrainError(f"cannot write the web export into {out}: "
+                             f"{e.strerror or e}{where}") from e
+
+
+def _write_files(out: Path, files: Mapping[str, bytes | Path], force: bool) -> None:
+    with Folder(out) as root:
+        previous = _previous_files(root, out, force)
+        _check_targets(root, out, sorted([*files, MARKER]))
+        root.write(MARKER, _marker(previous | set(files)))  # covers a crash midway
+        with root.subfolder(VENDOR_DIR, create=True) as vendor:
+            folders = {"": root, VENDOR_DIR: vendor}
+            for name, data in files.items():
+                parent, _, base = name.rpartition("/")
+                folders[parent].write(base, data)
+            for name in sorted(previous - set(files)):  # e.g. the WebGPU build of an earlier run
+                parent, _, base = name.rpartition("/")
+                folders[parent].remove(base)
+            vendor.sync()
+        root.write(MARKER, _marker(set(files)))
+        root.sync()

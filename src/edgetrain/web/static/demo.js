@@ -1,5 +1,5 @@
 // The demo page: fine-tune the exported model on digits in the browser.
-// ?autorun=1&steps=N&seed=S[&batch=B&lr=L&ep=wasm|webgpu] trains N steps on the seeded batches
+// ?autorun=1&steps=N&seed=S[&batch=B&lr=L&ep=wasm|webgpu&threads=T] trains N steps on the seeded batches
 // of edgetrain.js's batchIndices and sets window.edgetrainResult (checked by the test suite).
 
 import { batchIndices, load } from './edgetrain.js';
@@ -18,6 +18,17 @@ let before = null;  // predictions of the initial state on the gallery digits
 let selected = 0;
 let stopRequested = false;
 let busy = false;
+
+// The page never parses markup from data: names from the manifest may be anything, so every
+// text goes in through textContent (and the Content-Security-Policy forbids inline script).
+function el(tag, text, className) {
+  const e = document.createElement(tag);
+  e.textContent = text;
+  if (className) e.className = className;
+  return e;
+}
+
+function span(text, className) { return el('span', text, className); }
 
 function setStatus(text, error = false) {
   $('status').textContent = text;
@@ -184,8 +195,8 @@ async function updateGallery() {
     const truth = data.labels[idx[k]];
     const cls = (p) => (p === truth ? 'ok' : 'bad');
     cell.classList.toggle('selected', k === selected);
-    cell.lastChild.innerHTML = `${truth} · <span class="${cls(before[k])}">${before[k]}</span>` +
-      `→<span class="${cls(preds[k])}">${preds[k]}</span>`;
+    cell.lastChild.replaceChildren(`${truth} · `, span(String(before[k]), cls(before[k])), '→',
+      span(String(preds[k]), cls(preds[k])));
   });
 }
 
@@ -389,7 +400,7 @@ function showModelInfo() {
     ['data', m.dataset ? `scikit-learn digits: ${m.dataset.train} train, ${m.dataset.test} held out`
       : 'none embedded'],
   ];
-  $('model-info').innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join('');
+  $('model-info').replaceChildren(...rows.flatMap(([k, v]) => [el('dt', k), el('dd', v)]));
   $('ort-version').textContent = m.onnxruntime_web.version;
   if (opt.lr) $('lr').value = String(opt.lr);
   $('batch').value = String(params.get('batch') || m.batch_size || 32);
@@ -482,7 +493,8 @@ async function autorun() {
 
 async function main() {
   const backend = params.get('ep') || (AUTORUN ? 'wasm' : 'auto');
-  model = await load('./', { backend });
+  const threads = params.has('threads') ? Number(params.get('threads')) : undefined;
+  model = await load('./', { backend, numThreads: threads });
   showModelInfo();
   data = await loadData(model.manifest);
   drawChart();

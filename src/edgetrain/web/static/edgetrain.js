@@ -151,19 +151,86 @@ function sha256Fallback(msg) {
 
 function hex(bytes) { return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(''); }
 
-/** The checkpoint checksum of edgetrain.format (_checksum): sha256 over sorted tensors. */
-async function checksum(tensors) {
+const CHECKSUM_VERSION = 2;
+const CHECKSUM_TAG = 'edgetrain-checkpoint-checksum-v2\u0000';
+const UNCHECKED_KEYS = new Set(['checksum', 'mac']);  // the checksum itself, the MAC over it
+
+function utf8Order(names) {  // sorted by UTF-8 bytes, the order of every digest (docs/format.md)
   const enc = new TextEncoder();
-  const parts = [];
-  for (const name of sortedNames(tensors)) {
-    const t = tensors[name];
-    parts.push(enc.encode(name), enc.encode(t.dtype), enc.encode(pyShape(t.dims)),
-      bytesOf(t.data));
-  }
+  const keyed = names.map((n) => [enc.encode(n), n]);
+  keyed.sort(([a], [b]) => {
+    for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i] - b[i];
+    return a.length - b.length;
+  });
+  return keyed.map(([, n]) => n);
+}
+
+function concat(parts) {
   const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let o = 0;
   for (const p of parts) { all.set(p, o); o += p.length; }
-  return hex(await sha256(all));
+  return all;
+}
+
+function u64(n) {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(n), true);
+  return b;
+}
+
+function i64s(values) {
+  const b = new Uint8Array(8 * values.length);
+  const v = new DataView(b.buffer);
+  values.forEach((d, i) => v.setBigInt64(8 * i, BigInt(d), true));
+  return b;
+}
+
+function text(s) {
+  const b = new TextEncoder().encode(s);
+  return concat([u64(b.length), b]);
+}
+
+/**
+ * The checkpoint checksum of edgetrain (docs/format.md): version 2 is SHA-256 over the
+ * canonical bytes of the metadata (but the checksum and the MAC) and of every tensor; version 1
+ * is the legacy digest of older checkpoints (tensors only, Python's str(shape)).
+ */
+async function checksum(tensors, metadata, version = CHECKSUM_VERSION) {
+  const enc = new TextEncoder();
+  const parts = [];
+  if (version === 1) {
+    for (const name of sortedNames(tensors)) {
+      const t = tensors[name];
+      parts.push(enc.encode(name), enc.encode(t.dtype), enc.encode(pyShape(t.dims)),
+        bytesOf(t.data));
+    }
+    return hex(await sha256(concat(parts)));
+  }
+  const keys = utf8Order(Object.keys(metadata).filter((k) => !UNCHECKED_KEYS.has(k)));
+  parts.push(enc.encode(CHECKSUM_TAG), u64(keys.length));
+  for (const k of keys) parts.push(text(k), text(String(metadata[k])));
+  const names = utf8Order(Object.keys(tensors));
+  parts.push(u64(names.length));
+  for (const name of names) {
+    const t = tensors[name];
+    const data = bytesOf(t.data);
+    parts.push(text(name), text(DTYPES[t.dtype].st), u64(t.dims.length), i64s(t.dims),
+      u64(data.length), data);
+  }
+  return hex(await sha256(concat(parts)));
+}
+
+function checksumVersion(meta) {  // absent: a checkpoint older than checksum versions
+  const v = meta.checksum_version;
+  if (v === undefined) return 1;
+  if (typeof v !== 'string' || !/^[0-9]{1,6}$/.test(v)) {
+    throw new EdgetrainError('checkpoint has an invalid checksum_version');
+  }
+  if (Number(v) > CHECKSUM_VERSION) {
+    throw new EdgetrainError(`checkpoint checksum version ${v} is newer than this driver ` +
+      `reads (${CHECKSUM_VERSION})`);
+  }
+  return Number(v);
 }
 
 function fingerprint(tensors) {
@@ -189,8 +256,11 @@ function describeDiff(want, got) {
 
 // -- safetensors (the checkpoint format of edgetrain.format) -------------------------------
 
-/** Serialize {name: {dtype, dims, data}} as an edgetrain checkpoint (safetensors bytes). */
-export async function encodeCheckpoint(tensors) {
+/**
+ * Serialize {name: {dtype, dims, data}} as an edgetrain checkpoint (safetensors bytes).
+ * `extra` metadata (e.g. the model's `architecture`) is recorded and covered by the checksum.
+ */
+export async function encodeCheckpoint(tensors, extra = {}) {
   const header = {};
   let offset = 0;
   for (const name of sortedNames(tensors)) {
@@ -199,13 +269,16 @@ export async function encodeCheckpoint(tensors) {
     header[name] = { dtype: DTYPES[t.dtype].st, shape: t.dims, data_offsets: [offset, offset + n] };
     offset += n;
   }
-  header.__metadata__ = {
+  const meta = {
     kind: CHECKPOINT_KIND,
     format_version: String(FORMAT_VERSION),
     fingerprint: pyJson(fingerprint(tensors)),
-    checksum: await checksum(tensors),
+    checksum_version: String(CHECKSUM_VERSION),
     producer: `edgetrain-web ${VERSION}`,
+    ...extra,
   };
+  meta.checksum = await checksum(tensors, meta);
+  header.__metadata__ = meta;
   let json = new TextEncoder().encode(JSON.stringify(header));
   const pad = (8 - (json.length % 8)) % 8;
   if (pad) {
@@ -259,7 +332,7 @@ export async function decodeCheckpoint(bytes) {
     const copy = bytes.slice(base + start, base + end);  // aligned copy
     tensors[name] = { dtype, dims: info.shape, data: new Arr(copy.buffer) };
   }
-  if (await checksum(tensors) !== meta.checksum) {
+  if (await checksum(tensors, meta, checksumVersion(meta)) !== meta.checksum) {
     throw new EdgetrainError('checkpoint fails its checksum: the file is corrupt or was modified');
   }
   return { tensors, metadata: meta };
@@ -345,6 +418,7 @@ export class Model {
     this.providers = {};  // signature -> 'webgpu' | 'wasm', where its session runs
     this.state = new Map();  // name -> ort.Tensor, swapped after each updating step
     this._initial = null;
+    this._architecture = undefined;  // from the exported state's metadata, when recorded
     this._queue = Promise.resolve();
   }
 
@@ -353,7 +427,9 @@ export class Model {
     const [frozen, stateBytes] = await Promise.all([
       fetchBytes(new URL(m.external_data, this.baseUrl)),
       fetchBytes(new URL(m.state.file, this.baseUrl))]);
-    this._initial = (await decodeCheckpoint(stateBytes)).tensors;
+    const initial = await decodeCheckpoint(stateBytes);
+    this._initial = initial.tensors;
+    this._architecture = initial.metadata.architecture;  // the exporter's record of the model
     this._checkFingerprint(this._initial);
     this._setTensors(this._initial);
     for (const [name, sig] of Object.entries(this.signatures)) {
@@ -579,11 +655,19 @@ export class Model {
   reset() { return this.setState(this._initial); }
 
   /** The current state as an edgetrain checkpoint (safetensors bytes; Python restores it). */
-  async checkpoint() { return encodeCheckpoint(await this.getState()); }
+  async checkpoint() {
+    const extra = this._architecture ? { architecture: this._architecture } : {};
+    return encodeCheckpoint(await this.getState(), extra);
+  }
 
   /** Restore from checkpoint bytes (from Python, a download, or IndexedDB); verified first. */
   async loadCheckpoint(bytes) {
-    const { tensors } = await decodeCheckpoint(bytes);
+    const { tensors, metadata } = await decodeCheckpoint(bytes);
+    if (this._architecture && metadata.architecture
+        && metadata.architecture !== this._architecture) {
+      throw new EdgetrainError('checkpoint belongs to another model: the network architecture ' +
+        'or the optimizer configuration differs');
+    }
     await this.setState(tensors);
   }
 
