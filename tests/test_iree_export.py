@@ -132,3 +132,10 @@ def test_bad_target_and_batch_are_refused(tmp_path: Any, capsys: Any) -> None:
         export_iree(mm.proto, str(tmp_path), "host", batch=0)
     assert cli_main(["export-iree", str(tmp_path / "missing.onnx"), str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
+    # A folder with other files (a checkpoint, say) is not written into.
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "state.safetensors").write_bytes(b"my training")
+    with pytest.raises(EdgetrainError, match="not empty"):
+        export_iree(mm.proto, str(busy), "host")
+    assert (busy / "state.safetensors").read_bytes() == b"my training"

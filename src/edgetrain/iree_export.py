@@ -59,6 +59,7 @@ def export_iree(path: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | o
     cache = _iree.module_cache_dir()
     plane = _iree.maxpool_indices_per_plane(cache)
     out_dir = os.fspath(out_dir)
+    _check_out_dir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     demote = target in ("vulkan", "metal")
     sigs: dict[str, Any] = {}
@@ -97,6 +98,24 @@ def export_iree(path: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | o
     fmt.atomic_write(os.path.join(out_dir, "manifest.json"),
                      json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """OUT_DIR must be new, empty or an earlier export: nothing else in it gets overwritten."""
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise EdgetrainError(f"{out_dir!r} exists and is not a folder")
+    if not os.listdir(out_dir):
+        return
+    try:
+        with open(os.path.join(out_dir, "manifest.json"), "rb") as f:
+            earlier = json.loads(f.read(1 << 20)).get("kind") == MANIFEST_KIND
+    except (OSError, ValueError, AttributeError):
+        earlier = False
+    if not earlier:
+        raise EdgetrainError(f"{out_dir!r} is not empty and holds no earlier IREE export; "
+                             "choose a new or empty folder (nothing was written)")
 
 
 def _batch_shapes(graph: onnx.ModelProto, state_inputs: list[str], batch: int
@@ -145,9 +164,11 @@ def cmd_export_iree(args: argparse.Namespace) -> int:
 def add_cli(sub: Any) -> None:
     p = sub.add_parser("export-iree", help="compile every signature into IREE modules for a "
                        "device (host, android-arm64, ios-arm64, vulkan, metal)")
-    p.add_argument("file")
-    p.add_argument("out_dir")
-    p.add_argument("--target", default="host", choices=list(_iree.TARGETS))
+    p.add_argument("file", help="the trainable file (from edgetrain compile)")
+    p.add_argument("out_dir", help="folder for the modules, state.safetensors and manifest.json")
+    p.add_argument("--target", default="host", choices=list(_iree.TARGETS),
+                   help="the device: host (this CPU), android-arm64, ios-arm64 (static "
+                        "library kernels), vulkan or metal (default: host)")
     p.add_argument("--batch", type=int, default=None,
                    help=f"fix the batch size (Metal needs one; default {DEFAULT_STATIC_BATCH})")
     p.set_defaults(func=cmd_export_iree)
