@@ -11,10 +11,7 @@ import threading
 import time
 
 import numpy as np
-import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import edgetrain as et
 from edgetrain import format as fmt
@@ -117,40 +114,7 @@ def test_sigkill_during_save_never_loses_the_checkpoint(model_bytes: bytes, tmp_
 
 
 # -- hostile files ---------------------------------------------------------------------------
-
-def _expect_clean(fn) -> None:  # type: ignore[no-untyped-def]
-    try:
-        fn()
-    except et.EdgetrainError as e:
-        assert str(e)
-
-
-def _load_and_run(data: bytes) -> None:
-    m = et.load(data)
-    m.run("infer", x=np.zeros((2, 8, 8), dtype=np.float32))
-
-
-_FUZZ = settings(max_examples=600, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-@_FUZZ
-@given(data=st.data())
-def test_fuzzed_model_files_fail_cleanly(model_bytes: bytes, data: st.DataObject) -> None:
-    buf = bytearray(model_bytes)
-    kind = data.draw(st.sampled_from(["truncate", "flip", "overwrite"]))
-    if kind == "truncate":
-        buf = buf[:data.draw(st.integers(0, len(buf) - 1))]
-    elif kind == "flip":
-        for _ in range(data.draw(st.integers(1, 8))):
-            i = data.draw(st.integers(0, len(buf) - 1))
-            buf[i] ^= 1 << data.draw(st.integers(0, 7))
-    else:
-        i = data.draw(st.integers(0, len(buf) - 1))
-        chunk = data.draw(st.binary(min_size=1, max_size=16))
-        buf[i:i + len(chunk)] = chunk
-    _expect_clean(lambda: _load_and_run(bytes(buf)))
-
+# Model files are fuzzed in test_fuzz_model.py; checkpoints here.
 
 def _edit_meta(model_bytes: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
     proto = fmt.load_model(model_bytes)
@@ -160,55 +124,7 @@ def _edit_meta(model_bytes: bytes, edit) -> bytes:  # type: ignore[no-untyped-de
     return bytes(proto.SerializeToString())
 
 
-@_FUZZ
-@given(data=st.data())
-def test_structurally_edited_model_files_fail_cleanly(model_bytes: bytes,
-                                                      data: st.DataObject) -> None:
-    proto = fmt.load_model(model_bytes)
-    kind = data.draw(st.sampled_from(["dims", "dtype", "drop_init", "meta_value", "meta_key",
-                                      "meta_json", "sig_graph", "extra_init"]))
-    inits = proto.graph.initializer
-    if kind == "dims":
-        t = inits[data.draw(st.integers(0, len(inits) - 1))]
-        del t.dims[:]
-        t.dims.extend(data.draw(st.lists(st.integers(-2, 2**40), min_size=0, max_size=5)))
-    elif kind == "dtype":
-        t = inits[data.draw(st.integers(0, len(inits) - 1))]
-        t.data_type = data.draw(st.integers(0, 30))
-    elif kind == "drop_init":
-        del inits[data.draw(st.integers(0, len(inits) - 1))]
-    elif kind == "extra_init":
-        t = inits.add()
-        t.name = data.draw(st.text(max_size=8))
-        t.data_type = onnx.TensorProto.FLOAT
-        t.dims.extend([data.draw(st.integers(0, 2**33))])
-    elif kind in ("meta_value", "meta_key"):
-        meta = fmt.read_meta(proto)
-        key = data.draw(st.sampled_from(sorted(meta)))
-        if kind == "meta_value":
-            meta[key] = data.draw(st.one_of(st.none(), st.integers(), st.text(max_size=5),
-                                            st.lists(st.text(max_size=5), max_size=3)))
-        else:
-            del meta[key]
-        fmt.write_meta(proto, meta)
-    elif kind == "sig_graph":
-        meta = fmt.read_meta(proto)
-        sig = data.draw(st.sampled_from(sorted(meta["signatures"])))
-        field = data.draw(st.sampled_from(["graph", "inputs", "outputs", "updates", "kind"]))
-        meta["signatures"][sig][field] = data.draw(st.one_of(
-            st.text(max_size=12), st.integers(), st.lists(st.dictionaries(
-                st.sampled_from(["name", "dtype", "shape"]), st.text(max_size=4)), max_size=2),
-            st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=2)))
-        fmt.write_meta(proto, meta)
-    else:
-        for p in proto.metadata_props:
-            if p.key == fmt.META_KEY:
-                cut = data.draw(st.integers(0, len(p.value)))
-                p.value = p.value[:cut] + data.draw(st.text(max_size=4))
-    _expect_clean(lambda: _load_and_run(bytes(proto.SerializeToString())))
-
-
-# Checkpoints are fuzzed in test_fuzz_checkpoint.py (raw bytes, headers, forged contents).
+# Model files are fuzzed in test_fuzz_model.py, checkpoints in test_fuzz_checkpoint.py.
 
 
 # -- concurrency -----------------------------------------------------------------------------

@@ -289,9 +289,14 @@ def test_export_refuses_unsafe_metadata(trainable: Path, tmp_path: Path, attack:
     edit, field = METADATA_ATTACKS[attack]
     bad = _edit_meta(fmt.load_model(trainable), edit)
     out = tmp_path / "a" / "out"
-    with pytest.raises(et.FormatError, match=re.escape(field)) as e:
+    with pytest.raises(et.FormatError) as e:
         export_web(bad, out, webgpu=False)
-    assert "web export allows only" in str(e.value) and "\n" not in str(e.value)
+    # Refused by the file's own metadata validation (as edgetrain.load refuses it) or, for
+    # what that allows, by the export's stricter check of the strings the page shows.
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(("invalid edgetrain file:", "the edgetrain metadata")) or (
+        "web export allows only" in msg and field in msg), msg
     assert not (tmp_path / "a").exists()  # refused before anything was written
     assert sorted(p.name for p in tmp_path.rglob("*")) == []
 

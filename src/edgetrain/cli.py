@@ -108,9 +108,12 @@ def _human(n: float) -> str:
 def info(path: str) -> dict[str, Any]:
     """What ``edgetrain info`` prints, as data."""
     from . import format as fmt
+    from ._validate import validate
 
-    proto = fmt.load_model(path)
+    data = fmt.read_model_bytes(path)  # a regular file only: no FIFO, no device
+    proto = fmt.load_model(data)
     meta = fmt.read_meta(proto)
+    validate(proto, meta)  # what is printed was checked, as for et.load
     sizes = {t.name: (int(np.prod(t.dims)) if t.dims else 1,
                       np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
              for t in proto.graph.initializer}
@@ -123,7 +126,7 @@ def info(path: str) -> dict[str, Any]:
     trainable, frozen, state = (count(meta["trainable"]), count(meta["frozen"]),
                                 count(meta["state"]))
     return {
-        "file": path, "file_bytes": os.path.getsize(path),
+        "file": path, "file_bytes": len(data),
         "format_version": meta["format_version"], "producer": meta.get("producer"),
         "signatures": meta["signatures"],
         "trainable_tensors": len(meta["trainable"]), "trainable_params": trainable[0],

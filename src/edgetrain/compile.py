@@ -19,31 +19,43 @@ from . import format as fmt
 from . import losses as _losses
 from . import optim as _optim
 from . import select as _select
+from ._external import load_external_data
 from ._graph import Builder, Value, graph_names, is_float, np_dtype, unique_name
+from ._io import read_regular_file
+from ._validate import DEFAULT_DOMAINS, iter_nodes
 from .autodiff import build_gradients
-from .errors import EdgetrainError
+from .errors import EdgetrainError, FormatError
 
 MIN_OPSET = 13
 TARGET_OPSET = 18  # older models are converted up; newer ones keep their opset
 
 
 def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read, check and normalize an inference model (opset ≥ 18, shapes inferred)."""
+    """Read, check and normalize an inference model (opset ≥ 18, shapes inferred).
+
+    A path must name a regular file; tensors it keeps as external data are read from its own
+    folder only (see :mod:`edgetrain._external`), never by ``onnx.load`` or a runtime.
+    """
     if isinstance(model, (str, os.PathLike)):
-        try:
-            model = onnx.load(os.fspath(model))
-        except Exception as e:  # protobuf raises several unrelated types
-            raise EdgetrainError(f"cannot read ONNX model {os.fspath(model)!r}: {e}") from e
-    if not isinstance(model, onnx.ModelProto):
+        path = os.fspath(model)
+        model = _read(path)
+        folder: str | None = os.path.dirname(os.path.abspath(path))
+        what = f"ONNX model {path!r}"
+    elif isinstance(model, onnx.ModelProto):
+        folder, what = None, "the ONNX model"
+    else:
         raise EdgetrainError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
     opset = fmt.default_opset(model)
     if opset is None:
         raise EdgetrainError("the model imports no default-domain ONNX opset")
-    for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            raise EdgetrainError(
-                f"node {node.name!r} uses op {node.domain}::{node.op_type}; edgetrain compiles "
-                "standard ONNX ops only (export without custom or contrib ops)")
+    _standard_ops_only(model)
+    if any(o.domain not in DEFAULT_DOMAINS for o in model.opset_import):
+        if folder is None:  # the caller's object stays as it was
+            model = _copy(model)
+        keep = [o for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    load_external_data(model, folder, what)
     if opset < MIN_OPSET:
         raise EdgetrainError(f"opset {opset} is too old; edgetrain accepts opsets "
                              f"{MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
@@ -60,6 +72,32 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelPro
     except Exception as e:
         raise EdgetrainError(f"the model fails ONNX shape inference: {e}") from e
     return model
+
+
+def _read(path: str) -> onnx.ModelProto:
+    try:
+        return fmt.load_model(read_regular_file(path, "ONNX model", EdgetrainError))
+    except FormatError as e:
+        raise EdgetrainError(f"cannot read ONNX model {path!r}: {e}") from e
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _standard_ops_only(model: onnx.ModelProto) -> None:
+    """Every node at every depth is a standard op (other opset imports are then unused)."""
+    if len(model.functions):
+        raise EdgetrainError(f"the model defines local functions ({model.functions[0].name!r}); "
+                             "inline them first (onnx.inliner.inline_local_functions)")
+    for node, where in iter_nodes(model):
+        if node.domain not in DEFAULT_DOMAINS:
+            raise EdgetrainError(
+                f"node {node.name!r} in {where} uses op {node.domain}::{node.op_type}; "
+                "edgetrain compiles standard ONNX ops only (export without custom or contrib "
+                "ops)")
 
 
 class TrainableModel:

@@ -51,28 +51,29 @@ def default_opset(model: onnx.ModelProto) -> int | None:
 # -- metadata --------------------------------------------------------------------------------
 
 def read_meta(model: onnx.ModelProto) -> dict[str, Any]:
-    for p in model.metadata_props:
-        if p.key == META_KEY:
-            try:
-                meta = json.loads(p.value)
-            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError) as e:
-                raise FormatError(f"the edgetrain metadata is not valid JSON: {e}") from e
-            if not isinstance(meta, dict):
-                raise FormatError("the edgetrain metadata is not a JSON object")
-            version = meta.get("format_version")
-            if not isinstance(version, int):
-                raise FormatError("the edgetrain metadata has no integer format_version")
-            if version > FORMAT_VERSION:
-                raise FormatError(
-                    f"this file uses edgetrain format version {version}; this edgetrain reads "
-                    f"version {FORMAT_VERSION} and older — upgrade edgetrain to a release that "
-                    f"supports format version {version}")
-            for key in ("signatures", "trainable", "frozen", "state"):
-                if key not in meta:
-                    raise FormatError(f"the edgetrain metadata lacks {key!r}")
-            return meta
-    raise FormatError("not an edgetrain trainable file (no 'edgetrain' metadata); compile it "
-                      "first with edgetrain.compile or `edgetrain compile`")
+    """The file's edgetrain metadata, parsed strictly and checked against its schema.
+
+    A newer format version is refused first, with the version it needs; then everything
+    else (see :mod:`edgetrain._schema`), so no caller ever sees a malformed document.
+    """
+    from ._schema import parse_meta, validate_meta
+
+    raws = [p.value for p in model.metadata_props if p.key == META_KEY]
+    if not raws:
+        raise FormatError("not an edgetrain trainable file (no 'edgetrain' metadata); compile "
+                          "it first with edgetrain.compile or `edgetrain compile`")
+    if len(raws) > 1:  # two readers might pick different ones
+        raise FormatError("the file holds the edgetrain metadata twice")
+    meta = parse_meta(raws[0])
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FormatError("the edgetrain metadata has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"this file uses edgetrain format version {version}; this edgetrain reads "
+            f"version {FORMAT_VERSION} and older — upgrade edgetrain to a release that "
+            f"supports format version {version}")
+    return validate_meta(meta)
 
 
 def write_meta(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
@@ -92,13 +93,14 @@ def tensor_spec(vi: onnx.ValueInfoProto) -> dict[str, Any]:
 
 
 def check(model: onnx.ModelProto) -> None:
-    """Full ONNX check, and every graph uses the default domain only."""
+    """Full ONNX check, and every graph at every depth uses the default domain only."""
+    from ._validate import DEFAULT_DOMAINS, iter_nodes
+
     onnx.checker.check_model(model, full_check=True)
-    graphs = [model.graph] + [t.algorithm for t in model.training_info]
-    for g in graphs:
-        for n in g.node:
-            if n.domain not in ("", "ai.onnx"):
-                raise FormatError(f"node {n.name!r} uses non-standard domain {n.domain!r}")
+    for n, where in iter_nodes(model):
+        if n.domain not in DEFAULT_DOMAINS:
+            raise FormatError(f"node {n.name!r} in {where} uses non-standard domain "
+                              f"{n.domain!r}")
 
 
 # -- model files -----------------------------------------------------------------------------
@@ -198,23 +200,34 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> str:
 
 
 def load_model(path: str | os.PathLike[str] | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """Parse a model file (path or bytes); a path must name a regular file of at most 2 GiB.
+
+    A FIFO or a device such as ``/dev/zero`` is refused without blocking or reading it.
+    """
     if isinstance(path, onnx.ModelProto):
         return path
+    data = path if isinstance(path, bytes) else read_model_bytes(path)
+    model = onnx.ModelProto()
     try:
-        if isinstance(path, bytes):
-            data = path
-        else:
-            with open(os.fspath(path), "rb") as f:
-                data = f.read()
-        model = onnx.ModelProto()
         model.ParseFromString(data)
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise FormatError(f"cannot parse the model file: {e}") from e
+    except Exception as e:  # protobuf raises DecodeError, RuntimeError, ...
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise FormatError(f"cannot parse the model file: {first}") from e
     if not model.HasField("graph"):
         raise FormatError("the file holds no ONNX graph")
     return model
+
+
+def read_model_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a model file, read with :func:`edgetrain._io.read_regular_file`."""
+    from ._io import read_regular_file
+
+    try:
+        return read_regular_file(path, "model file", FormatError)
+    except FormatError as e:
+        if isinstance(e.__cause__, FileNotFoundError):
+            raise FormatError(f"model file {os.fspath(path)!r}: no such file") from None
+        raise
 
 
 def standalone(model: onnx.ModelProto, meta: Mapping[str, Any], sig: str

@@ -119,7 +119,8 @@ class Model:
         except EdgetrainError:
             raise
         except Exception as e:  # a backend refusing the graphs: the file is at fault
-            raise FormatError(f"the {backend} backend cannot load this file: {e}") from e
+            raise FormatError(f"the {backend} backend cannot load this file: "
+                              f"{_first_line(e)}") from e
         self._lock = threading.RLock()
         self._identity: fmt.Identity | None = None
         self._plans: dict[str, dict[str, _InputSpec]] = {}
@@ -201,7 +202,7 @@ class Model:
                 raise
             except Exception as e:  # the backend refused the graph or the data
                 raise EdgetrainError(f"{signature}: the {self.backend_name} backend failed: "
-                                     f"{e}") from e
+                                     f"{_first_line(e)}") from e
         if committed:
             return out
         for name, arr in feeds.items():  # name the culprit when it was the data
@@ -491,6 +492,11 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model(backend={self.backend_name!r}, signatures={sorted(self._sigs)}, "
                 f"trainable={len(self.meta['trainable'])})")
+
+
+def _first_line(e: BaseException) -> str:
+    """A backend's message on one line (onnxruntime's span several, with C++ signatures)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
 
 
 #: Float inputs of a training step up to this size (rates, labels) are checked before it runs.
