@@ -25,3 +25,7 @@ class FormatError(EdgetrainError):
 
 class NonFiniteError(EdgetrainError, FloatingPointError):
     """A training step produced a non-finite loss or gradient; the weights were not changed."""
+
+
+class BackendError(EdgetrainError):
+    """A runtime backend is not installed, or refuses or fails to build a signature's graph."""

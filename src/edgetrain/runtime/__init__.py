@@ -17,6 +17,9 @@ from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
 from ..format import _integrity as _ckpt
 from ..format import validate
 from ._backends import BACKENDS, Backend
+from ._native import NATIVE_BACKENDS
+
+BACKENDS.update(NATIVE_BACKENDS)  # iree, openvino, tract: each imports its runtime when used
 
 __all__ = ["Model", "Signature", "load"]
 
