@@ -56,6 +56,7 @@ def compile(  # noqa: A001 - the public name the API promises
     lr: float | None = None,
     batch_norm: str = "frozen",
     split_features: bool = False,
+    multi_step: bool = True,
 ) -> TrainableModel:
     """Compile an inference model into one trainable file (train, infer, eval, save, restore).
 
@@ -81,13 +82,16 @@ def compile(  # noqa: A001 - the public name the API promises
         split_features: add ``features``/``train_features``/``eval_features``/
             ``infer_features`` signatures, so a head can train on cached backbone features
             (``Model.fit(..., cache_features=True)``).
+        multi_step: add ``train_steps``, K training steps in one call (an ONNX Loop over K
+            stacked batches); ``Model.fit`` uses it, which matters for small models whose
+            step costs less than the call.
 
     Returns:
         A :class:`TrainableModel`; ``.save(path)`` writes the file, ``.load()`` runs it.
     """
     return TrainableModel(compile_model(
         model, loss, optimizer, trainable, output, labels, lr=lr, batch_norm=batch_norm,
-        split_features=split_features))
+        split_features=split_features, multi_step=multi_step))
 
 
 __all__ = ["TrainableModel", "compile"]

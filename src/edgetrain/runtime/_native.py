@@ -111,7 +111,8 @@ class NativeBackend(Backend):
         return _Session(run, [i.name for i in m.graph.input], state_inputs, updates,
                         [o.name for o in m.graph.output])
 
-    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    def run(self, sig: str, feeds: Mapping[str, np.ndarray], steps: int = 1
+            ) -> tuple[dict[str, np.ndarray], bool]:
         s = self._session(sig, feeds)
         state = self._state
         args = [feeds[k] if k in feeds else state[k] for k in s.inputs]
@@ -127,8 +128,8 @@ class NativeBackend(Backend):
             values = s.run(args)
         results = dict(zip(s.outputs, values))
         step_out = s.updates.get(self.step_name)
-        commit = step_out is None or int(self.to_numpy(results[step_out])) > int(
-            self.to_numpy(state[self.step_name]))
+        commit = step_out is None or fmt.committed(self.to_numpy(state[self.step_name]),
+                                                   self.to_numpy(results[step_out]), steps)
         if commit:
             for k, out in s.updates.items():
                 state[k] = results[out]

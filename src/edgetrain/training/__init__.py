@@ -49,8 +49,6 @@ class Model(_RuntimeModel):
         for k, v in xs.items():
             if len(v) != n:
                 raise InputError(f"fit: input {k!r} has {len(v)} rows but y has {n}")
-        label = self.input_name("train", "label")
-        lr_name = self.input_name("train", "lr")
         train_sig, eval_sig, cache = "train", "eval", None
         if cache_features:
             from ._cache import FeatureCache
@@ -69,27 +67,9 @@ class Model(_RuntimeModel):
             for epoch in range(epochs):
                 t_epoch = time.perf_counter()
                 order = rng.permutation(n) if shuffle else np.arange(n)
-                losses, weights = [], []
-                for start in range(0, n, batch_size):
-                    idx = order[start:start + batch_size]
-                    feeds = {k: v[idx] for k, v in xs.items()}
-                    feeds[label] = y[idx]
-                    if lr is not None:
-                        feeds[lr_name] = np.asarray(lr)
-                    try:
-                        out = self.run(train_sig, **feeds)
-                    except NonFiniteError:
-                        if on_nonfinite == "raise":
-                            raise
-                        hist.skipped_steps += 1
-                        continue
-                    finally:
-                        if bar is not None:
-                            bar.update(1)
-                    losses.append(float(out["loss"]))
-                    weights.append(len(idx))
-                    if bar is not None:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+                batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+                losses, weights = self._train_epoch(xs, y, batches, lr, train_sig, on_nonfinite,
+                                                    hist, bar, epoch)
                 if losses:
                     hist.add("loss", float(np.average(losses, weights=weights)))
                 if "accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs}:
@@ -108,6 +88,82 @@ class Model(_RuntimeModel):
             evals = int("accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs})
             cache.report(hist, epochs, evals, progress)
         return hist
+
+    #: Training steps per runtime call when the file has ``train_steps``: a step of a small
+    #: model costs less than the call that runs it, so ``fit`` stacks this many batches.
+    steps_per_call: int = 32
+
+    def _train_epoch(self, xs: dict[str, np.ndarray], y: np.ndarray,
+                     batches: list[np.ndarray], lr: float | None, sig: str, on_nonfinite: str,
+                     hist: History, bar: Any, epoch: int) -> tuple[list[float], list[int]]:
+        """One pass over ``batches``; full-size ones go K at a time through ``train_steps``."""
+        multi = sig == "train" and "train_steps" in self._sigs and self.steps_per_call > 1
+        losses: list[float] = []
+        weights: list[int] = []
+        i = 0
+        while i < len(batches):
+            k = 1
+            while multi and k < self.steps_per_call and i + k < len(batches) \
+                    and len(batches[i + k]) == len(batches[i]):
+                k += 1
+            chunk = batches[i:i + k]
+            for loss, idx in zip(self._run_steps(xs, y, chunk, lr, sig, on_nonfinite), chunk):
+                if loss is None:
+                    hist.skipped_steps += 1
+                else:
+                    losses.append(loss)
+                    weights.append(len(idx))
+            i += k
+            if bar is not None:
+                bar.update(k)
+                if losses:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+        return losses, weights
+
+    def _run_steps(self, xs: dict[str, np.ndarray], y: np.ndarray, chunk: list[np.ndarray],
+                   lr: float | None, sig: str, on_nonfinite: str) -> list[float | None]:
+        """The losses of one training step per batch of ``chunk`` (None: skipped).
+
+        Several batches run in one ``train_steps`` call. When one of its steps does not count,
+        the call keeps nothing: the steps before it run again, and the failing batch alone, as
+        a single step would (raising, or skipped with ``on_nonfinite="skip"``).
+        """
+        if len(chunk) == 1:
+            feeds = {k: v[chunk[0]] for k, v in xs.items()}
+            feeds[self.input_name(sig, "label")] = y[chunk[0]]
+            if lr is not None:
+                feeds[self.input_name(sig, "lr")] = np.asarray(lr)
+            try:
+                return [float(self.run(sig, **feeds)["loss"])]
+            except NonFiniteError:
+                if on_nonfinite == "raise":
+                    raise
+                return [None]
+        stacked = np.stack(chunk)
+        feeds = {k: v[stacked] for k, v in xs.items()}
+        feeds[self.input_name("train_steps", "label")] = y[stacked]
+        feeds[self.input_name("train_steps", "lr")] = np.full(
+            len(chunk), self._rate(lr), dtype=self._input_plan(self._sigs["train_steps"])[
+                self.input_name("train_steps", "lr")].dtype)
+        try:
+            out = self.run("train_steps", **feeds)
+        except (NonFiniteError, InputError) as e:
+            done = e.completed_steps
+            head = self._run_steps(xs, y, chunk[:done], lr, sig, on_nonfinite) if done else []
+            failed = self._run_steps(xs, y, chunk[done:done + 1], lr, sig, on_nonfinite)
+            rest = chunk[done + 1:]
+            return head + failed + (self._run_steps(xs, y, rest, lr, sig, on_nonfinite)
+                                    if rest else [])
+        loss_name = next(o["name"] for o in self._sigs["train_steps"].outputs
+                         if o.get("role") == "loss")
+        return [float(v) for v in np.asarray(out[loss_name]).reshape(-1)]
+
+    def _rate(self, lr: float | None) -> float:
+        """The learning rate of a step: the caller's, else the file's default."""
+        if lr is not None:
+            return float(lr)
+        spec = self._input_plan(self._sigs["train"])[self.input_name("train", "lr")]
+        return float(spec.default) if spec.default is not None else 0.0
 
     def _check_fit_lr(self, lr: Any) -> None:
         """``fit(lr=…)`` before any step, in the dtype the step will see (1e39 is finite in
