@@ -246,6 +246,7 @@ class Builder:
         return self.op("Reshape", x, shape, **a)
     def Resize(self, x: Arg, roi: Arg, scales: Arg, sizes: Arg = None, **a: Any) -> Value:
         return self.op("Resize", x, roi, scales, sizes, **a)
+    def Round(self, x: Arg) -> Value: return self.op("Round", x)
     def ScatterElements(self, x: Arg, i: Arg, u: Arg, **a: Any) -> Value:
         return self.op("ScatterElements", x, i, u, **a)
     def ScatterND(self, x: Arg, i: Arg, u: Arg, **a: Any) -> Value:
