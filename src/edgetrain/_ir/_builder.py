@@ -237,6 +237,8 @@ class Builder:
         return self.op("ReduceMax", x, axes, **a)
     def ReduceMean(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
         return self.op("ReduceMean", x, axes, **a)
+    def ReduceProd(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
+        return self.op("ReduceProd", x, axes, **a)
     def ReduceSum(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
         return self.op("ReduceSum", x, axes, **a)
     def ReduceSumSquare(self, x: Arg, axes: Arg = None, **a: Any) -> Value:

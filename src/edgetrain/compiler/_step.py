@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .._ir import Builder, Value, find, np_dtype, static_dims
-from ..autodiff import build_gradients
+from ..autodiff import build_gradients, describe_cuts, gradient_cuts
 from ..errors import EdgetrainError
 from ._batchnorm import use_batch_statistics
 from ._state import Compilation, StepGraph
@@ -79,16 +79,23 @@ def differentiate(c: Compilation) -> None:
     seed = c.options.optimizer.backward_seed(t.op, t.inputs["lr"])
     weights = [t.graph.initializers[n] for n in c.selected]
     if c.pred_gradient is not None:  # the loss's closed form: start at the prediction
-        c.grads = build_gradients(t.graph, t.outputs["prediction"], weights, t.op,
+        start = t.outputs["prediction"]
+        c.grads = build_gradients(t.graph, start, weights, t.op,
                                   seed=c.pred_gradient(t.op, seed))
     else:
-        c.grads = build_gradients(t.graph, t.outputs["loss"], weights, t.op, seed=seed)
+        start = t.outputs["loss"]
+        c.grads = build_gradients(t.graph, start, weights, t.op, seed=seed)
     missing = [p for p in c.selected if p not in c.grads]
     if missing:
         warnings.warn(f"{len(missing)} selected parameter(s) do not affect the loss and stay "
                       f"frozen: {', '.join(missing[:10])}", stacklevel=4)
     c.trainable = [p for p in c.selected if p in c.grads]
     if not c.trainable:
+        cuts = gradient_cuts(t.graph, start, weights)
+        if cuts:
+            raise EdgetrainError(f"no gradient reaches the selected parameters: every path to "
+                                 f"the loss passes through {describe_cuts(cuts)}, which carries none; "
+                                 "nothing to train")
         raise EdgetrainError("no selected parameter affects the loss; nothing to train")
 
 

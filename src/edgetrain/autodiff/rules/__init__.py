@@ -2,9 +2,11 @@
 
 from . import (  # noqa: F401
     activation,
+    attention,
     conv,
     elementwise,
     indexing,
+    linear,
     matmul,
     nn,
     norm,

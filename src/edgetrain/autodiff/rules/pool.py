@@ -23,27 +23,31 @@ def max_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
         raise UnsupportedOpError(f"{ctx.where()}: storage_order=1 is not supported")
     x, dy = ctx.x(0), ctx.dy()
     idx = ctx.forward_output(1, "maxpool_indices", ir.DataType.INT64)
-    unpool_pads = _unpool_pads(ctx)
-    if unpool_pads is not None:
+    unpool = _unpool_geometry(ctx)
+    if unpool is not None:
         # Windows that never overlap put each input position under at most one maximum, so
         # the scatter needs no addition: MaxUnpool places dY at the indices (4× faster than
         # ScatterElements on onnxruntime, which has it for float32 only).
-        k = [int(v) for v in ctx.attr("kernel_shape")]
-        return [op.MaxUnpool(dy, idx, op.Shape(x), kernel_shape=k, pads=unpool_pads,
-                             strides=[int(v) for v in ctx.attr("strides", [1] * len(k))])]
+        kernel, pads = unpool
+        return [op.MaxUnpool(dy, idx, op.Shape(x), kernel_shape=kernel, pads=pads,
+                             strides=[int(v) for v in ctx.attr("strides", [1] * len(kernel))])]
     zeros = op.Reshape(op.zeros_like(x), [1, -1])
     dx = op.ScatterElements(zeros, op.Reshape(idx, [1, -1]), op.Reshape(dy, [1, -1]), axis=1,
                             reduction="add")
     return [op.Reshape(dx, op.Shape(x))]
 
 
-def _unpool_pads(ctx: GradContext) -> list[int] | None:
-    """MaxUnpool pads that fit its inferred output inside X; None where it does not apply.
+def _unpool_geometry(ctx: GradContext) -> tuple[list[int], list[int]] | None:
+    """MaxUnpool kernel and pads whose inferred output is exactly X; None where MaxUnpool does
+    not apply.
 
     It applies to float32 pools whose windows never overlap (stride ≥ kernel, no dilation)
-    over static spatial sizes. MaxUnpool checks that ``output_shape`` is at least
-    (Y − 1)·stride + kernel − pads; a pool that left trailing rows out (floor mode) or ran past
-    the end (ceil mode, pads) gets end pads that bring the inferred size down to X's.
+    over static spatial sizes. The indices are flat over X, and runtimes differ on where they
+    point when ``output_shape`` is not MaxUnpool's inferred size (Y − 1)·stride + kernel −
+    pads (onnxruntime: into ``output_shape``; ONNX's reference: into the inferred shape), so
+    the two are made equal: a pool that ran past the end (ceil mode, pads) gets pads (each
+    below the kernel, as onnxruntime wants; only their sum counts), one that left trailing
+    rows out (floor mode) a kernel that reaches them (it only sizes the output).
     """
     x, y = ctx.x(0), ctx.outputs[0]
     if x.dtype != ir.DataType.FLOAT:
@@ -57,14 +61,14 @@ def _unpool_pads(ctx: GradContext) -> list[int] | None:
             or xs is None or ys is None or len(xs) != n + 2 or len(ys) != n + 2 \
             or not all(isinstance(d, int) and d > 0 for d in [*xs[2:], *ys[2:]]):
         return None
-    # Only the sum of a dimension's pads counts, and onnxruntime wants each below the kernel.
-    excess = [max(0, (int(ys[2 + i]) - 1) * strides[i] + k[i] - int(xs[2 + i]))  # type: ignore[arg-type]
+    excess = [(int(ys[2 + i]) - 1) * strides[i] + k[i] - int(xs[2 + i])  # type: ignore[arg-type]
               for i in range(n)]
-    begin = [min(e, kk - 1) for e, kk in zip(excess, k)]
-    end = [e - b for e, b in zip(excess, begin)]
-    if any(e >= kk for e, kk in zip(end, k)):
+    kernel = [kk - min(e, 0) for kk, e in zip(k, excess)]
+    begin = [min(max(e, 0), kk - 1) for e, kk in zip(excess, kernel)]
+    end = [max(e, 0) - b for e, b in zip(excess, begin)]
+    if any(e >= kk for e, kk in zip(end, kernel)):
         return None
-    return begin + end
+    return kernel, begin + end
 
 
 @grad_rule("AveragePool")

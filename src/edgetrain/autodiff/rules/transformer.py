@@ -47,12 +47,12 @@ def layer_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x̂·s + b with x̂ = (x - μ)·r, r = 1/√(σ² + ε), μ and σ² over axes [axis, rank):
     ds = Σ dy·x̂ and db = Σ dy over the leading axes (then summed to s's and b's shapes),
     dx = r·(g - mean(g) - x̂·mean(g·x̂)) with g = dy·s and means over the normalized axes.
+    The optional outputs Mean (μ) and InvStdDev (r) add dμ/n and -dr·r³·(x - μ)/n to dx
+    (n elements normalized together).
 
-    μ and r are recomputed in x's own precision rather than read from the optional Mean and
-    InvStdDev outputs, which opset 17 keeps in ``stash_type`` (float32 even for float64 x).
+    μ and r are recomputed in x's own precision rather than read from those outputs, which
+    opset 17 keeps in ``stash_type`` (float32 even for float64 x).
     """
-    if ctx.has_dy(1) or ctx.has_dy(2):
-        raise _unsupported(ctx, "gradients through the Mean/InvStdDev outputs are not supported")
     x = ctx.x(0)
     scale, bias = ctx.input(1), ctx.input(2)
     y, dy = ctx.outputs[0], ctx.dy()
@@ -70,11 +70,27 @@ def layer_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
         mean_g = op.ReduceMean(g, norm_axes, keepdims=1)
         mean_gx = op.ReduceMean(op.Mul(g, xhat), norm_axes, keepdims=1)
         grads[0] = op.Mul(rstd, op.Sub(op.Sub(g, mean_g), op.Mul(xhat, mean_gx)))
+        if ctx.has_dy(1) or ctx.has_dy(2):
+            grads[0] = op.Add(grads[0], _statistics_grad(ctx, op, x, xc, rstd, norm_axes))
     if scale is not None and ctx.needs_grad(1):
         grads[1] = sum_to_shape(op, op.Mul(dy, xhat), scale, y)
     if bias is not None and ctx.needs_grad(2):
         grads[2] = sum_to_shape(op, dy, bias, y)
     return grads
+
+
+def _statistics_grad(ctx: GradContext, op: Builder, x: Value, xc: Value, rstd: Value,
+                     norm_axes: list[int]) -> Value:
+    """dx from LayerNormalization's Mean and InvStdDev outputs: (dμ - dr·r³·(x - μ))/n."""
+    parts = []
+    if ctx.has_dy(1):
+        parts.append(op.cast(ctx.dy(1), x.dtype))
+    if ctx.has_dy(2):
+        r3 = op.Mul(rstd, op.Mul(rstd, rstd))
+        parts.append(op.Neg(op.Mul(op.Mul(op.cast(ctx.dy(2), x.dtype), r3), xc)))
+    total = parts[0] if len(parts) == 1 else op.Add(parts[0], parts[1])
+    n = op.ReduceProd(op.Gather(op.Shape(x), norm_axes), keepdims=0)
+    return op.Div(total, op.cast(n, x.dtype))  # broadcasts over the normalized axes
 
 
 @grad_rule("RMSNormalization")
