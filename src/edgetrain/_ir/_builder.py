@@ -231,6 +231,8 @@ class Builder:
     def Range(self, start: Arg, limit: Arg, delta: Arg) -> Value:
         return self.op("Range", start, limit, delta)
     def Reciprocal(self, x: Arg) -> Value: return self.op("Reciprocal", x)
+    def ReduceL1(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
+        return self.op("ReduceL1", x, axes, **a)
     def ReduceL2(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
         return self.op("ReduceL2", x, axes, **a)
     def ReduceMax(self, x: Arg, axes: Arg = None, **a: Any) -> Value:

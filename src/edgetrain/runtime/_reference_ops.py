@@ -7,6 +7,8 @@
 - GatherElements: onnx.reference uses ``np.choose``, which takes at most 32 choices, and its
   fallback fails on a [1, 16] index into a [1, 512] table (BERT's position/token-type ids);
   ``np.take_along_axis`` is the exact equivalent.
+- LpNormalization: for p = 1 onnx.reference divides by ``Σ x`` instead of ``Σ |x|`` (the L1
+  norm, and what onnxruntime computes); 0 where the norm is 0, as the reference.
 - MaxPool: with unit strides and dilations (overlapping windows: a 2×2 kernel at stride 1)
   onnx.reference takes a vectorized path whose ``Indices`` output points at elements that are
   not their window's maximum, and whose ``pads``/``SAME_*`` handling fails on some inputs;
@@ -64,6 +66,15 @@ class GatherElements(OpRun):
         return (np.take_along_axis(data, idx.astype(np.int64), axis=axis),)
 
 
+class LpNormalization(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, axis: Any = -1, p: Any = 2) -> tuple[np.ndarray]:
+        norm = np.sum(np.abs(x) ** int(p), axis=int(axis), keepdims=True) ** (1.0 / int(p))
+        with np.errstate(all="ignore"):
+            return (np.where(norm == 0, 0, x / norm).astype(x.dtype),)
+
+
 class MaxPool(_RefMaxPool):
     op_domain = ""
 
@@ -114,4 +125,5 @@ class MaxUnpool(OpRun):
 
 
 #: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
-EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, MaxPool, MaxUnpool]
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, LpNormalization, MaxPool,
+                                 MaxUnpool]

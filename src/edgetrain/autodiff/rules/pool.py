@@ -1,4 +1,4 @@
-"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool."""
+"""Pooling: MaxPool, AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool."""
 
 from __future__ import annotations
 
@@ -71,16 +71,10 @@ def _unpool_geometry(ctx: GradContext) -> tuple[list[int], list[int]] | None:
     return kernel, begin + end
 
 
-@grad_rule("AveragePool")
-def average_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """Y = S(X)·q with S the window sum over zero-padded X and q = 1/divisor per window.
-
-    q = AveragePool(1)/S(1) on an all-ones image reproduces the node's own divisor rule
-    (count_include_pad either way, ceil_mode), whatever it is. Then dX = Sᵀ(dY·q): the input
-    gradient of a depthwise convolution with an all-ones kernel. Windows that run past the
-    padded end (ceil_mode) get extra zero padding so that S has exactly Y's windows.
-    """
-    x, y, dy = ctx.x(0), ctx.outputs[0], ctx.dy()
+def _pool_geometry(ctx: GradContext, x: Value, y: Value) -> tuple[ConvGeometry, int]:
+    """The pool's windows as a depthwise convolution's geometry (static channels), with
+    extra end padding where windows run past the padded end (ceil_mode), so that the
+    window sum S has exactly Y's windows."""
     k = tuple(int(v) for v in ctx.attr("kernel_shape"))
     xshape = ctx.shape(x)
     if xshape is None or not isinstance(xshape[1], int):
@@ -90,19 +84,52 @@ def average_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     geo = conv_geometry(ctx, x, k, group=channels, y=y)
     end = tuple(max(geo.end[i], (geo.y[i] - 1) * geo.strides[i] + geo.eff(i) - geo.x[i]
                     - geo.begin[i]) for i in range(geo.rank))
-    geo = ConvGeometry(geo.x, geo.y, geo.k, geo.strides, geo.dilations, geo.begin, end,
-                       channels)
+    return ConvGeometry(geo.x, geo.y, geo.k, geo.strides, geo.dilations, geo.begin, end,
+                        channels), channels
+
+
+def _window_sum_t(op: Builder, g: Value, geo: ConvGeometry, channels: int, like: Value
+                  ) -> Value:
+    """Sᵀg: each input position gets the sum of g over the windows that contain it."""
+    dt = np_dtype(like.dtype or ir.DataType.FLOAT)
+    kernel = op.const(np.ones((channels, 1, *geo.k), dtype=dt), hint="pool_kernel")
+    return input_grad(op, g, kernel, geo, channels, channels)
+
+
+@grad_rule("AveragePool")
+def average_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = S(X)·q with S the window sum over zero-padded X and q = 1/divisor per window.
+
+    q = AveragePool(1)/S(1) on an all-ones image reproduces the node's own divisor rule
+    (count_include_pad either way, ceil_mode), whatever it is. Then dX = Sᵀ(dY·q): the input
+    gradient of a depthwise convolution with an all-ones kernel.
+    """
+    x, y, dy = ctx.x(0), ctx.outputs[0], ctx.dy()
+    geo, channels = _pool_geometry(ctx, x, y)
     dt = np_dtype(x.dtype or ir.DataType.FLOAT)
     ones = op.const(np.ones((1, 1, *geo.x), dtype=dt), hint="pool_ones")
     attrs = {a: ctx.attr(a) for a in ("auto_pad", "ceil_mode", "count_include_pad",
                                       "dilations", "kernel_shape", "pads", "strides")}
     avg = op.AveragePool(ones, **attrs)
-    kernel1 = op.const(np.ones((1, 1, *k), dtype=dt), hint="pool_kernel")
+    kernel1 = op.const(np.ones((1, 1, *geo.k), dtype=dt), hint="pool_kernel")
     total = op.Conv(ones, kernel1, strides=list(geo.strides), dilations=list(geo.dilations),
                     pads=list(geo.begin) + list(geo.end))
     q = op.Where(op.Greater(total, 0.0), op.Div(avg, op.Max(total, 1.0)), op.zeros_like(avg))
-    kernel = op.const(np.ones((channels, 1, *k), dtype=dt), hint="pool_kernel")
-    return [input_grad(op, op.Mul(dy, q), kernel, geo, channels, channels)]
+    return [_window_sum_t(op, op.Mul(dy, q), geo, channels, x)]
+
+
+@grad_rule("LpPool")
+def lp_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = S(|X|ᵖ)^(1/p) with S the window sum: dX = Sᵀ(dY·Y^(1-p))·|X|^(p-1)·sign(X)
+    (0 from windows whose Y is 0)."""
+    x, y, dy = ctx.x(0), ctx.outputs[0], ctx.dy()
+    p = float(ctx.attr("p", 2))
+    geo, channels = _pool_geometry(ctx, x, y)
+    alive = op.Greater(y, 0.0)
+    scaled = op.Where(alive, op.Mul(dy, op.Pow(op.Where(alive, y, op.scalar(1.0, y)),
+                                                1.0 - p)), op.zeros_like(y))
+    back = _window_sum_t(op, scaled, geo, channels, x)
+    return [op.Mul(back, op.Mul(op.Pow(op.Abs(x), p - 1.0), op.Sign(x)))]
 
 
 def _spatial_scale(ctx: GradContext, op: Builder, x: Value, y: Value) -> Value | float:
