@@ -16,7 +16,9 @@ import onnx.inliner
 import onnx_ir as ir
 from onnx_ir import _cloner
 
-from .._ir import Builder, Value, infer_outputs, reads
+import numpy as np
+
+from .._ir import Builder, Value, const_array, infer_outputs, reads, static_dims
 from ._registry import NON_DIFFERENTIABLE, RULES
 
 
@@ -189,5 +191,59 @@ def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, slots: list[i
         old_values=[old for old, new in pairs if new is not None],
         new_values=[new for _, new in pairs if new is not None])
     for n in nodes:
-        if any(o.type is None or o.shape is None for o in n.outputs):
+        if not _fold(n, op.opset) and any(o.type is None or o.shape is None
+                                          for o in n.outputs):
             infer_outputs(n, op.opset)
+
+
+#: Ops whose outputs are not a function of their inputs alone.
+_RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                     "Bernoulli", "Multinomial", "Dropout"})
+
+
+def _fold(node: ir.Node, opset: int) -> bool:
+    """Give ``node``'s outputs their constant values where its inputs are constants or
+    static shapes (a body's shape arithmetic: CenterCropPad's pads, RotaryEmbedding's
+    reshapes), so that rules see constants and later nodes get static shapes. The node
+    stays; only its outputs learn their values."""
+    if node.op_type in _RANDOM or node.domain not in ("", "ai.onnx") or any(
+            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for a in node.attributes.values()):
+        return False
+    if node.op_type in ("Shape", "Size"):
+        shape = static_dims(node.inputs[0])
+        if shape is None:
+            return False
+        arrays = [np.zeros(shape, dtype=np.int8)]
+    else:
+        arrays = [None if v is None else const_array(v) for v in node.inputs]
+        if any(v is not None and a is None for v, a in zip(node.inputs, arrays)):
+            return False
+    try:
+        results = _evaluate(node, arrays, opset)
+    except Exception:
+        return False
+    for out, value in zip(node.outputs, results):
+        tensor = ir.tensor(np.asarray(value))
+        out.const_value = tensor
+        out.type, out.shape = ir.TensorType(tensor.dtype), ir.Shape(tensor.shape)
+    return True
+
+
+def _evaluate(node: ir.Node, arrays: list[np.ndarray | None], opset: int) -> list[object]:
+    """``node`` run by onnx.reference on constant inputs."""
+    from onnx.reference import ReferenceEvaluator
+
+    proto = ir.serde.serialize_node(node)
+    names = [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)]
+    outs = [f"out{i}" if o else "" for i, o in enumerate(proto.output)]
+    del proto.input[:], proto.output[:]
+    proto.input.extend(names)
+    proto.output.extend(outs)
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in zip(arrays, names)
+             if a is not None]
+    graph = onnx.helper.make_graph([proto], "fold", [], [
+        onnx.helper.make_value_info(o, onnx.TypeProto()) for o in outs if o],
+        initializer=inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    return list(ReferenceEvaluator(model).run(None, {}))

@@ -77,6 +77,7 @@ def differentiate(c: Compilation) -> None:
     """Pass: the backward pass from the loss to the selected weights (only those reached)."""
     t = c.step()
     seed = c.options.optimizer.backward_seed(t.op, t.inputs["lr"])
+    seed = t.op.cast(seed, t.outputs["loss"].dtype)  # lr has the weights' type, not the loss's
     weights = [t.graph.initializers[n] for n in c.selected]
     if c.pred_gradient is not None:  # the loss's closed form: start at the prediction
         start = t.outputs["prediction"]

@@ -57,10 +57,22 @@ def compress(ctx: GradContext, op: Builder) -> list[Value | None]:
 
 @grad_rule("MaxUnpool")
 def max_unpool(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """y = zeros with y.flat[I] = X (I flat over the whole output, as MaxPool's indices):
-    dX = dy.flat[I]."""
-    x, idx = ctx.x(0), ctx.x(1)
-    flat = op.GatherElements(op.Reshape(ctx.dy(), [1, -1]), op.Reshape(idx, [1, -1]), axis=1)
+    """y.flat[I] = X in the shape inferred from kernel, strides and pads (I flat over it, as
+    MaxPool's indices), that placed at the start of ``output_shape``: dX = dy.flat[I] after
+    cropping dy to the inferred shape."""
+    x, idx, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    if ctx.input(2) is not None:
+        k = [int(v) for v in ctx.attr("kernel_shape")]
+        n = len(k)
+        s = [int(v) for v in ctx.attr("strides", [1] * n)]
+        p = [int(v) for v in ctx.attr("pads", [0] * (2 * n))]
+        sizes = op.Shape(x, start=2)
+        inferred = op.Add(op.Mul(op.Sub(sizes, op.const(np.ones(n, dtype=np.int64))),
+                                 op.const(np.array(s, dtype=np.int64))),
+                          op.const(np.array([k[i] - p[i] - p[n + i] for i in range(n)],
+                                            dtype=np.int64)))
+        dy = op.Slice(dy, op.const(np.zeros(n, dtype=np.int64)), inferred, list(range(2, 2 + n)))
+    flat = op.GatherElements(op.Reshape(dy, [1, -1]), op.Reshape(idx, [1, -1]), axis=1)
     return [op.Reshape(flat, op.Shape(x)), None, None]
 
 

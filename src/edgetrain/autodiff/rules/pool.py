@@ -15,14 +15,17 @@ from .conv import ConvGeometry, conv_geometry, input_grad
 def max_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     """Y = max over each window: dX = Σ dY scattered onto each window's argmax.
 
-    The forward's Indices output is flat over N·C·spatial (row-major), so one
+    The forward's Indices output is flat over N·C·spatial (row-major; a pool that outputs
+    column-major indices, storage_order=1, gets a second pool for row-major ones), so one
     ScatterElements with reduction="add" over the flattened input adds up the contributions
     of overlapping windows that share a maximum.
     """
-    if int(ctx.attr("storage_order", 0)) != 0:
-        raise UnsupportedOpError(f"{ctx.where()}: storage_order=1 is not supported")
     x, dy = ctx.x(0), ctx.dy()
-    idx = ctx.forward_output(1, "maxpool_indices", ir.DataType.INT64)
+    if int(ctx.attr("storage_order", 0)) != 0:  # column-major indices: ask for row-major ones
+        attrs = {k: ctx.attr(k) for k in ctx.node.attributes if k != "storage_order"}
+        idx = op.multi("MaxPool", x, outputs=2, **attrs)[1]
+    else:
+        idx = ctx.forward_output(1, "maxpool_indices", ir.DataType.INT64)
     unpool = _unpool_geometry(ctx)
     if unpool is not None:
         # Windows that never overlap put each input position under at most one maximum, so
