@@ -38,12 +38,13 @@ finite differences run on a float64 copy that ignores the schema's types where
 
 **Finite differences** (``onnx.reference``, with exact float64 ``Erf``/``Gelu`` and
 CausalConvWithState's SiLU: its own round to float32, and the L1 norm of LpNormalization: its
-own forgets the absolute value). For element ``i`` with step ``h`` (1e-6 in float64; ``1e-3 · max(1, |x_i|)`` for a
-float32 oracle): left ``l = (s(x) − s(x − h))/h``, right ``r = (s(x + h) − s(x))/h``, central
-``c = (l + r)/2``, with the step the floats really took. A tensor of at most 64 elements is
-checked element by element; a larger one on 32 elements drawn with the case's seed plus 4
-random directions (``Σ g·v`` against the directional differences; 8 and 2 past 10 000
-elements, where one evaluation of a pooling op takes a second), so every element takes part.
+own forgets the absolute value). For element ``i`` with step ``h`` (1e-6 in float64;
+``1e-3 · max(1, |x_i|)`` for a float32 oracle): left ``l = (s(x) − s(x − h))/h``, right
+``r = (s(x + h) − s(x))/h``, central ``c = (l + r)/2``, with the step the floats really took.
+A tensor of at most 64 elements is checked element by element; a larger one on 32 elements
+drawn with the case's seed plus 4 random directions (``Σ g·v`` against the directional
+differences; 8 and 2 past 10 000 elements, where one evaluation of a pooling op takes a
+second), so every element takes part.
 
 **Tolerance (one rule for every case, never tuned per case).** float64:
 ``|g − c| ≤ 1e-5·|c| + 1e-7 + 100·ε·S/h``, where ``S = Σ_j sum(|out_j · R_j|)`` bounds the

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 import onnx.inliner
 import onnx_ir as ir
 from onnx_ir import _cloner
-
-import numpy as np
 
 from .._ir import Builder, Value, const_array, infer_outputs, reads, static_dims
 from ._registry import NON_DIFFERENTIABLE, RULES

@@ -94,9 +94,9 @@ def differentiate(c: Compilation) -> None:
     if not c.trainable:
         cuts = gradient_cuts(t.graph, start, weights)
         if cuts:
-            raise EdgetrainError(f"no gradient reaches the selected parameters: every path to "
-                                 f"the loss passes through {describe_cuts(cuts)}, which carries none; "
-                                 "nothing to train")
+            raise EdgetrainError(f"no gradient reaches the selected parameters: every path "
+                                 f"to the loss passes through {describe_cuts(cuts)}, which "
+                                 "carries none; nothing to train")
         raise EdgetrainError("no selected parameter affects the loss; nothing to train")
 
 

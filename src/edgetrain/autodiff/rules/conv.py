@@ -355,3 +355,32 @@ def conv_transpose(ctx: GradContext, op: Builder) -> list[Value | None]:
     if ctx.needs_grad(2):
         grads[2] = bias_grad(op, dy, 2 + n)
     return grads
+
+
+@grad_rule("Col2Im")
+def col2im(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = the blocks of the input [N, C·K, L] added into an image (torch's fold): its adjoint
+    is im2col, dInput[n, c·K + o, l] = dY_padded[n, c, l·stride + o·dilation], one strided
+    Slice of the padded dY per kernel offset o, stacked."""
+    image, block = ctx.const_value(ctx.input(1)), ctx.const_value(ctx.input(2))
+    if image is None or block is None:
+        raise UnsupportedOpError(f"{ctx.where()}: image_shape and block_shape must be "
+                                 "constants for the gradient")
+    size, k = [int(v) for v in image.reshape(-1)], [int(v) for v in block.reshape(-1)]
+    n = len(size)
+    dil = [int(v) for v in ctx.attr("dilations", [1] * n)]
+    pads = [int(v) for v in ctx.attr("pads", [0] * (2 * n))]
+    strides = [int(v) for v in ctx.attr("strides", [1] * n)]
+    g = ctx.dy()
+    if any(pads):
+        g = op.Pad(g, [0, 0, *pads[:n], 0, 0, *pads[n:]])
+    blocks = [(size[i] + pads[i] + pads[n + i] - dil[i] * (k[i] - 1) - 1) // strides[i] + 1
+              for i in range(n)]
+    parts = []
+    for off in itertools.product(*(range(kk) for kk in k)):
+        starts = [o * d for o, d in zip(off, dil)]
+        ends = [st + (b - 1) * s + 1 for st, b, s in zip(starts, blocks, strides)]
+        parts.append(op.Unsqueeze(op.Slice(g, starts, ends, list(range(2, 2 + n)), strides),
+                                  [2]))
+    stacked = op.Concat(*parts, axis=2) if len(parts) > 1 else parts[0]  # [N, C, K, *blocks]
+    return [op.Reshape(stacked, [0, -1, int(np.prod(blocks))]), None, None]

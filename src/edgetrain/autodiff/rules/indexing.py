@@ -1,5 +1,5 @@
-"""Ops that move elements by index: OneHot, TopK, Compress, MaxUnpool, ReverseSequence,
-Unique, TensorScatter.
+"""Ops that move elements by index — OneHot, TopK, Compress, MaxUnpool, ReverseSequence,
+Unique, TensorScatter, ScatterND, ScatterElements — and DequantizeLinear's scale.
 
 Each output element is a copy of one input element (or a constant), so the gradient puts the
 output gradient back where the element came from: a gather where the forward scattered, a
@@ -12,7 +12,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..._ir import Builder, Value, np_dtype
-from .._helpers import axis, dtype_of, zeros_of_shape
+from ...errors import UnsupportedOpError
+from .._helpers import axis, dtype_of, sum_to_shape, zeros_of_shape
 from .._registry import GradContext, grad_rule
 
 
@@ -122,3 +123,95 @@ def tensor_scatter(ctx: GradContext, op: Builder) -> list[Value | None]:
         idx = op.Expand(pos, op.Shape(update))
         grads[1] = op.GatherElements(dy, idx, axis=a)
     return grads
+
+
+@grad_rule("DequantizeLinear")
+def dequantize_linear(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = (x - zero_point)·scale, the scale per tensor, per slice along axis or per block of
+    block_size along axis: d scale = Σ dy·(x - zero_point) over the elements that share it.
+    (x - zero_point) is the op itself with unit scales; x and zero_point are integers."""
+    x, scale, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    if not ctx.needs_grad(1):
+        return [None, None, None]
+    attrs = {k: ctx.attr(k) for k in ctx.node.attributes}
+    ones = op.Expand(op.scalar(1.0, scale), op.Shape(scale))
+    g = op.Mul(op.cast(dy, scale.dtype),
+               op.cast(op.op("DequantizeLinear", x, ones, ctx.input(2), **attrs), scale.dtype))
+    rank, srank = ctx.rank(x), ctx.rank(scale)
+    a = axis(ctx, x, default=1)
+    if srank == 0:
+        return [None, op.ReduceSum(g, keepdims=0), None]
+    if srank == 1 and rank > 1:  # per axis
+        return [None, op.ReduceSum(g, [d for d in range(rank) if d != a], keepdims=0), None]
+    block = int(ctx.attr("block_size", 0))
+    xs = ctx.shape(x)
+    if not block or xs is None or not all(isinstance(d, int) for d in xs):
+        return [None, sum_to_shape(op, g, scale), None]
+    size = int(xs[a])  # type: ignore[arg-type]
+    blocks = -(-size // block)
+    if blocks * block != size:
+        pads = [0] * (2 * rank)
+        pads[rank + a] = blocks * block - size
+        g = op.Pad(g, pads)
+    split = [int(d) for d in xs[:a]] + [blocks, block] + [int(d) for d in xs[a + 1:]]  # type: ignore[arg-type]
+    return [None, op.ReduceSum(op.Reshape(g, split), [a + 1], keepdims=0), None]
+
+
+# -- scatters ----------------------------------------------------------------------------------
+
+class _Scatter:
+    """The scatter of a ScatterND or ScatterElements node, and the gather that reads back the
+    slots it writes."""
+
+    def __init__(self, ctx: GradContext, op: Builder) -> None:
+        self.op, self.idx = op, ctx.x(1)
+        self.nd = ctx.node.op_type == "ScatterND"
+        self.axis = 0 if self.nd else axis(ctx, ctx.x(0))
+
+    def gather(self, v: Value) -> Value:
+        if self.nd:
+            return self.op.GatherND(v, self.idx)
+        return self.op.GatherElements(v, self.idx, axis=self.axis)
+
+    def scatter(self, base: Value, upd: Value, reduction: str = "none") -> Value:
+        if self.nd:
+            return self.op.ScatterND(base, self.idx, upd, reduction=reduction)
+        return self.op.ScatterElements(base, self.idx, upd, axis=self.axis,
+                                       reduction=reduction)
+
+
+@grad_rule("ScatterND", "ScatterElements")
+def scatter(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = data with each update u written into its slot i (ScatterND: a slice at an index
+    tuple; ScatterElements: an element along axis), combined by the reduction:
+    none: d data = dy with written slots zeroed, du = dy[i];
+    add: d data = dy, du = dy[i];
+    mul: d data = dy·P (P the product of a slot's updates), du = dy[i]·data[i]·P[i]/u
+    (a slot's only zero update: the product of the others);
+    max/min: the gradient goes to the winners, shared evenly between ties (torch's
+    scatter_reduce amax/amin): d data = dy·[data = y]/n, du = dy[i]·[u = y[i]]/n[i]."""
+    data, upd, dy = ctx.x(0), ctx.x(2), ctx.dy()
+    red = str(ctx.attr("reduction", "none"))
+    s = _Scatter(ctx, op)
+    ones = op.filled_like(data, 1.0)
+    if red in ("none", "add"):
+        d_data = dy if red == "add" else s.scatter(dy, zeros_of_shape(op, op.Shape(upd), dy))
+        d_upd = s.gather(dy)
+    elif red == "mul":
+        prod = s.scatter(ones, upd, "mul")
+        d_data = op.Mul(dy, prod)
+        is0 = op.Equal(upd, 0.0)
+        nonzero = op.Where(is0, op.scalar(1.0, upd), upd)
+        others = op.Where(is0, s.gather(s.scatter(ones, nonzero, "mul")),
+                          op.Div(s.gather(prod), nonzero))
+        d_upd = op.Mul(s.gather(op.Mul(dy, data)), others)
+    elif red in ("max", "min"):
+        y = ctx.outputs[0]
+        won_data = op.cast(op.Equal(data, y), dy.dtype)
+        won_upd = op.cast(op.Equal(upd, s.gather(y)), dy.dtype)
+        share = op.Div(dy, s.scatter(won_data, won_upd, "add"))
+        d_data, d_upd = op.Mul(share, won_data), op.Mul(s.gather(share), won_upd)
+    else:
+        raise UnsupportedOpError(f"{ctx.where()}: reduction={red!r} has no gradient rule")
+    return [d_data if ctx.needs_grad(0) else None, None,
+            d_upd if ctx.needs_grad(2) else None]

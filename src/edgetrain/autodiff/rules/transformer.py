@@ -1,5 +1,5 @@
-"""Ops of transformer and NLP models: layer norm, GELU/Erf, embedding lookups, scatters,
-max/min reductions, Einsum, CumSum.
+"""Ops of transformer and NLP models: layer norm, GELU/Erf, embedding lookups, max/min
+reductions, Einsum, CumSum.
 
 Lookups (Gather, GatherElements, GatherND) differentiate into scatters with
 ``reduction="add"`` into zeros, so a token that occurs several times in a batch receives the
@@ -209,45 +209,6 @@ def gather_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
     dshape = op.Shape(data)
     idx = _nonnegative(ctx, op, idx, op.Slice(dshape, [0], [k]))
     return [op.ScatterND(zeros_of_shape(op, dshape, data), idx, ctx.dy(), reduction="add"), None]
-
-
-def _scatter_reduction(ctx: GradContext) -> str:
-    red = ctx.attr("reduction", "none")
-    if red not in ("none", "add"):
-        raise _unsupported(ctx, f"reduction={red!r} has no gradient rule (only none and add)")
-    return str(red)
-
-
-@grad_rule("ScatterND")
-def scatter_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """y = data with y[idx[k]] = upd[k] (reduction none) or += upd[k] (add):
-    d data = dy with the written slots zeroed (none) or dy (add); d upd = dy[idx[k]]."""
-    idx, dy = ctx.x(1), ctx.dy()
-    red = _scatter_reduction(ctx)
-    grads: list[Value | None] = [None, None, None]
-    if ctx.needs_grad(0):
-        grads[0] = dy if red == "add" else op.ScatterND(
-            dy, idx, zeros_of_shape(op, op.Shape(ctx.x(2)), dy))
-    if ctx.needs_grad(2):
-        grads[2] = op.GatherND(dy, idx)
-    return grads
-
-
-@grad_rule("ScatterElements")
-def scatter_elements(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """y = data with y[idx[i][j]][j] = upd[i][j] (axis 0; reduction none) or += (add):
-    d data = dy with the written elements zeroed (none) or dy (add);
-    d upd = GatherElements(dy, idx)."""
-    data, idx, dy = ctx.x(0), ctx.x(1), ctx.dy()
-    red = _scatter_reduction(ctx)
-    a = axis(ctx, data)
-    grads: list[Value | None] = [None, None, None]
-    if ctx.needs_grad(0):
-        grads[0] = dy if red == "add" else op.ScatterElements(
-            dy, idx, zeros_of_shape(op, op.Shape(ctx.x(2)), dy), axis=a)
-    if ctx.needs_grad(2):
-        grads[2] = op.GatherElements(dy, idx, axis=a)
-    return grads
 
 
 # -- max and min -------------------------------------------------------------------------------

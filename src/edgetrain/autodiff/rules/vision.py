@@ -225,3 +225,52 @@ def tile(ctx: GradContext, op: Builder) -> list[Value | None]:
     g = op.Reshape(ctx.dy(), op.Reshape(pairs, [-1]))
     g = op.ReduceSum(g, [2 * i for i in range(rank)], keepdims=0)
     return [g, None]
+
+
+# -- GridSample --------------------------------------------------------------------------------
+
+#: Largest sampling matrix (batch × input pixels × output points) the GridSample rule builds.
+GRID_SAMPLE_MAX_ELEMENTS = 1 << 26
+
+
+def _identity_image(op: Builder, pixels: int, spatial: list[int], like: Value) -> Value:
+    """[1, pixels, *spatial]: channel p is the unit image of pixel p (built at run time for
+    large images, where the constant would bloat the file)."""
+    dt = np_dtype(like.dtype or ir.DataType.FLOAT)
+    if pixels <= 4096:
+        return op.const(np.eye(pixels, dtype=dt).reshape(1, pixels, *spatial),
+                        hint="grid_sample_basis")
+    square = op.ConstantOfShape(op.const(np.array([pixels, pixels], dtype=np.int64)),
+                                value=ir.tensor(np.zeros(1, dtype=dt)))
+    return op.Reshape(op.op("EyeLike", square), [1, pixels, *spatial])
+
+
+@grad_rule("GridSample")
+def grid_sample(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y[n, c] = W[n]·X[n, c] with W[n] [points, pixels] fixed by the grid (mode, padding,
+    align_corners): dX[n, c] = W[n]ᵀ·dY[n, c].
+
+    Wᵀ is the op itself run on the identity image (one channel per input pixel): sampling
+    pixel p's unit image at every grid point gives row p of Wᵀ, for every mode and padding
+    rule exactly as the runtime samples. The grid gets no gradient (the schema marks it
+    non-differentiable).
+    """
+    x, grid, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    xs, ys = ctx.shape(x), ctx.shape(ctx.outputs[0])
+    if xs is None or ys is None or not all(isinstance(d, int) for d in [*xs[2:], *ys[2:]]):
+        raise UnsupportedOpError(f"{ctx.where()}: the gradient needs static spatial sizes")
+    pixels = int(np.prod([int(d) for d in xs[2:]]))  # type: ignore[arg-type]
+    points = int(np.prod([int(d) for d in ys[2:]]))  # type: ignore[arg-type]
+    batch = xs[0] if isinstance(xs[0], int) else 1
+    if batch * pixels * points > GRID_SAMPLE_MAX_ELEMENTS:
+        raise UnsupportedOpError(f"{ctx.where()}: the gradient's sampling matrix would have "
+                                 f"{batch * pixels * points} elements (limit "
+                                 f"{GRID_SAMPLE_MAX_ELEMENTS})")
+    spatial = [int(d) for d in xs[2:]]  # type: ignore[arg-type]
+    basis = op.Expand(_identity_image(op, pixels, spatial, x),
+                      op.Concat(op.Shape(x, start=0, end=1),
+                                op.const(np.ones(len(xs) - 1, dtype=np.int64)), axis=0))
+    attrs = {k: ctx.attr(k) for k in ctx.node.attributes}
+    wt = op.Reshape(op.op("GridSample", basis, grid, **attrs), [0, pixels, points])
+    g = op.MatMul(op.Reshape(dy, [0, 0, points]), op.Transpose(wt, perm=[0, 2, 1]))
+    return [op.Reshape(g, op.Shape(x)), None]
