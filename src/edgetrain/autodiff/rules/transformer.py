@@ -15,10 +15,10 @@ import string
 import numpy as np
 import onnx_ir as ir
 
-from ..._ir import Builder, Value
+from ..._ir import Builder, Value, np_dtype
 from ...errors import UnsupportedOpError
 from .._helpers import axes as reduced_axes
-from .._helpers import axis, float_const, sum_to_shape, unbroadcast, zeros_of_shape
+from .._helpers import axis, dtype_of, float_const, sum_to_shape, unbroadcast, zeros_of_shape
 from .._registry import GradContext, grad_rule
 
 
@@ -276,8 +276,9 @@ def _einsum_terms(ctx: GradContext) -> tuple[list[str], str]:
 def einsum(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = einsum(eq, x₀, x₁, …): dxᵢ = einsum("y-subscripts, others → xᵢ-subscripts", dy,
     x_{j≠i}), since y is linear in each operand. Letters that only xᵢ sums out are restored by
-    broadcasting; broadcast (size-1) ellipsis dims are summed back. Repeated letters inside one
-    operand (traces, diagonals) are not supported.
+    broadcasting; broadcast (size-1) ellipsis dims are summed back. A letter repeated inside
+    one operand (a diagonal, a trace) is differentiated once and the result placed back on
+    that diagonal (an identity matrix per repetition).
     """
     terms, out = _einsum_terms(ctx)
     dy = ctx.dy()
@@ -287,22 +288,44 @@ def einsum(ctx: GradContext, op: Builder) -> list[Value | None]:
         if not ctx.needs_grad(i):
             grads.append(None)
             continue
-        if len(set(term)) != len(term):
-            raise _unsupported(ctx, f"operand {i} repeats a subscript ({term!r}): traces and "
-                               "diagonals have no gradient rule")
+        unique = "".join(dict.fromkeys(term))
+        firsts = [term.index(c) for c in unique]
         others = [t for j, t in enumerate(terms) if j != i]
         seen = set(out) | set("".join(others))
-        kept = "".join(c for c in term if c in seen)
+        kept = "".join(c for c in unique if c in seen)
         eq = ",".join([out, *others]) + "->" + kept
         g = op.Einsum(dy, *[v for j, v in enumerate(operands) if j != i], equation=eq)
-        if kept != term:  # letters summed out of xᵢ alone: broadcast dy back over them
-            g = op.Expand(op.Unsqueeze(g, [k for k, c in enumerate(term) if c not in seen]),
-                          op.Shape(x))
+        if kept != unique:  # letters summed out of xᵢ alone: broadcast dy back over them
+            g = op.Expand(op.Unsqueeze(g, [k for k, c in enumerate(unique) if c not in seen]),
+                          op.Gather(op.Shape(x), firsts))
+        if unique != term:
+            g = _onto_diagonals(ctx, op, g, term, unique, x)
         xs = ctx.shape(x)
         if xs is None or any(d == 1 or not isinstance(d, int) for d in xs):
             g = sum_to_shape(op, g, x)  # a size-1 dim of xᵢ may have broadcast
         grads.append(g)
     return grads
+
+
+def _onto_diagonals(ctx: GradContext, op: Builder, g: Value, term: str, unique: str,
+                    x: Value) -> Value:
+    """g (subscripts ``unique``) placed on the diagonals of ``term`` (a letter repeated):
+    einsum with one identity matrix per repetition."""
+    xs = ctx.shape(x)
+    free = iter(c for c in string.ascii_letters if c not in term)
+    spelled, eyes, eqs = [], [], []
+    for k, c in enumerate(term):
+        if term.index(c) == k:
+            spelled.append(c)
+            continue
+        n = xs[k] if xs is not None else None
+        if not isinstance(n, int):
+            raise _unsupported(ctx, f"the repeated subscript {c!r} needs a static size")
+        f = next(free)
+        spelled.append(f)
+        eyes.append(op.const(np.eye(n, dtype=np_dtype(dtype_of(x)))))
+        eqs.append(c + f)
+    return op.Einsum(g, *eyes, equation=",".join([unique, *eqs]) + "->" + "".join(spelled))
 
 
 @grad_rule("CumSum")
