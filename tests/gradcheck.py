@@ -367,3 +367,40 @@ def check_onnxruntime_float32(case: Case) -> None:
         np.testing.assert_allclose(got[f"grad_{w}"], want[w], rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=f"{case.id}: onnxruntime float32 d/d {w} "
                                            f"(seed={case.seed})")
+
+
+def table_tests(cases: Sequence[Case], not_on_onnxruntime: dict[str, str] | None = None
+                ) -> tuple[Any, Any, Any, Any]:
+    """The four checks of a gradient table as pytest test functions, for a table module to
+    bind as ``test_matches_finite_differences, test_matches_torch,
+    test_onnxruntime_float32, test_backward_is_standard_onnx = table_tests(CASES)``:
+    float64 finite differences, torch.autograd (rows with a torch expression), onnxruntime
+    in float32 (except rows whose forward onnxruntime cannot run: ``{row id: why}``), and a
+    backward graph of standard ONNX ops."""
+    import pytest
+
+    rows = params(cases)
+    skipped = not_on_onnxruntime or {}
+    on_ort = [pytest.param(*p.values, id=p.id, marks=(*p.marks, pytest.mark.skip(
+        reason=f"onnxruntime cannot run the forward: {skipped[c.id]}")))
+              if c.id in skipped else p for p, c in zip(rows, cases, strict=True)]
+    with_torch = [p for p, c in zip(rows, cases, strict=True) if c.torch is not None]
+
+    @pytest.mark.parametrize("case", rows)
+    def test_matches_finite_differences(case: Case) -> None:
+        check_finite_differences(case)
+
+    @pytest.mark.parametrize("case", with_torch)
+    def test_matches_torch(case: Case) -> None:
+        check_torch(case)
+
+    @pytest.mark.parametrize("case", on_ort)
+    def test_onnxruntime_float32(case: Case) -> None:
+        check_onnxruntime_float32(case)
+
+    @pytest.mark.parametrize("case", rows)
+    def test_backward_is_standard_onnx(case: Case) -> None:
+        check_standard_onnx(case)
+
+    return (test_matches_finite_differences, test_matches_torch, test_onnxruntime_float32,
+            test_backward_is_standard_onnx)

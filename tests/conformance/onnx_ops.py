@@ -68,9 +68,11 @@ the step — L2 normalization of a zero vector), is skipped and counted
 are linear), every float input is trained and every output (cast to the float type) feeds
 ``s``. A refusal is correct (``refused-correctly``) when there is nothing to differentiate,
 decided by the math and not by the schema: every output fed to ``s`` is an integer or boolean
-(ArgMax, Shape, QuantizeLinear, BitCast), or the loss does not move smoothly under any probe
-(each probe is flat, ``s(x ± h) == s(x)``, or a kink: Floor, Sign, Hardmax). A refusal of
-anything else is ``refused``; a zero gradient where the loss is flat is ``correct``.
+(ArgMax, Shape, QuantizeLinear, BitCast), or the loss does not move smoothly at any probe:
+each side is stepped by a float32-sized ``h`` and by ``h/2`` (an oracle may round inside an
+op), and a change that halves with the step is smooth movement (a kink's sides too), one that
+does not is a jump (Floor, Sign, Hardmax at a tie), none is flat. A refusal of anything else
+is ``refused``; a zero gradient where the loss is flat is ``correct``.
 
 **Scope rule** (:func:`scope`, decided before running): a case is out of scope when it is a
 function-body variant (``_expanded``: the op itself is measured by its own case), its op is
@@ -637,6 +639,25 @@ class Oracle:
             for index, direction in _probes(base, rng):
                 yield self._probe(name, base, index, direction)
 
+    def smooth_sides(self, name: str, base: np.ndarray, index: tuple[int, ...] | None,
+                     direction: np.ndarray | None) -> bool | None:
+        """Whether s changes in proportion to the step on either side of the probe (None:
+        undefined there)."""
+        at = base if direction is not None else base[index]
+        h = FD_STEP32 * max(1.0, float(np.abs(at).max()))
+        changes = []
+        for step in (h, h / 2, -h, -h / 2):
+            delta = np.zeros_like(base)
+            if direction is not None:
+                delta = (direction * step).astype(base.dtype)
+            else:
+                delta[index] = step
+            changes.append(self.s_at(name, base + delta) - self.s)
+        if not all(math.isfinite(c) for c in changes):
+            return None
+        return any(full != 0.0 and 0.3 < half / full < 0.7
+                   for full, half in (changes[:2], changes[2:]))
+
     def at_domain_edge(self) -> bool:
         """Whether some input element has the loss defined on one side only (acosh at 1)."""
         for name in self.p.trainable:
@@ -706,13 +727,20 @@ def finite_differences(p: Problem, oracle: Oracle | None = None) -> Differences:
 
 def moves(oracle: Oracle) -> bool:
     """Whether the loss moves smoothly under any probe (stops at the first that does): a
-    refusal of a loss that is flat, has a kink or jumps at every probe is a correct one."""
+    refusal of a loss that is flat or only jumps at every probe is a correct one.
+
+    Each side of a probe is stepped by a float32-sized h and by h/2 (the oracle may round
+    inside an op): a change that halves with the step is smooth movement (a kink's sides
+    too), one that stays the same is a jump, none is flat."""
     defined = False
-    for c in oracle.probes():
-        if c is not None:
-            defined = True
-            if not c.flat and not c.kink and not oracle.jumps(c):
-                return True
+    for name in oracle.p.trainable:
+        base = oracle.p.values[name]
+        for index, direction in _probes(base, np.random.default_rng(oracle.p.case.seed + 7)):
+            smooth = oracle.smooth_sides(name, base, index, direction)
+            if smooth is not None:
+                defined = True
+                if smooth:
+                    return True
     if not defined:
         raise Undefined("no finite-difference probe is defined: every step leaves the op's "
                         "domain or changes an output's shape")

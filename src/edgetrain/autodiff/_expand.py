@@ -172,8 +172,12 @@ def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, slots: list[i
     for i, formal in enumerate(function.inputs):
         value_map[formal] = node.inputs[i] if i < len(node.inputs) else None
 
+    # Inner nodes are named "<node>/<op>/<inner op>", so an error about one of them (no rule
+    # for an inner Scan, say) still names the op and the node it came from.
+    origin = f"{node.name}/{node.op_type}" if node.name else node.op_type
+
     def rename(n: ir.Node) -> None:
-        n.name = op.namer.fresh(f"{node.name or node.op_type}/{n.op_type}")
+        n.name = op.namer.fresh(f"{origin}/{n.op_type}")
         for out in n.outputs:
             out.name = op.namer.fresh(f"{node.name or node.op_type}/{out.name or 'v'}")
 

@@ -3,17 +3,19 @@
 The forward is ``Y = P·V`` with ``P = softmax(C + bias)``, ``C = softcap(S)`` and
 ``S = (Q·σ)(K·σ)ᵀ`` (σ = √scale in the input's precision). The bias gathers everything that
 masks (the attention mask, causal and sliding-window masks, padding): instead of rebuilding
-it, the rule asks the op itself for P (and C, with a softcap) through its
-``qk_matmul_output`` output — another Attention node with the same inputs — so every masking
-rule, the fully-masked-row guard and ``softmax_precision`` are the runtime's own. Then:
+it, the rule asks the op itself for P through its ``qk_matmul_output`` output (mode 3) —
+another Attention node with the same inputs — so every masking rule, the fully-masked-row
+guard and ``softmax_precision`` are the runtime's own. Then:
 
     dV = Pᵀ·dY,  dP = dY·Vᵀ,  dZ = P ⊙ (dP − Σ dP ⊙ P)  (Z = C + bias),
-    dS = dZ ⊙ (1 − (C/c)²) with softcap c,  dQ = σ·dS·(Kσ),  dK = σ·dSᵀ·(Qσ),
+    dS = dZ ⊙ (1 − tanh²(S/c)) with softcap c,  dQ = σ·dS·(Kσ),  dK = σ·dSᵀ·(Qσ),
 
 a float attention mask gets dZ (summed to its shape), grouped K/V heads sum the gradients of
-the query heads that share them, and the cache inputs take their slice of the present
-key/value's gradient. The function body would compute the scale in float32 and emit ~80
-forward nodes; this is a dozen matrix products.
+the query heads that share them, the cache inputs take their slice of the present key/value's
+gradient, and a ``qk_matmul_output`` adds its gradient where the schema takes it: S (mode 0),
+C (1), Z (2), P (3). (onnx.reference returns C in mode 0 when a softcap is set; onnxruntime
+and the schema, S.) The function body would compute the scale in float32 and emit ~80 forward
+nodes; this is a dozen matrix products.
 """
 
 from __future__ import annotations
@@ -67,21 +69,25 @@ def _sum_groups(op: Builder, g: Value, kv_heads: int, group: int) -> Value:
                         keepdims=0)
 
 
-def _qk_output(ctx: GradContext, op: Builder, mode: int) -> Value:
-    """The node's ``qk_matmul_output`` in ``mode`` (0: softcap(S), 3: P), by a second
-    Attention node with the same inputs."""
+def _probabilities(ctx: GradContext, op: Builder) -> Value:
+    """P, the node's ``qk_matmul_output`` in mode 3, by a second Attention node with the
+    same inputs."""
     attrs = {name: ctx.attr(name) for name in ctx.node.attributes}
-    attrs["qk_matmul_output_mode"] = mode
+    attrs["qk_matmul_output_mode"] = 3
     return op.multi("Attention", *ctx.inputs, outputs=4, **attrs)[3]
 
 
 def _sigma(ctx: GradContext, q: Value, heads: int) -> np.ndarray:
-    """σ = √scale rounded to the input's type (the scale defaults to 1/√head_size)."""
+    """σ = √scale rounded to the input's type, as the forward computes it: the scale
+    attribute's root in float32 (the op's body and onnx.reference alike), the default
+    1/√head_size's in float64 (onnx.reference; float32 models round both the same)."""
+    dt = np_dtype(dtype_of(q))
     scale = ctx.attr("scale")
-    if scale is None:
-        size = _static(ctx, q, ctx.rank(q) - 1)
-        scale = 1.0 / np.sqrt(size // heads if ctx.rank(q) == 3 else size)
-    return np.asarray(np.sqrt(float(scale)), dtype=np_dtype(dtype_of(q)))
+    if scale is not None:
+        return np.asarray(np.sqrt(np.float32(scale)), dtype=dt)
+    size = _static(ctx, q, ctx.rank(q) - 1)
+    return np.asarray(np.sqrt(1.0 / np.sqrt(size // heads if ctx.rank(q) == 3 else size)),
+                      dtype=dt)
 
 
 @grad_rule("Attention")
@@ -103,7 +109,7 @@ def attention(ctx: GradContext, op: Builder) -> list[Value | None]:
     kt = op.Concat(past_k, k4, axis=2) if past_k is not None else k4
     vt = op.Concat(past_v, v4, axis=2) if past_v is not None else v4
     sigma = op.const(_sigma(ctx, q, hq))
-    p = _qk_output(ctx, op, 3)
+    p = _probabilities(ctx, op)
     dy = _to_heads(op, ctx.dy(0), hq) if three_d else ctx.dy(0)
     mode = int(ctx.attr("qk_matmul_output_mode", 0))
     dqk = ctx.dy(3) if ctx.has_dy(3) else None
@@ -114,13 +120,17 @@ def attention(ctx: GradContext, op: Builder) -> list[Value | None]:
     dz = op.Mul(p, op.Sub(dp, op.ReduceSum(op.Mul(dp, p), [-1], keepdims=1)))
     if dqk is not None and mode == 2:
         dz = op.Add(dz, dqk)
-    ds = op.Add(dz, dqk) if dqk is not None and mode in (0, 1) else dz
-    softcap = float(ctx.attr("softcap", 0.0) or 0.0)
-    if softcap > 0.0:
-        t = op.Div(_qk_output(ctx, op, 0), float_const(op, softcap, q))
-        ds = op.Mul(ds, op.Sub(1.0, op.Mul(t, t)))
-    grads: list[Value | None] = [None] * len(ctx.inputs)
+    dc = op.Add(dz, dqk) if dqk is not None and mode == 1 else dz
     krep = _repeat_heads(op, kt, hkv, group)
+    softcap = float(ctx.attr("softcap", 0.0) or 0.0)
+    ds = dc
+    if softcap > 0.0:
+        scores = op.MatMul(op.Mul(q4, sigma), op.Transpose(op.Mul(krep, sigma), perm=swap))
+        t = op.Tanh(op.Div(scores, float_const(op, softcap, q)))
+        ds = op.Mul(dc, op.Sub(1.0, op.Mul(t, t)))
+    if dqk is not None and mode == 0:
+        ds = op.Add(ds, dqk)
+    grads: list[Value | None] = [None] * len(ctx.inputs)
     if ctx.needs_grad(0):
         dq = op.Mul(op.MatMul(ds, op.Mul(krep, sigma)), sigma)
         grads[0] = _from_heads(op, dq) if three_d else dq
