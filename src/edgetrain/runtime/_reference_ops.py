@@ -7,6 +7,9 @@
 - GatherElements: onnx.reference uses ``np.choose``, which takes at most 32 choices, and its
   fallback fails on a [1, 16] index into a [1, 512] table (BERT's position/token-type ids);
   ``np.take_along_axis`` is the exact equivalent.
+- LRN: onnx.reference loops its channel windows over the batch size instead of the channel
+  count (right only when they are equal) and takes 4-D inputs only; here the definition, for
+  any rank.
 - LpNormalization: for p = 1 onnx.reference divides by ``Σ x`` instead of ``Σ |x|`` (the L1
   norm, and what onnxruntime computes); 0 where the norm is 0, as the reference.
 - MaxPool: with unit strides and dilations (overlapping windows: a 2×2 kernel at stride 1)
@@ -64,6 +67,20 @@ class GatherElements(OpRun):
         axis = int(axis or 0)
         idx = np.where(indices < 0, indices + data.shape[axis], indices)
         return (np.take_along_axis(data, idx.astype(np.int64), axis=axis),)
+
+
+class LRN(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, alpha: Any = 1e-4, beta: Any = 0.75, bias: Any = 1.0,
+             size: Any = None) -> tuple[np.ndarray]:
+        lo, hi = (int(size) - 1) // 2, int(size) - 1 - (int(size) - 1) // 2
+        sq = np.moveaxis(x.astype(np.float64) ** 2, 1, 0)
+        window = np.zeros_like(sq)
+        for c in range(sq.shape[0]):
+            window[c] = sq[max(0, c - lo): c + hi + 1].sum(axis=0)
+        d = float(bias) + float(alpha) / int(size) * np.moveaxis(window, 0, 1)
+        return ((x / d ** float(beta)).astype(x.dtype),)
 
 
 class LpNormalization(OpRun):
@@ -125,5 +142,5 @@ class MaxUnpool(OpRun):
 
 
 #: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
-EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, LpNormalization, MaxPool,
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, LRN, LpNormalization, MaxPool,
                                  MaxUnpool]

@@ -102,43 +102,28 @@ def _normalized_grad(op: Builder, g: Value, xhat: Value, rstd: Value, axes: list
 
 @grad_rule("GroupNormalization")
 def group_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """Y = x̂·s + b, x̂ normalized over each group of channels (and space) of X [N, C, …]:
-    dX = the normalization's backward of g = dY·s within each group, ds = Σ dY·x̂ and
-    db = Σ dY over batch and space — per channel (opset 21), or per group as the
-    deprecated opset 18 defines scale and bias."""
+    """Y = x̂·s + b, x̂ normalized over each group of channels (and space) of X [N, C, …],
+    s and b per channel (opset 21; opset 18's per-group form is deprecated and refused by
+    ONNX's checker): dX = the normalization's backward of g = dY·s within each group,
+    ds = Σ dY·x̂ and db = Σ dY over batch and space."""
     x, scale, dy = ctx.x(0), ctx.x(1), ctx.dy()
     rank = ctx.rank(x)
     groups = int(ctx.attr("num_groups"))
-    per_group = ctx.opset < 21
     eps = float_const(op, ctx.attr("epsilon", 1e-5), x)
     xg = op.Reshape(x, [0, groups, -1])
     xc = op.Sub(xg, op.ReduceMean(xg, [2], keepdims=1))
     rstd = op.Reciprocal(op.Sqrt(op.Add(op.ReduceMean(op.Mul(xc, xc), [2], keepdims=1), eps)))
     xhat = op.Mul(xc, rstd)
     red = [0, *range(2, rank)]
-
-    def per_channel_sum(v: Value) -> Value:
-        total = op.ReduceSum(v, red, keepdims=0)  # [C]
-        return op.ReduceSum(op.Reshape(total, [groups, -1]), [1], keepdims=0) \
-            if per_group else total
-
     grads: list[Value | None] = [None, None, None]
     if ctx.needs_grad(0):
-        s = _per_channel_scale(op, scale, x, groups) if per_group else scale
-        g = op.Reshape(op.Mul(dy, per_channel(op, s, rank)), [0, groups, -1])
+        g = op.Reshape(op.Mul(dy, per_channel(op, scale, rank)), [0, groups, -1])
         grads[0] = op.Reshape(_normalized_grad(op, g, xhat, rstd, [2]), op.Shape(x))
     if ctx.needs_grad(1):
-        grads[1] = per_channel_sum(op.Mul(dy, op.Reshape(xhat, op.Shape(x))))
+        grads[1] = op.ReduceSum(op.Mul(dy, op.Reshape(xhat, op.Shape(x))), red, keepdims=0)
     if ctx.needs_grad(2):
-        grads[2] = per_channel_sum(dy)
+        grads[2] = op.ReduceSum(dy, red, keepdims=0)
     return grads
-
-
-def _per_channel_scale(op: Builder, scale: Value, x: Value, groups: int) -> Value:
-    """A per-group [G] scale repeated over each group's C/G channels: [C]."""
-    g = op.const(np.array([groups], dtype=np.int64))
-    shape = op.Concat(g, op.Div(op.Shape(x, start=1, end=2), g), axis=0)
-    return op.Reshape(op.Expand(op.Reshape(scale, [groups, 1]), shape), [-1])
 
 
 @grad_rule("LpNormalization")
