@@ -187,7 +187,7 @@ def build(case: Case) -> Built:
     nodes, outs = _op_nodes(case)
     # Run the op alone once: the loss weights need the outputs' shapes and types.
     probe = _graph(case, nodes, [(o, TensorProto.UNDEFINED) for o in outs])
-    values = ReferenceEvaluator(probe).run(outs, feeds)
+    values = evaluator(probe).run(outs, feeds)
     # In the types the schema gives them (onnx.reference returns LayerNormalization's
     # statistics in float64 where they are float32).
     inferred = onnx.shape_inference.infer_shapes(probe).graph

@@ -269,6 +269,10 @@ row("LpPool", [X((2, 2, 6, 6), away_from(0.0))], None, "p3-pads-strides",
     attrs={"kernel_shape": [3, 3], "p": 3, "pads": [1, 1, 1, 1], "strides": [2, 2]})
 row("LpPool", [X((1, 2, 7), away_from(0.0))], lambda x: F.lp_pool1d(x, 2, 3, 2), "1d",
     attrs={"kernel_shape": [3], "p": 2, "strides": [2]})
+row("GlobalLpPool", [X((2, 3, 4, 4), away_from(0.0))],
+    lambda x: x.pow(2).sum((2, 3), keepdim=True).sqrt(), "p2")
+row("GlobalLpPool", [X((2, 3, 5), away_from(0.0))],
+    lambda x: x.abs().pow(3).sum(2, keepdim=True).pow(1 / 3), "p3-1d", attrs={"p": 3})
 row("GroupNormalization", [X((2, 4, 3, 3)), X((4,)), X((4,))],
     lambda x, s, b: F.group_norm(x, 2, s, b, eps=E32(1e-5)), "opset21",
     attrs={"num_groups": 2, "stash_type": TensorProto.DOUBLE}, opset=21)

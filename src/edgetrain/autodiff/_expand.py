@@ -82,8 +82,8 @@ def _body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         elif getattr(schema, "has_context_dependent_function", False):  # not in the stubs
             # A body is registered for the opsets where its own ops changed; the one for this
             # model is the newest at or below its opset (an exact match is required here).
-            versions = [int(v) for v in schema.context_dependent_function_opset_versions
-                        if int(v) <= opset]  # type: ignore[attr-defined]
+            registered = schema.context_dependent_function_opset_versions  # type: ignore[attr-defined]
+            versions = [int(v) for v in registered if int(v) <= opset]
             if not versions:
                 return None
             proto = ir.serde.serialize_node(node)
@@ -213,6 +213,7 @@ def _fold(node: ir.Node, opset: int) -> bool:
             a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
             for a in node.attributes.values()):
         return False
+    arrays: list[np.ndarray | None]
     if node.op_type in ("Shape", "Size"):
         shape = static_dims(node.inputs[0])
         if shape is None:
@@ -229,7 +230,7 @@ def _fold(node: ir.Node, opset: int) -> bool:
     for out, value in zip(node.outputs, results):
         tensor = ir.tensor(np.asarray(value))
         out.const_value = tensor
-        out.type, out.shape = ir.TensorType(tensor.dtype), ir.Shape(tensor.shape)
+        out.type, out.shape = ir.TensorType(tensor.dtype), ir.Shape(np.asarray(value).shape)
     return True
 
 

@@ -7,6 +7,7 @@
 - GatherElements: onnx.reference uses ``np.choose``, which takes at most 32 choices, and its
   fallback fails on a [1, 16] index into a [1, 512] table (BERT's position/token-type ids);
   ``np.take_along_axis`` is the exact equivalent.
+- GlobalLpPool: onnx.reference has no kernel for it; (Σ |x|ᵖ over space)^(1/p).
 - LRN: onnx.reference loops its channel windows over the batch size instead of the channel
   count (right only when they are equal) and takes 4-D inputs only; here the definition, for
   any rank.
@@ -69,6 +70,15 @@ class GatherElements(OpRun):
         return (np.take_along_axis(data, idx.astype(np.int64), axis=axis),)
 
 
+class GlobalLpPool(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, p: Any = 2) -> tuple[np.ndarray]:
+        axes = tuple(range(2, x.ndim))
+        y = np.sum(np.abs(x) ** int(p), axis=axes, keepdims=True) ** (1.0 / int(p))
+        return (y.astype(x.dtype),)
+
+
 class LRN(OpRun):
     op_domain = ""
 
@@ -95,19 +105,20 @@ class LpNormalization(OpRun):
 class MaxPool(_RefMaxPool):
     op_domain = ""
 
-    def _run(self, x: np.ndarray, auto_pad: Any = None, ceil_mode: Any = None,
-             dilations: Any = None, kernel_shape: Any = None, pads: Any = None,
-             storage_order: Any = None, strides: Any = None) -> tuple[np.ndarray, ...]:
+    def _run(  # type: ignore[override]
+            self, x: np.ndarray, auto_pad: Any = None, ceil_mode: Any = None,
+            dilations: Any = None, kernel_shape: Any = None, pads: Any = None,
+            storage_order: Any = None, strides: Any = None) -> tuple[np.ndarray, ...]:
         attrs = {"ceil_mode": ceil_mode, "dilations": dilations, "kernel_shape": kernel_shape,
                  "storage_order": storage_order, "strides": strides}
         if len(self.output) < 2 or not self.output[1]:  # no indices: the fast path is right
-            return super()._run(x, auto_pad=auto_pad, pads=pads, **attrs)  # type: ignore[no-any-return]
+            return super()._run(x, auto_pad=auto_pad, pads=pads, **attrs)  # type: ignore[no-any-return,no-untyped-call]
         n = len(kernel_shape)
         mode = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad or "NOTSET"
         if mode != "NOTSET":
             pads = _auto_pads(mode, x.shape[2:], kernel_shape, strides or [1] * n,
                               dilations or [1] * n)
-        return self._max_pool(x, auto_pad=None, pads=pads, **attrs)  # type: ignore[no-any-return]
+        return self._max_pool(x, auto_pad=None, pads=pads, **attrs)  # type: ignore[no-any-return,no-untyped-call]
 
 
 def _auto_pads(mode: str, size: tuple[int, ...], kernel: list[int], strides: list[int],
@@ -142,5 +153,5 @@ class MaxUnpool(OpRun):
 
 
 #: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
-EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, LRN, LpNormalization, MaxPool,
-                                 MaxUnpool]
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, GlobalLpPool, LRN,
+                                 LpNormalization, MaxPool, MaxUnpool]

@@ -1,5 +1,6 @@
-"""Ops that move elements by index — OneHot, TopK, Compress, MaxUnpool, ReverseSequence,
-Unique, TensorScatter, ScatterND, ScatterElements — and DequantizeLinear's scale.
+"""Ops that move elements by index — OneHot, Trilu, TopK, Compress, MaxUnpool,
+ReverseSequence, Unique, TensorScatter, ScatterND, ScatterElements — and DequantizeLinear's
+scale.
 
 Each output element is a copy of one input element (or a constant), so the gradient puts the
 output gradient back where the element came from: a gather where the forward scattered, a
@@ -27,6 +28,13 @@ def one_hot(ctx: GradContext, op: Builder) -> list[Value | None]:
     on = op.ReduceSum(op.Mul(dy, mask), keepdims=0)
     off = op.Sub(op.ReduceSum(dy, keepdims=0), on)
     return [None, None, op.Concat(op.Reshape(off, [1]), op.Reshape(on, [1]), axis=0)]
+
+
+@grad_rule("Trilu")
+def trilu(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = the upper (lower) triangle of x from diagonal k, zeros elsewhere: the same mask
+    applied to dy."""
+    return [op.Trilu(ctx.dy(), ctx.input(1), upper=int(ctx.attr("upper", 1))), None]
 
 
 @grad_rule("TopK")

@@ -12,6 +12,7 @@ compile time. Then y = x·J along that axis and the gradient is dx = dy·Jᵀ, o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,7 +25,7 @@ from .._registry import GradContext, grad_rule
 
 
 def _jacobian(ctx: GradContext, unit: tuple[int, ...], others: Sequence[np.ndarray | None],
-              attrs: dict[str, object]) -> np.ndarray:
+              attrs: dict[str, Any]) -> np.ndarray:
     """[n_in, n_out]: the node run by onnx.reference on the n_in = Π unit basis inputs
     (input 0, shaped [n_in, *unit]) with ``others`` as its other inputs."""
     from onnx.reference import ReferenceEvaluator
@@ -49,7 +50,7 @@ def _apply(op: Builder, g: Value, jt: np.ndarray, like: Value) -> Value:
     return op.MatMul(g, op.const(jt.astype(np_dtype(dtype_of(like))), hint="jacobian"))
 
 
-def _attrs(ctx: GradContext, drop: Sequence[str] = ()) -> dict[str, object]:
+def _attrs(ctx: GradContext, drop: Sequence[str] = ()) -> dict[str, Any]:
     return {k: ctx.attr(k) for k in ctx.node.attributes if k not in drop}
 
 
@@ -70,7 +71,7 @@ def dft(ctx: GradContext, op: Builder) -> list[Value | None]:
                                                                known is None):
         raise UnsupportedOpError(f"{ctx.where()}: the gradient needs a static length along "
                                  "the axis and constant dft_length and axis")
-    n, c = int(shape[a]), int(shape[-1])
+    n, c = int(shape[a]), int(shape[-1])  # type: ignore[arg-type]
     if axis_in is not None:
         others = [length, np.array(1, dtype=np.int64)]
         attrs = _attrs(ctx)

@@ -1,4 +1,4 @@
-"""Pooling: MaxPool, AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool."""
+"""Pooling: MaxPool, AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool, GlobalLpPool."""
 
 from __future__ import annotations
 
@@ -128,11 +128,20 @@ def lp_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     x, y, dy = ctx.x(0), ctx.outputs[0], ctx.dy()
     p = float(ctx.attr("p", 2))
     geo, channels = _pool_geometry(ctx, x, y)
+    back = _window_sum_t(op, _lp_outer(op, dy, y, p), geo, channels, x)
+    return [op.Mul(back, _lp_inner(op, x, p))]
+
+
+def _lp_outer(op: Builder, dy: Value, y: Value, p: float) -> Value:
+    """dY·Y^(1-p), the gradient of Y = S^(1/p) w.r.t. S times p (0 where Y is 0)."""
     alive = op.Greater(y, 0.0)
-    scaled = op.Where(alive, op.Mul(dy, op.Pow(op.Where(alive, y, op.scalar(1.0, y)),
-                                                1.0 - p)), op.zeros_like(y))
-    back = _window_sum_t(op, scaled, geo, channels, x)
-    return [op.Mul(back, op.Mul(op.Pow(op.Abs(x), p - 1.0), op.Sign(x)))]
+    return op.Where(alive, op.Mul(dy, op.Pow(op.Where(alive, y, op.scalar(1.0, y)), 1.0 - p)),
+                    op.zeros_like(y))
+
+
+def _lp_inner(op: Builder, x: Value, p: float) -> Value:
+    """|X|^(p-1)·sign(X), the gradient of |X|ᵖ over p."""
+    return op.Mul(op.Pow(op.Abs(x), p - 1.0), op.Sign(x))
 
 
 def _spatial_scale(ctx: GradContext, op: Builder, x: Value, y: Value) -> Value | float:
@@ -159,3 +168,11 @@ def global_max_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
     count = op.ReduceSum(mask, list(range(2, rank)), keepdims=1)
     return [op.Mul(mask, op.Div(ctx.dy(), count))]
 
+
+
+@grad_rule("GlobalLpPool")
+def global_lp_pool(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = (Σ |X|ᵖ over space)^(1/p): dX = dY·Y^(1-p)·|X|^(p-1)·sign(X) (0 where Y is 0)."""
+    x, y = ctx.x(0), ctx.outputs[0]
+    p = float(ctx.attr("p", 2))
+    return [op.Mul(_lp_outer(op, ctx.dy(), y, p), _lp_inner(op, x, p))]
