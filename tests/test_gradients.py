@@ -657,3 +657,23 @@ def test_compiled_dropout_trains_on_onnxruntime() -> None:
                  y=rng.standard_normal((4, 3)).astype(np.float32))["loss"]
     assert np.isfinite(loss)
     assert not np.array_equal(m.parameters()["W0"], before)
+
+
+def test_refusal_names_the_op_that_cuts_the_path() -> None:
+    """A weight that reaches the loss only through an op without a gradient (ArgMax): the
+    error names that op and its node, not just "nothing to train"."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="dense"),
+             helper.make_node("ArgMax", ["h"], ["k"], axis=1, keepdims=0, name="pick"),
+             helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT, name="as_float"),
+             helper.make_node("Unsqueeze", ["kf", "one"], ["out"], name="column")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                     [4, 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 1])],
+                          initializer=[numpy_helper.from_array(
+                              rng.standard_normal((3, 2)).astype(np.float32), "W"),
+                              numpy_helper.from_array(i64(1), "one")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(edgetrain.EdgetrainError,
+                       match=r"passes through ArgMax node 'pick', which carries none"):
+        edgetrain.compile(model, loss="mse", optimizer=edgetrain.optim.SGD(lr=0.1))

@@ -72,3 +72,29 @@ CASES: list[Case] = [
 
 (test_matches_finite_differences, test_matches_torch, test_onnxruntime_float32,
  test_backward_is_standard_onnx) = table_tests(CASES)
+
+
+def test_float32_weights_under_a_float64_output_train() -> None:
+    """The backward seed (the learning rate, in the weights' type) is cast to the loss's
+    type: a float32 model whose output is cast to float64 trains, on both backends."""
+    import edgetrain as et
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((3, 2)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]),
+         helper.make_node("Cast", ["h"], ["out"], to=TensorProto.DOUBLE)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.DOUBLE, [4, 2])],
+        initializer=[numpy_helper.from_array(w, "W")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    y = rng.standard_normal((4, 2))
+    want = w - 0.1 * (x.T.astype(np.float64) @ (2.0 * (x.astype(np.float64) @ w - y) / y.size))
+    for backend in ("reference", "onnxruntime"):
+        m = et.load(et.compile(model, loss="mse", optimizer=et.optim.SGD(lr=0.1)).proto,
+                    backend=backend)
+        m.run("train", x=x, y=y)
+        np.testing.assert_allclose(m.parameters()["W"], want, rtol=1e-5, atol=1e-6,
+                                   err_msg=backend)

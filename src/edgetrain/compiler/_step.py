@@ -153,8 +153,10 @@ def guard(c: Compilation) -> None:
     """
     t = c.step()
     op = t.op
-    terms = [op.ReduceSum(v, keepdims=0) for v in c.new_state.values()]
-    total = op.Sum(t.outputs["loss"], *terms, t.inputs["lr"])
+    lr = t.inputs["lr"]
+    # One type for the Sum: the rate's (the weights'); the loss may differ (a float64 output).
+    terms = [op.cast(op.ReduceSum(v, keepdims=0), lr.dtype) for v in c.new_state.values()]
+    total = op.Sum(op.cast(t.outputs["loss"], lr.dtype), *terms, lr)
     ok = op.Equal(op.Sub(total, total), 0.0)
     step = t.graph.initializers[c.names.step]
     c.new_state[c.names.step] = op.Add(step, op.Cast(ok, to=ir.DataType.INT64))
