@@ -158,7 +158,8 @@ def _op_nodes(case: Case) -> tuple[list[onnx.NodeProto], list[str]]:
 
 
 def _graph(case: Case, nodes: list[onnx.NodeProto], outputs: list[tuple[str, int]],
-           extra_inits: Sequence[onnx.TensorProto] = ()) -> onnx.ModelProto:
+           extra_inits: Sequence[onnx.TensorProto] = (),
+           value_info: Sequence[onnx.ValueInfoProto] = ()) -> onnx.ModelProto:
     inputs, inits = [], list(extra_inits)
     for name, spec in zip(_names(case), case.inputs, strict=True):
         if isinstance(spec, X):
@@ -174,7 +175,7 @@ def _graph(case: Case, nodes: list[onnx.NodeProto], outputs: list[tuple[str, int
     g = helper.make_graph(nodes, "case", inputs,
                           [helper.make_tensor_value_info(n, t, [] if n == "loss" else None)
                            for n, t in outputs],
-                          initializer=inits)
+                          initializer=inits, value_info=value_info)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", case.opset)],
                              ir_version=10)
 
@@ -186,11 +187,19 @@ def build(case: Case) -> Built:
     nodes, outs = _op_nodes(case)
     # Run the op alone once: the loss weights need the outputs' shapes and types.
     probe = _graph(case, nodes, [(o, TensorProto.UNDEFINED) for o in outs])
-    values = ReferenceEvaluator(probe).run(outs, feeds)
+    values = evaluator(probe).run(outs, feeds)
+    # In the types the schema gives them (onnx.reference returns LayerNormalization's
+    # statistics in float64 where they are float32).
+    inferred = onnx.shape_inference.infer_shapes(probe).graph
+    kinds = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.value_info, *inferred.output]}
+    values = [np.asarray(v).astype(helper.tensor_dtype_to_np_dtype(kinds[o]))
+              if kinds.get(o) else v for o, v in zip(outs, values)]
     chosen = (list(case.loss_outputs) if case.loss_outputs is not None else
               [j for j, v in enumerate(values) if np.asarray(v).dtype.kind == "f"])
     rng = np.random.default_rng(case.seed + 1)
     weights, loss_nodes, inits, parts = [], [], [], []
+    loss_type = helper.np_dtype_to_tensor_dtype(np.asarray(values[chosen[0]]).dtype)
     for j in chosen:
         v = np.asarray(values[j])
         w = rng.standard_normal(v.shape).astype(v.dtype)
@@ -199,12 +208,21 @@ def build(case: Case) -> Built:
         loss_nodes.append(helper.make_node("Mul", [outs[j], f"R{j}"], [f"wo{j}"]))
         loss_nodes.append(helper.make_node("ReduceSum", [f"wo{j}"], [f"part{j}"], keepdims=0))
         parts.append(f"part{j}")
+        if v.dtype != np.asarray(values[chosen[0]]).dtype:  # a float32 statistics output
+            loss_nodes.append(helper.make_node("Cast", [parts[-1]], [f"cpart{j}"], to=loss_type))
+            parts[-1] = f"cpart{j}"
     if len(parts) == 1:
         loss_nodes.append(helper.make_node("Identity", parts, ["loss"]))
     else:
         loss_nodes.append(helper.make_node("Sum", parts, ["loss"]))
-    loss_type = helper.np_dtype_to_tensor_dtype(np.asarray(values[chosen[0]]).dtype)
     forward = _graph(case, nodes + loss_nodes, [("loss", loss_type)], inits)
+    # Outputs ONNX's inference leaves untyped (GroupNormalization-21 has none) as they came.
+    typed = {v.name for v in onnx.shape_inference.infer_shapes(forward).graph.value_info}
+    declared = [helper.make_tensor_value_info(
+        o, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.asarray(v).shape)
+        for o, v in zip(outs, values) if o not in typed]
+    if declared:
+        forward = _graph(case, nodes + loss_nodes, [("loss", loss_type)], inits, declared)
     onnx.checker.check_model(forward, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(forward, strict_mode=True, data_prop=True)
 
@@ -367,3 +385,40 @@ def check_onnxruntime_float32(case: Case) -> None:
         np.testing.assert_allclose(got[f"grad_{w}"], want[w], rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=f"{case.id}: onnxruntime float32 d/d {w} "
                                            f"(seed={case.seed})")
+
+
+def table_tests(cases: Sequence[Case], not_on_onnxruntime: dict[str, str] | None = None
+                ) -> tuple[Any, Any, Any, Any]:
+    """The four checks of a gradient table as pytest test functions, for a table module to
+    bind as ``test_matches_finite_differences, test_matches_torch,
+    test_onnxruntime_float32, test_backward_is_standard_onnx = table_tests(CASES)``:
+    float64 finite differences, torch.autograd (rows with a torch expression), onnxruntime
+    in float32 (except rows whose forward onnxruntime cannot run: ``{row id: why}``), and a
+    backward graph of standard ONNX ops."""
+    import pytest
+
+    rows = params(cases)
+    skipped = not_on_onnxruntime or {}
+    on_ort = [pytest.param(*p.values, id=p.id, marks=(*p.marks, pytest.mark.skip(
+        reason=f"onnxruntime cannot run the forward: {skipped[c.id]}")))
+              if c.id in skipped else p for p, c in zip(rows, cases, strict=True)]
+    with_torch = [p for p, c in zip(rows, cases, strict=True) if c.torch is not None]
+
+    @pytest.mark.parametrize("case", rows)
+    def test_matches_finite_differences(case: Case) -> None:
+        check_finite_differences(case)
+
+    @pytest.mark.parametrize("case", with_torch)
+    def test_matches_torch(case: Case) -> None:
+        check_torch(case)
+
+    @pytest.mark.parametrize("case", on_ort)
+    def test_onnxruntime_float32(case: Case) -> None:
+        check_onnxruntime_float32(case)
+
+    @pytest.mark.parametrize("case", rows)
+    def test_backward_is_standard_onnx(case: Case) -> None:
+        check_standard_onnx(case)
+
+    return (test_matches_finite_differences, test_matches_torch, test_onnxruntime_float32,
+            test_backward_is_standard_onnx)

@@ -17,25 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 import edgetrain as et
 from conformance import _common, onnx_ops
 
-_MAXPOOL = ("wrong: MaxPool with overlapping windows (stride < kernel) routes the gradient to "
-            "elements that are not a window's maximum; torch.autograd agrees with the finite "
-            "differences")
-_GROUPNORM = ("crash: GroupNormalization-18 compiles to a step graph that fails shape "
-              "inference (its output loses its type): 'internal error'")
 #: Cases whose gradient is wrong or whose compile/step crashes today (the finding each).
-KNOWN_BAD: dict[str, str] = {
-    "test_maxpool_1d_default": _MAXPOOL,
-    "test_maxpool_2d_default": _MAXPOOL,
-    "test_maxpool_2d_pads": _MAXPOOL,
-    "test_maxpool_2d_same_lower": _MAXPOOL,
-    "test_maxpool_2d_same_upper": _MAXPOOL,
-    "test_maxpool_3d_default": _MAXPOOL,
-    "test_group_normalization_epsilon": _GROUPNORM,
-    "test_group_normalization_example": _GROUPNORM,
-    "test_convtranspose_output_shape": "crash: ConvTranspose with output_shape compiles to a "
-                                       "backward Conv with negative pads, which onnxruntime "
-                                       "and onnx.reference both reject at the first step",
-}
+KNOWN_BAD: dict[str, str] = {}
 
 #: Correct plus refused-correctly in-scope cases today (all 883 / the default tier's 143), and
 #: the goal share; raise the floors as coverage grows.

@@ -12,10 +12,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from edgetrain.autodiff import RULES
 from gradcheck import (
+    C,
     Case,
     X,
     check_finite_differences,
@@ -23,7 +25,7 @@ from gradcheck import (
     check_standard_onnx,
     check_torch,
     differentiate,
-    nonzero,
+    positive,
 )
 
 CASES: list[Case] = []
@@ -41,18 +43,30 @@ def f32(v: float) -> float:
     return float(np.float32(v))
 
 
-SELU_ALPHA, SELU_GAMMA = f32(1.67326319217681884765625), f32(1.05070102214813232421875)
-
-row("Selu", [X((3, 4), nonzero)],
-    lambda x: SELU_GAMMA * torch.where(x > 0, x, SELU_ALPHA * (torch.exp(x) - 1)))
-row("ThresholdedRelu", [X((3, 4), lambda x: np.where(np.abs(x - 0.3) < 0.1, x + 0.2, x))],
-    lambda x: x * (x > f32(0.3)), attrs={"alpha": 0.3})
 row("Shrink", [X((3, 4), lambda x: np.where(np.abs(np.abs(x) - 0.3) < 0.1, x * 2, x))],
     lambda x: torch.where(x < -f32(0.3), x + f32(0.1),
                           torch.where(x > f32(0.3), x - f32(0.1), torch.zeros_like(x))),
     attrs={"lambd": 0.3, "bias": 0.1})
-row("Swish", [X((3, 4))], lambda x: x * torch.sigmoid(f32(1.5) * x), attrs={"alpha": 1.5},
-    opset=24)
+
+# Context-dependent bodies, built for the node's input types, at the newest body version at
+# or below the model's opset (SoftmaxCrossEntropyLoss's is registered for opset 13 only).
+TARGETS = np.array([2, 0, 4, 1], dtype=np.int64)
+row("SoftmaxCrossEntropyLoss", [X((4, 5)), C(TARGETS)],
+    lambda x: F.cross_entropy(x, torch.as_tensor(TARGETS)), "mean")
+row("SoftmaxCrossEntropyLoss", [X((4, 5)), C(TARGETS), X((5,), positive, grad=False)],
+    lambda x, w: F.cross_entropy(x, torch.as_tensor(TARGETS), weight=w, reduction="sum"),
+    "sum-weighted", attrs={"reduction": "sum"})
+row("SoftmaxCrossEntropyLoss", [X((4, 5)), C(TARGETS)],
+    lambda x: (F.cross_entropy(x, torch.as_tensor(TARGETS), reduction="none"),
+               F.log_softmax(x, 1)), "none-with-log-prob", n_out=2,
+    attrs={"reduction": "none"})
+row("NegativeLogLikelihoodLoss", [X((4, 5)), C(TARGETS)],
+    lambda x: F.nll_loss(x, torch.as_tensor(TARGETS)), "mean", opset=22)
+row("NegativeLogLikelihoodLoss", [X((4, 5)), C(np.array([2, 0, -1, 1], dtype=np.int64))],
+    lambda x: F.nll_loss(x, torch.tensor([2, 0, -1, 1]), ignore_index=-1, reduction="sum"),
+    "ignore-index", attrs={"reduction": "sum", "ignore_index": -1}, opset=22)
+row("CenterCropPad", [X((6, 3, 2)), C(np.array([4, 5], dtype=np.int64))],
+    lambda x: F.pad(x[1:5], (0, 0, 1, 1)), "crop-and-pad", attrs={"axes": [0, 1]})
 
 IDS = [c.id for c in CASES]
 

@@ -231,12 +231,16 @@ class Builder:
     def Range(self, start: Arg, limit: Arg, delta: Arg) -> Value:
         return self.op("Range", start, limit, delta)
     def Reciprocal(self, x: Arg) -> Value: return self.op("Reciprocal", x)
+    def ReduceL1(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
+        return self.op("ReduceL1", x, axes, **a)
     def ReduceL2(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
         return self.op("ReduceL2", x, axes, **a)
     def ReduceMax(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
         return self.op("ReduceMax", x, axes, **a)
     def ReduceMean(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
         return self.op("ReduceMean", x, axes, **a)
+    def ReduceProd(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
+        return self.op("ReduceProd", x, axes, **a)
     def ReduceSum(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
         return self.op("ReduceSum", x, axes, **a)
     def ReduceSumSquare(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
@@ -246,6 +250,7 @@ class Builder:
         return self.op("Reshape", x, shape, **a)
     def Resize(self, x: Arg, roi: Arg, scales: Arg, sizes: Arg = None, **a: Any) -> Value:
         return self.op("Resize", x, roi, scales, sizes, **a)
+    def Round(self, x: Arg) -> Value: return self.op("Round", x)
     def ScatterElements(self, x: Arg, i: Arg, u: Arg, **a: Any) -> Value:
         return self.op("ScatterElements", x, i, u, **a)
     def ScatterND(self, x: Arg, i: Arg, u: Arg, **a: Any) -> Value:

@@ -2,7 +2,9 @@
 
 from . import rules  # noqa: F401  (registers the rules)
 from ._engine import build_gradients, differentiable_values, differentiate
+from ._explain import describe_cuts, gradient_cuts
 from ._registry import NON_DIFFERENTIABLE, RULES, GradContext, grad_rule, supported_ops
 
-__all__ = ["NON_DIFFERENTIABLE", "RULES", "GradContext", "build_gradients",
-           "differentiable_values", "differentiate", "grad_rule", "supported_ops"]
+__all__ = ["NON_DIFFERENTIABLE", "RULES", "GradContext", "build_gradients", "describe_cuts",
+           "differentiable_values", "differentiate", "grad_rule", "gradient_cuts",
+           "supported_ops"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 import onnx.inliner
 import onnx_ir as ir
 from onnx_ir import _cloner
 
-from .._ir import Builder, Value, infer_outputs, reads
+from .._ir import Builder, Value, const_array, infer_outputs, reads, static_dims
 from ._registry import NON_DIFFERENTIABLE, RULES
 
 
@@ -26,7 +27,7 @@ def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder) -> int:
     count = 0
     while True:
         dep = {id(v) for v in wrt}
-        target: tuple[ir.Node, ir.Function] | None = None
+        target: tuple[ir.Node, tuple[ir.Function, list[int]]] | None = None
         for node in graph:
             if node.op_type in NON_DIFFERENTIABLE or not any(id(v) in dep for v in reads(node)):
                 continue
@@ -38,18 +39,32 @@ def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder) -> int:
                     break
         if target is None:
             return count
-        _inline(graph, *target, op)
+        _inline(graph, target[0], *target[1], op)
         count += 1
 
 
-def _function(node: ir.Node, opset: int) -> ir.Function | None:
-    """The node's usable function body as IR, or ``None`` (no body, a body that does not
-    type-check for these inputs, or one the IR cannot represent)."""
+def _function(node: ir.Node, opset: int) -> tuple[ir.Function, list[int]] | None:
+    """The node's usable function body as IR and, for each of its outputs, the node output
+    it stands for; or ``None`` (no body, a body that does not type-check for these inputs,
+    one the IR cannot represent, or one that leaves out an output the graph reads).
+
+    Context-dependent bodies compute only the outputs the node asks for but still declare
+    the others (SoftmaxCrossEntropyLoss's ``log_prob``): those are dropped.
+    """
     body = _body(node, opset)
     if body is None:
         return None
+    made = set(body.input) | {o for n in body.node for o in n.output}
+    slots = [i for i, name in enumerate(body.output) if name in made]
+    for i, name in enumerate(body.output):
+        out = node.outputs[i] if i < len(node.outputs) else None
+        if name not in made and out is not None and (out.uses() or out.is_graph_output()):
+            return None
+    kept = [body.output[i] for i in slots]
+    del body.output[:]
+    body.output.extend(kept)
     try:
-        return ir.serde.deserialize_function(body)
+        return ir.serde.deserialize_function(body), slots
     except Exception:
         return None
 
@@ -65,10 +80,16 @@ def _body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         if getattr(schema, "has_function", False):
             raw = schema.get_function_with_opset_version(opset)  # type: ignore[attr-defined]
         elif getattr(schema, "has_context_dependent_function", False):  # not in the stubs
+            # A body is registered for the opsets where its own ops changed; the one for this
+            # model is the newest at or below its opset (an exact match is required here).
+            registered = schema.context_dependent_function_opset_versions  # type: ignore[attr-defined]
+            versions = [int(v) for v in registered if int(v) <= opset]
+            if not versions:
+                return None
             proto = ir.serde.serialize_node(node)
             types = [_type_proto(v).SerializeToString() for v in node.inputs]
             build = schema.get_context_dependent_function_with_opset_version  # type: ignore[attr-defined]
-            raw = build(opset, proto.SerializeToString(), types)
+            raw = build(max(versions), proto.SerializeToString(), types)
         if isinstance(raw, bytes):
             raw = onnx.FunctionProto.FromString(raw) if raw else None
         return raw if raw is not None and len(raw.node) and _typechecks(node, raw, opset) \
@@ -88,6 +109,11 @@ def _typechecks(node: ir.Node, body: onnx.FunctionProto, opset: int) -> bool:
     fn = onnx.FunctionProto()
     fn.CopyFrom(body)
     fn.domain, fn.name = "edgetrain.expand", node.op_type
+    # A body registered for an older opset is valid at the model's (the registry keeps one
+    # per opset where its ops changed), and the inliner wants the model's own versions.
+    for imp in fn.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = opset
     inputs = [onnx.helper.make_value_info(v.name, _type_proto(v))
               for v in node.inputs if v is not None and v.name]
     outputs = [onnx.helper.make_value_info(o.name, onnx.TypeProto()) for o in node.outputs
@@ -140,26 +166,88 @@ def _attributes(node: ir.Node, opset: int) -> dict[str, ir.Attr]:
     return attrs
 
 
-def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, op: Builder) -> None:
+def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, slots: list[int],
+            op: Builder) -> None:
     value_map: dict[ir.Value, ir.Value | None] = {}
     for i, formal in enumerate(function.inputs):
         value_map[formal] = node.inputs[i] if i < len(node.inputs) else None
 
+    # Inner nodes are named "<node>/<op>/<inner op>", so an error about one of them (no rule
+    # for an inner Scan, say) still names the op and the node it came from.
+    origin = f"{node.name}/{node.op_type}" if node.name else node.op_type
+
     def rename(n: ir.Node) -> None:
-        n.name = op.namer.fresh(f"{node.name or node.op_type}/{n.op_type}")
+        n.name = op.namer.fresh(f"{origin}/{n.op_type}")
         for out in n.outputs:
             out.name = op.namer.fresh(f"{node.name or node.op_type}/{out.name or 'v'}")
 
     cloner = _cloner.Cloner(attr_map=_attributes(node, op.opset), value_map=value_map,
                             metadata_props={}, post_process=rename, resolve_ref_attrs=True)
     nodes = [cloner.clone_node(n) for n in function]
-    outputs = [value_map[o] for o in function.outputs]
-    for old, new in zip(node.outputs, outputs):
+    pairs = [(node.outputs[i], value_map[o]) for i, o in zip(slots, function.outputs)
+             if i < len(node.outputs)]
+    for old, new in pairs:
         if new is not None:
             new.type, new.shape = old.type, old.shape
-    ir.convenience.replace_nodes_and_values(graph, insertion_point=node, old_nodes=[node],
-                                            new_nodes=nodes, old_values=node.outputs,
-                                            new_values=[v for v in outputs if v is not None])
+    ir.convenience.replace_nodes_and_values(
+        graph, insertion_point=node, old_nodes=[node], new_nodes=nodes,
+        old_values=[old for old, new in pairs if new is not None],
+        new_values=[new for _, new in pairs if new is not None])
     for n in nodes:
-        if any(o.type is None or o.shape is None for o in n.outputs):
+        if not _fold(n, op.opset) and any(o.type is None or o.shape is None
+                                          for o in n.outputs):
             infer_outputs(n, op.opset)
+
+
+#: Ops whose outputs are not a function of their inputs alone.
+_RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                     "Bernoulli", "Multinomial", "Dropout"})
+
+
+def _fold(node: ir.Node, opset: int) -> bool:
+    """Give ``node``'s outputs their constant values where its inputs are constants or
+    static shapes (a body's shape arithmetic: CenterCropPad's pads, RotaryEmbedding's
+    reshapes), so that rules see constants and later nodes get static shapes. The node
+    stays; only its outputs learn their values."""
+    if node.op_type in _RANDOM or node.domain not in ("", "ai.onnx") or any(
+            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for a in node.attributes.values()):
+        return False
+    arrays: list[np.ndarray | None]
+    if node.op_type in ("Shape", "Size"):
+        shape = static_dims(node.inputs[0])
+        if shape is None:
+            return False
+        arrays = [np.zeros(shape, dtype=np.int8)]
+    else:
+        arrays = [None if v is None else const_array(v) for v in node.inputs]
+        if any(v is not None and a is None for v, a in zip(node.inputs, arrays)):
+            return False
+    try:
+        results = _evaluate(node, arrays, opset)
+    except Exception:
+        return False
+    for out, value in zip(node.outputs, results):
+        tensor = ir.tensor(np.asarray(value))
+        out.const_value = tensor
+        out.type, out.shape = ir.TensorType(tensor.dtype), ir.Shape(np.asarray(value).shape)
+    return True
+
+
+def _evaluate(node: ir.Node, arrays: list[np.ndarray | None], opset: int) -> list[object]:
+    """``node`` run by onnx.reference on constant inputs."""
+    from onnx.reference import ReferenceEvaluator
+
+    proto = ir.serde.serialize_node(node)
+    names = [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)]
+    outs = [f"out{i}" if o else "" for i, o in enumerate(proto.output)]
+    del proto.input[:], proto.output[:]
+    proto.input.extend(names)
+    proto.output.extend(outs)
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in zip(arrays, names)
+             if a is not None]
+    graph = onnx.helper.make_graph([proto], "fold", [], [
+        onnx.helper.make_value_info(o, onnx.TypeProto()) for o in outs if o],
+        initializer=inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    return list(ReferenceEvaluator(model).run(None, {}))

@@ -21,12 +21,13 @@ Rule = Callable[["GradContext", Builder], Sequence[Value | None]]
 RULES: dict[str, Rule] = {}
 
 #: Ops whose outputs never carry a gradient (integer/boolean results, constants, randomness,
-#: piecewise-constant functions).
+#: piecewise-constant functions). OneHot is not among them: its output is linear in its float
+#: ``values`` input.
 NON_DIFFERENTIABLE: frozenset[str] = frozenset({
     "Shape", "Size", "Constant", "ConstantOfShape", "Equal", "Less", "Greater", "LessOrEqual",
     "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "ArgMax", "ArgMin",
     "NonZero", "Range", "RandomNormal", "RandomUniform", "RandomNormalLike",
-    "RandomUniformLike", "EyeLike", "OneHot", "Sign", "Floor", "Ceil", "Round",
+    "RandomUniformLike", "EyeLike", "Sign", "Floor", "Ceil", "Round", "Hardmax",
 })
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .._ir import Builder, Value, find, np_dtype, static_dims
-from ..autodiff import build_gradients
+from ..autodiff import build_gradients, describe_cuts, gradient_cuts
 from ..errors import EdgetrainError
 from ._batchnorm import use_batch_statistics
 from ._state import Compilation, StepGraph
@@ -77,18 +77,26 @@ def differentiate(c: Compilation) -> None:
     """Pass: the backward pass from the loss to the selected weights (only those reached)."""
     t = c.step()
     seed = c.options.optimizer.backward_seed(t.op, t.inputs["lr"])
+    seed = t.op.cast(seed, t.outputs["loss"].dtype)  # lr has the weights' type, not the loss's
     weights = [t.graph.initializers[n] for n in c.selected]
     if c.pred_gradient is not None:  # the loss's closed form: start at the prediction
-        c.grads = build_gradients(t.graph, t.outputs["prediction"], weights, t.op,
+        start = t.outputs["prediction"]
+        c.grads = build_gradients(t.graph, start, weights, t.op,
                                   seed=c.pred_gradient(t.op, seed))
     else:
-        c.grads = build_gradients(t.graph, t.outputs["loss"], weights, t.op, seed=seed)
+        start = t.outputs["loss"]
+        c.grads = build_gradients(t.graph, start, weights, t.op, seed=seed)
     missing = [p for p in c.selected if p not in c.grads]
     if missing:
         warnings.warn(f"{len(missing)} selected parameter(s) do not affect the loss and stay "
                       f"frozen: {', '.join(missing[:10])}", stacklevel=4)
     c.trainable = [p for p in c.selected if p in c.grads]
     if not c.trainable:
+        cuts = gradient_cuts(t.graph, start, weights)
+        if cuts:
+            raise EdgetrainError(f"no gradient reaches the selected parameters: every path "
+                                 f"to the loss passes through {describe_cuts(cuts)}, which "
+                                 "carries none; nothing to train")
         raise EdgetrainError("no selected parameter affects the loss; nothing to train")
 
 
@@ -145,8 +153,10 @@ def guard(c: Compilation) -> None:
     """
     t = c.step()
     op = t.op
-    terms = [op.ReduceSum(v, keepdims=0) for v in c.new_state.values()]
-    total = op.Sum(t.outputs["loss"], *terms, t.inputs["lr"])
+    lr = t.inputs["lr"]
+    # One type for the Sum: the rate's (the weights'); the loss may differ (a float64 output).
+    terms = [op.cast(op.ReduceSum(v, keepdims=0), lr.dtype) for v in c.new_state.values()]
+    total = op.Sum(op.cast(t.outputs["loss"], lr.dtype), *terms, lr)
     ok = op.Equal(op.Sub(total, total), 0.0)
     step = t.graph.initializers[c.names.step]
     c.new_state[c.names.step] = op.Add(step, op.Cast(ok, to=ir.DataType.INT64))

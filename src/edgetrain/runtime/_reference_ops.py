@@ -7,10 +7,21 @@
 - GatherElements: onnx.reference uses ``np.choose``, which takes at most 32 choices, and its
   fallback fails on a [1, 16] index into a [1, 512] table (BERT's position/token-type ids);
   ``np.take_along_axis`` is the exact equivalent.
-- MaxUnpool: onnx.reference sizes its output from the kernel, strides and pads and ignores the
-  ``output_shape`` input, so it fails when a floor-mode pool dropped trailing rows (an 11×11
-  input pooled 2×2 to 5×5). Placing each value at its index in a zero tensor of
-  ``output_shape`` is the operator's definition.
+- GlobalLpPool: onnx.reference has no kernel for it; (Σ |x|ᵖ over space)^(1/p).
+- LRN: onnx.reference loops its channel windows over the batch size instead of the channel
+  count (right only when they are equal) and takes 4-D inputs only; here the definition, for
+  any rank.
+- LpNormalization: for p = 1 onnx.reference divides by ``Σ x`` instead of ``Σ |x|`` (the L1
+  norm, and what onnxruntime computes); 0 where the norm is 0, as the reference.
+- MaxPool: with unit strides and dilations (overlapping windows: a 2×2 kernel at stride 1)
+  onnx.reference takes a vectorized path whose ``Indices`` output points at elements that are
+  not their window's maximum, and whose ``pads``/``SAME_*`` handling fails on some inputs;
+  its general loop (taken for other strides) is right. Here every pool that outputs indices
+  takes the loop, with ``auto_pad`` resolved to explicit pads (the loop's ``SAME_LOWER``
+  puts the larger half at the end).
+- MaxUnpool: onnx.reference places the values one at a time in a Python loop. The same
+  definition — each value at its index in the shape inferred from the kernel, strides and
+  pads, that tensor at the start of ``output_shape`` — vectorized.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_max_pool import MaxPool as _RefMaxPool
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -58,18 +70,88 @@ class GatherElements(OpRun):
         return (np.take_along_axis(data, idx.astype(np.int64), axis=axis),)
 
 
+class GlobalLpPool(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, p: Any = 2) -> tuple[np.ndarray]:
+        axes = tuple(range(2, x.ndim))
+        y = np.sum(np.abs(x) ** int(p), axis=axes, keepdims=True) ** (1.0 / int(p))
+        return (y.astype(x.dtype),)
+
+
+class LRN(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, alpha: Any = 1e-4, beta: Any = 0.75, bias: Any = 1.0,
+             size: Any = None) -> tuple[np.ndarray]:
+        lo, hi = (int(size) - 1) // 2, int(size) - 1 - (int(size) - 1) // 2
+        sq = np.moveaxis(x.astype(np.float64) ** 2, 1, 0)
+        window = np.zeros_like(sq)
+        for c in range(sq.shape[0]):
+            window[c] = sq[max(0, c - lo): c + hi + 1].sum(axis=0)
+        d = float(bias) + float(alpha) / int(size) * np.moveaxis(window, 0, 1)
+        return ((x / d ** float(beta)).astype(x.dtype),)
+
+
+class LpNormalization(OpRun):
+    op_domain = ""
+
+    def _run(self, x: np.ndarray, axis: Any = -1, p: Any = 2) -> tuple[np.ndarray]:
+        norm = np.sum(np.abs(x) ** int(p), axis=int(axis), keepdims=True) ** (1.0 / int(p))
+        with np.errstate(all="ignore"):
+            return (np.where(norm == 0, 0, x / norm).astype(x.dtype),)
+
+
+class MaxPool(_RefMaxPool):
+    op_domain = ""
+
+    def _run(  # type: ignore[override]
+            self, x: np.ndarray, auto_pad: Any = None, ceil_mode: Any = None,
+            dilations: Any = None, kernel_shape: Any = None, pads: Any = None,
+            storage_order: Any = None, strides: Any = None) -> tuple[np.ndarray, ...]:
+        attrs = {"ceil_mode": ceil_mode, "dilations": dilations, "kernel_shape": kernel_shape,
+                 "storage_order": storage_order, "strides": strides}
+        if len(self.output) < 2 or not self.output[1]:  # no indices: the fast path is right
+            return super()._run(x, auto_pad=auto_pad, pads=pads, **attrs)  # type: ignore[no-any-return,no-untyped-call]
+        n = len(kernel_shape)
+        mode = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad or "NOTSET"
+        if mode != "NOTSET":
+            pads = _auto_pads(mode, x.shape[2:], kernel_shape, strides or [1] * n,
+                              dilations or [1] * n)
+        return self._max_pool(x, auto_pad=None, pads=pads, **attrs)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _auto_pads(mode: str, size: tuple[int, ...], kernel: list[int], strides: list[int],
+               dilations: list[int]) -> list[int]:
+    """Explicit pads of ``auto_pad`` (SAME_* keeps ceil(size/stride) outputs)."""
+    begin, end = [], []
+    for x, k, s, d in zip(size, kernel, strides, dilations):
+        total = 0 if mode == "VALID" else max((-(-x // s) - 1) * s + (k - 1) * d + 1 - x, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode != "SAME_LOWER" else big)
+        end.append(big if mode != "SAME_LOWER" else small)
+    return begin + end
+
+
 class MaxUnpool(OpRun):
     op_domain = ""
 
     def _run(self, x: np.ndarray, indices: np.ndarray, output_shape: np.ndarray | None = None,
              kernel_shape: Any = None, pads: Any = None, strides: Any = None
              ) -> tuple[np.ndarray]:
-        if output_shape is None:
-            raise ValueError("MaxUnpool here needs its output_shape input")
-        out = np.zeros(int(np.prod(output_shape)), dtype=x.dtype)
-        out[indices.reshape(-1)] = x.reshape(-1)
-        return (out.reshape(tuple(int(d) for d in output_shape)),)
+        n = len(kernel_shape)
+        pads = pads or [0] * (2 * n)
+        strides = strides or [1] * n
+        inferred = [*x.shape[:2], *((x.shape[2 + i] - 1) * strides[i] - pads[i] - pads[n + i]
+                                    + kernel_shape[i] for i in range(n))]
+        flat = np.zeros(int(np.prod(inferred)), dtype=x.dtype)
+        flat[indices.reshape(-1)] = x.reshape(-1)
+        shape = inferred if output_shape is None else [int(d) for d in output_shape]
+        out = np.zeros(shape, dtype=x.dtype)
+        out[tuple(slice(0, d) for d in inferred)] = flat.reshape(inferred)
+        return (out,)
 
 
 #: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
-EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, MaxUnpool]
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, GlobalLpPool, LRN,
+                                 LpNormalization, MaxPool, MaxUnpool]

@@ -135,7 +135,7 @@ def crop_or_pad(op: Builder, g: Value, begin: list[int], end: list[int]) -> tupl
     axes = [2 + i for i, (b, e) in enumerate(zip(begin, end)) if b < 0 or e < 0]
     if axes:
         starts = [max(-begin[a - 2], 0) for a in axes]
-        ends = [-end[a - 2] if end[a - 2] < 0 else INT64_MAX for a in axes]
+        ends = [end[a - 2] if end[a - 2] < 0 else INT64_MAX for a in axes]
         g = op.Slice(g, starts, ends, axes)
     return g, [max(b, 0) for b in begin], [max(e, 0) for e in end]
 
@@ -321,6 +321,15 @@ def _conv_transpose_geometry(ctx: GradContext, ws: tuple[int, ...], group: int
                         tuple(end), group)
 
 
+def _crop_outside(op: Builder, dy: Value, geo: ConvGeometry) -> tuple[Value, ConvGeometry]:
+    """Negative pads of the adjoint Conv (an ``output_shape`` beyond the natural size) mark
+    output rows no input reaches: dY cropped to the rest, and the geometry without them."""
+    g, begin, end = crop_or_pad(op, dy, list(geo.begin), list(geo.end))
+    xs = tuple(geo.x[i] + min(geo.begin[i], 0) + min(geo.end[i], 0) for i in range(geo.rank))
+    return g, ConvGeometry(xs, geo.y, geo.k, geo.strides, geo.dilations, tuple(begin),
+                           tuple(end), geo.group)
+
+
 @grad_rule("ConvTranspose")
 def conv_transpose(ctx: GradContext, op: Builder) -> list[Value | None]:
     """Y = ConvTranspose(X, W) + B is the adjoint of Z ↦ Conv(Z, W) (same attributes).
@@ -334,12 +343,44 @@ def conv_transpose(ctx: GradContext, op: Builder) -> list[Value | None]:
     group = int(ctx.attr("group", 1))
     geo = _conv_transpose_geometry(ctx, ws, group)
     n = geo.rank
+    dy_in = dy
+    if any(p < 0 for p in geo.begin + geo.end):  # output_shape past the natural size
+        dy_in, geo = _crop_outside(op, dy, geo)
     grads: list[Value | None] = [None, None, None]
     if ctx.needs_grad(0):
-        grads[0] = op.Conv(dy, w, strides=list(geo.strides), dilations=list(geo.dilations),
+        grads[0] = op.Conv(dy_in, w, strides=list(geo.strides), dilations=list(geo.dilations),
                            group=group, pads=list(geo.begin) + list(geo.end))
     if ctx.needs_grad(1):
-        grads[1] = weight_grad(op, dy, x, geo, ws[1] * group)
+        grads[1] = weight_grad(op, dy_in, x, geo, ws[1] * group)
     if ctx.needs_grad(2):
         grads[2] = bias_grad(op, dy, 2 + n)
     return grads
+
+
+@grad_rule("Col2Im")
+def col2im(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y = the blocks of the input [N, C·K, L] added into an image (torch's fold): its adjoint
+    is im2col, dInput[n, c·K + o, l] = dY_padded[n, c, l·stride + o·dilation], one strided
+    Slice of the padded dY per kernel offset o, stacked."""
+    image, block = ctx.const_value(ctx.input(1)), ctx.const_value(ctx.input(2))
+    if image is None or block is None:
+        raise UnsupportedOpError(f"{ctx.where()}: image_shape and block_shape must be "
+                                 "constants for the gradient")
+    size, k = [int(v) for v in image.reshape(-1)], [int(v) for v in block.reshape(-1)]
+    n = len(size)
+    dil = [int(v) for v in ctx.attr("dilations", [1] * n)]
+    pads = [int(v) for v in ctx.attr("pads", [0] * (2 * n))]
+    strides = [int(v) for v in ctx.attr("strides", [1] * n)]
+    g = ctx.dy()
+    if any(pads):
+        g = op.Pad(g, [0, 0, *pads[:n], 0, 0, *pads[n:]])
+    blocks = [(size[i] + pads[i] + pads[n + i] - dil[i] * (k[i] - 1) - 1) // strides[i] + 1
+              for i in range(n)]
+    parts = []
+    for off in itertools.product(*(range(kk) for kk in k)):
+        starts = [o * d for o, d in zip(off, dil)]
+        ends = [st + (b - 1) * s + 1 for st, b, s in zip(starts, blocks, strides)]
+        parts.append(op.Unsqueeze(op.Slice(g, starts, ends, list(range(2, 2 + n)), strides),
+                                  [2]))
+    stacked = op.Concat(*parts, axis=2) if len(parts) > 1 else parts[0]  # [N, C, K, *blocks]
+    return [op.Reshape(stacked, [0, -1, int(np.prod(blocks))]), None, None]

@@ -26,6 +26,14 @@ def sum_(ctx: GradContext, op: Builder) -> list[Value | None]:
             for i in range(len(ctx.inputs))]
 
 
+@grad_rule("Mean")
+def mean(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = (x₀ + x₁ + … + xₙ₋₁)/n (variadic, broadcasting): dxᵢ = dy/n summed to xᵢ's shape."""
+    g = op.Mul(ctx.dy(), 1.0 / len(ctx.inputs))
+    return [unbroadcast(ctx, op, g, i) if ctx.needs_grad(i) else None
+            for i in range(len(ctx.inputs))]
+
+
 @grad_rule("Sub")
 def sub(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = a - b: da = dy, db = -dy."""
@@ -73,6 +81,21 @@ def pow_(ctx: GradContext, op: Builder) -> list[Value | None]:
         g = op.Where(pos, op.Mul(dyf, op.Mul(yf, op.Log(af))), zero(op, b))
         db = unbroadcast(ctx, op, g, 1)
     return [da, db]
+
+
+@grad_rule("Mod")
+def mod(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = a - b·q with q = trunc(a/b) (fmod=1) or floor(a/b) (fmod=0), an integer that is
+    constant between the jumps: da = dy, db = -dy·q. q is read back from the forward as
+    round((a - y)/b), exact for the integer it is."""
+    a, b, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    grads: list[Value | None] = [None, None]
+    if ctx.needs_grad(0):
+        grads[0] = unbroadcast(ctx, op, dy, 0)
+    if ctx.needs_grad(1):
+        q = op.Round(op.Div(op.Sub(a, ctx.outputs[0]), b))
+        grads[1] = unbroadcast(ctx, op, op.Neg(op.Mul(dy, q)), 1)
+    return grads
 
 
 @grad_rule("Neg")
@@ -163,8 +186,9 @@ def reciprocal(ctx: GradContext, op: Builder) -> list[Value | None]:
 
 @grad_rule("Clip")
 def clip(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """y = min(max(x, lo), hi): dx = dy where lo ≤ x ≤ hi, else 0;
-    dlo = Σ dy where x < lo; dhi = Σ dy where x > hi (torch.clamp's convention at the bounds).
+    """y = min(max(x, lo), hi) = min(m, hi): dx = dy where x ≥ lo and m ≤ hi;
+    dlo = Σ dy where x < lo and m ≤ hi; dhi = Σ dy where m > hi (torch.clamp's convention at
+    the bounds). With lo > hi every y is hi, and all of the gradient goes to hi.
 
     ``lo`` and ``hi`` are optional inputs; an absent bound passes everything on its side.
     """
@@ -172,24 +196,26 @@ def clip(ctx: GradContext, op: Builder) -> list[Value | None]:
     lo, hi = ctx.input(1), ctx.input(2)
     z = zero(op, dy)
     grads: list[Value | None] = [None] * len(ctx.inputs)
+    below_hi = None  # m ≤ hi
+    if hi is not None:
+        below_hi = op.LessOrEqual(op.Max(x, lo) if lo is not None else x, hi)
     if ctx.needs_grad(0):
-        inside = None
-        if lo is not None:
-            inside = op.GreaterOrEqual(x, lo)
-        if hi is not None:
-            below = op.LessOrEqual(x, hi)
-            inside = below if inside is None else op.And(inside, below)
+        inside = op.GreaterOrEqual(x, lo) if lo is not None else None
+        if below_hi is not None:
+            inside = below_hi if inside is None else op.And(inside, below_hi)
         grads[0] = dy if inside is None else op.Where(inside, dy, z)
     if lo is not None and ctx.needs_grad(1):
-        grads[1] = op.ReduceSum(op.Where(op.Less(x, lo), dy, z), keepdims=0)
-    if hi is not None and ctx.needs_grad(2):
-        grads[2] = op.ReduceSum(op.Where(op.Greater(x, hi), dy, z), keepdims=0)
+        under = op.Less(x, lo)
+        under = under if below_hi is None else op.And(under, below_hi)
+        grads[1] = op.ReduceSum(op.Where(under, dy, z), keepdims=0)
+    if hi is not None and below_hi is not None and ctx.needs_grad(2):
+        grads[2] = op.ReduceSum(op.Where(below_hi, z, dy), keepdims=0)
     return grads
 
 
-@grad_rule("Identity")
+@grad_rule("Identity", "OptionalGetElement")
 def identity(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """y = x: dx = dy."""
+    """y = x (and the tensor inside an optional tensor): dx = dy."""
     return [ctx.dy()]
 
 

@@ -1,10 +1,13 @@
-"""Linear algebra: Gemm and MatMul."""
+"""Linear algebra: Gemm, MatMul, Det."""
 
 from __future__ import annotations
 
-from ..._ir import Builder, Dims, Value
+import numpy as np
+
+from ..._ir import Builder, Dims, Value, np_dtype
 from ..._ir import dims as ctx_dims
-from .._helpers import sum_to_shape, unbroadcast
+from ...errors import UnsupportedOpError
+from .._helpers import dtype_of, sum_to_shape, unbroadcast
 from .._registry import GradContext, grad_rule
 
 
@@ -92,3 +95,26 @@ def _rows(op: Builder, x: Value) -> Value:
         return op.Reshape(x, [-1, k])
     return op.Reshape(x, op.Concat(op.const([-1]), op.Slice(op.Shape(x), [-1], [2 ** 62]),
                                    axis=0))
+
+
+@grad_rule("Det")
+def det(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = det X (over the last two axes, n × n): dX = dy·cof(X), the cofactor matrix
+    cof(X)ᵢⱼ = (-1)^(i+j)·det(X without row i and column j) — right for singular X too,
+    where det(X)·X⁻ᵀ is not."""
+    x = ctx.x(0)
+    n = (ctx.shape(x) or (None,))[-1]
+    if not isinstance(n, int):
+        raise UnsupportedOpError(f"{ctx.where()}: the gradient needs a static matrix size")
+    g = op.Unsqueeze(ctx.dy(), [-1, -2])
+    if n == 1:
+        return [op.Expand(g, op.Shape(x))]
+    others = np.array([[j for j in range(n) if j != i] for i in range(n)], dtype=np.int64)
+    rank = ctx.rank(x)
+    rows = op.Gather(x, others, axis=rank - 2)               # [..., i, n-1, n]
+    minors = op.Gather(rows, others, axis=rank)              # [..., i, n-1, j, n-1]
+    perm = [*range(rank - 2), rank - 2, rank, rank - 1, rank + 1]
+    minors = op.Transpose(minors, perm=perm)                 # [..., i, j, n-1, n-1]
+    signs = np.array([[(-1.0) ** (i + j) for j in range(n)] for i in range(n)])
+    cof = op.Mul(op.op("Det", minors), op.const(signs.astype(np_dtype(dtype_of(x)))))
+    return [op.Mul(g, cof)]

@@ -1,4 +1,5 @@
-"""Reductions: ReduceSum, ReduceMean (axes as an input from opset 18, or an attribute before)."""
+"""Reductions (ReduceSum, ReduceMean, ReduceProd, the norms and log-sums; axes as an input from
+opset 18, or an attribute before) and CumProd."""
 
 from __future__ import annotations
 
@@ -85,3 +86,42 @@ def reduce_log_sum_exp(ctx: GradContext, op: Builder) -> list[Value | None]:
 def reduce_log_sum(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = log Σ x over axes: dx = dy/Σx = dy·e^(−y) (dy broadcast back)."""
     return [_spread(ctx, op, op.Mul(ctx.dy(), op.Exp(op.Neg(ctx.outputs[0])))), None]
+
+
+@grad_rule("ReduceProd")
+def reduce_prod(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """y = Π x over axes: dxᵢ = dy·Π_{j≠i} xⱼ, which is dy·y/xᵢ where xᵢ ≠ 0. Where xᵢ is the
+    group's only zero it is dy·Π of the others (the product with that zero read as 1), and
+    0 where the group has another zero."""
+    x, dy = ctx.x(0), ctx.dy()
+    is0 = op.Equal(x, 0.0)
+    ones = op.Where(is0, op.scalar(1.0, x), x)
+    rest = ctx.node.inputs[1:]
+    attrs = {k: ctx.attr(k) for k in ("keepdims", "noop_with_empty_axes", "axes")}
+    others = op.op("ReduceProd", ones, *rest, **attrs)  # the product without the zeros
+    zeros = op.op("ReduceSum", op.cast(is0, x.dtype), *rest, **attrs)
+    spread_dy = _spread(ctx, op, dy)
+    nonzero = op.Div(op.Mul(spread_dy, _spread(ctx, op, ctx.outputs[0])), ones)
+    lone = op.Mul(spread_dy, _spread(ctx, op, op.Where(op.Equal(zeros, 1.0), others,
+                                                        zero(op, others))))
+    return [op.Where(is0, lone, nonzero), None]
+
+
+@grad_rule("CumProd")
+def cum_prod(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """yⱼ = Π xᵢ over the i that position j covers (i ≤ j; exclusive: i < j; reverse: i ≥ j):
+    dxᵢ = Σ_{j covers i} dyⱼ·Π_{k covered by j, k ≠ i} xₖ — CumSum of dy·y in the opposite
+    direction, divided by xᵢ where xᵢ ≠ 0. At a zero xᵢ the products that cover no other zero
+    (P = cumprod with zeros read as 1, kept where the covered zeros number at most one)
+    summed the same way."""
+    x, ax, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    flags = {"exclusive": int(ctx.attr("exclusive", 0)), "reverse": int(ctx.attr("reverse", 0))}
+    back = {"exclusive": flags["exclusive"], "reverse": 1 - flags["reverse"]}
+    is0 = op.Equal(x, 0.0)
+    ones = op.Where(is0, op.scalar(1.0, x), x)
+    nonzero = op.Div(op.CumSum(op.Mul(dy, ctx.outputs[0]), ax, **back), ones)
+    covered0 = op.CumSum(op.cast(is0, x.dtype), ax, **flags)
+    lone = op.Where(op.LessOrEqual(covered0, 1.0), op.op("CumProd", ones, ax, **flags),
+                    zero(op, x))
+    at0 = op.CumSum(op.Mul(dy, lone), ax, **back)
+    return [op.Where(is0, at0, nonzero), None]

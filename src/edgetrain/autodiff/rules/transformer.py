@@ -1,5 +1,5 @@
-"""Ops of transformer and NLP models: layer norm, GELU/Erf, embedding lookups, scatters,
-max/min reductions, Einsum, CumSum.
+"""Ops of transformer and NLP models: layer norm, GELU/Erf, embedding lookups, max/min
+reductions, Einsum, CumSum.
 
 Lookups (Gather, GatherElements, GatherND) differentiate into scatters with
 ``reduction="add"`` into zeros, so a token that occurs several times in a batch receives the
@@ -15,10 +15,10 @@ import string
 import numpy as np
 import onnx_ir as ir
 
-from ..._ir import Builder, Value
+from ..._ir import Builder, Value, np_dtype
 from ...errors import UnsupportedOpError
 from .._helpers import axes as reduced_axes
-from .._helpers import axis, float_const, sum_to_shape, unbroadcast, zeros_of_shape
+from .._helpers import axis, dtype_of, float_const, sum_to_shape, unbroadcast, zeros_of_shape
 from .._registry import GradContext, grad_rule
 
 
@@ -47,12 +47,12 @@ def layer_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = x̂·s + b with x̂ = (x - μ)·r, r = 1/√(σ² + ε), μ and σ² over axes [axis, rank):
     ds = Σ dy·x̂ and db = Σ dy over the leading axes (then summed to s's and b's shapes),
     dx = r·(g - mean(g) - x̂·mean(g·x̂)) with g = dy·s and means over the normalized axes.
+    The optional outputs Mean (μ) and InvStdDev (r) add dμ/n and -dr·r³·(x - μ)/n to dx
+    (n elements normalized together).
 
-    μ and r are recomputed in x's own precision rather than read from the optional Mean and
-    InvStdDev outputs, which opset 17 keeps in ``stash_type`` (float32 even for float64 x).
+    μ and r are recomputed in x's own precision rather than read from those outputs, which
+    opset 17 keeps in ``stash_type`` (float32 even for float64 x).
     """
-    if ctx.has_dy(1) or ctx.has_dy(2):
-        raise _unsupported(ctx, "gradients through the Mean/InvStdDev outputs are not supported")
     x = ctx.x(0)
     scale, bias = ctx.input(1), ctx.input(2)
     y, dy = ctx.outputs[0], ctx.dy()
@@ -70,11 +70,27 @@ def layer_normalization(ctx: GradContext, op: Builder) -> list[Value | None]:
         mean_g = op.ReduceMean(g, norm_axes, keepdims=1)
         mean_gx = op.ReduceMean(op.Mul(g, xhat), norm_axes, keepdims=1)
         grads[0] = op.Mul(rstd, op.Sub(op.Sub(g, mean_g), op.Mul(xhat, mean_gx)))
+        if ctx.has_dy(1) or ctx.has_dy(2):
+            grads[0] = op.Add(grads[0], _statistics_grad(ctx, op, x, xc, rstd, norm_axes))
     if scale is not None and ctx.needs_grad(1):
         grads[1] = sum_to_shape(op, op.Mul(dy, xhat), scale, y)
     if bias is not None and ctx.needs_grad(2):
         grads[2] = sum_to_shape(op, dy, bias, y)
     return grads
+
+
+def _statistics_grad(ctx: GradContext, op: Builder, x: Value, xc: Value, rstd: Value,
+                     norm_axes: list[int]) -> Value:
+    """dx from LayerNormalization's Mean and InvStdDev outputs: (dμ - dr·r³·(x - μ))/n."""
+    parts = []
+    if ctx.has_dy(1):
+        parts.append(op.cast(ctx.dy(1), x.dtype))
+    if ctx.has_dy(2):
+        r3 = op.Mul(rstd, op.Mul(rstd, rstd))
+        parts.append(op.Neg(op.Mul(op.Mul(op.cast(ctx.dy(2), x.dtype), r3), xc)))
+    total = parts[0] if len(parts) == 1 else op.Add(parts[0], parts[1])
+    n = op.ReduceProd(op.Gather(op.Shape(x), norm_axes), keepdims=0)
+    return op.Div(total, op.cast(n, x.dtype))  # broadcasts over the normalized axes
 
 
 @grad_rule("RMSNormalization")
@@ -195,45 +211,6 @@ def gather_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
     return [op.ScatterND(zeros_of_shape(op, dshape, data), idx, ctx.dy(), reduction="add"), None]
 
 
-def _scatter_reduction(ctx: GradContext) -> str:
-    red = ctx.attr("reduction", "none")
-    if red not in ("none", "add"):
-        raise _unsupported(ctx, f"reduction={red!r} has no gradient rule (only none and add)")
-    return str(red)
-
-
-@grad_rule("ScatterND")
-def scatter_nd(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """y = data with y[idx[k]] = upd[k] (reduction none) or += upd[k] (add):
-    d data = dy with the written slots zeroed (none) or dy (add); d upd = dy[idx[k]]."""
-    idx, dy = ctx.x(1), ctx.dy()
-    red = _scatter_reduction(ctx)
-    grads: list[Value | None] = [None, None, None]
-    if ctx.needs_grad(0):
-        grads[0] = dy if red == "add" else op.ScatterND(
-            dy, idx, zeros_of_shape(op, op.Shape(ctx.x(2)), dy))
-    if ctx.needs_grad(2):
-        grads[2] = op.GatherND(dy, idx)
-    return grads
-
-
-@grad_rule("ScatterElements")
-def scatter_elements(ctx: GradContext, op: Builder) -> list[Value | None]:
-    """y = data with y[idx[i][j]][j] = upd[i][j] (axis 0; reduction none) or += (add):
-    d data = dy with the written elements zeroed (none) or dy (add);
-    d upd = GatherElements(dy, idx)."""
-    data, idx, dy = ctx.x(0), ctx.x(1), ctx.dy()
-    red = _scatter_reduction(ctx)
-    a = axis(ctx, data)
-    grads: list[Value | None] = [None, None, None]
-    if ctx.needs_grad(0):
-        grads[0] = dy if red == "add" else op.ScatterElements(
-            dy, idx, zeros_of_shape(op, op.Shape(ctx.x(2)), dy), axis=a)
-    if ctx.needs_grad(2):
-        grads[2] = op.GatherElements(dy, idx, axis=a)
-    return grads
-
-
 # -- max and min -------------------------------------------------------------------------------
 
 @grad_rule("ReduceMax", "ReduceMin")
@@ -299,8 +276,9 @@ def _einsum_terms(ctx: GradContext) -> tuple[list[str], str]:
 def einsum(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = einsum(eq, x₀, x₁, …): dxᵢ = einsum("y-subscripts, others → xᵢ-subscripts", dy,
     x_{j≠i}), since y is linear in each operand. Letters that only xᵢ sums out are restored by
-    broadcasting; broadcast (size-1) ellipsis dims are summed back. Repeated letters inside one
-    operand (traces, diagonals) are not supported.
+    broadcasting; broadcast (size-1) ellipsis dims are summed back. A letter repeated inside
+    one operand (a diagonal, a trace) is differentiated once and the result placed back on
+    that diagonal (an identity matrix per repetition).
     """
     terms, out = _einsum_terms(ctx)
     dy = ctx.dy()
@@ -310,22 +288,44 @@ def einsum(ctx: GradContext, op: Builder) -> list[Value | None]:
         if not ctx.needs_grad(i):
             grads.append(None)
             continue
-        if len(set(term)) != len(term):
-            raise _unsupported(ctx, f"operand {i} repeats a subscript ({term!r}): traces and "
-                               "diagonals have no gradient rule")
+        unique = "".join(dict.fromkeys(term))
+        firsts = [term.index(c) for c in unique]
         others = [t for j, t in enumerate(terms) if j != i]
         seen = set(out) | set("".join(others))
-        kept = "".join(c for c in term if c in seen)
+        kept = "".join(c for c in unique if c in seen)
         eq = ",".join([out, *others]) + "->" + kept
         g = op.Einsum(dy, *[v for j, v in enumerate(operands) if j != i], equation=eq)
-        if kept != term:  # letters summed out of xᵢ alone: broadcast dy back over them
-            g = op.Expand(op.Unsqueeze(g, [k for k, c in enumerate(term) if c not in seen]),
-                          op.Shape(x))
+        if kept != unique:  # letters summed out of xᵢ alone: broadcast dy back over them
+            g = op.Expand(op.Unsqueeze(g, [k for k, c in enumerate(unique) if c not in seen]),
+                          op.Gather(op.Shape(x), firsts))
+        if unique != term:
+            g = _onto_diagonals(ctx, op, g, term, unique, x)
         xs = ctx.shape(x)
         if xs is None or any(d == 1 or not isinstance(d, int) for d in xs):
             g = sum_to_shape(op, g, x)  # a size-1 dim of xᵢ may have broadcast
         grads.append(g)
     return grads
+
+
+def _onto_diagonals(ctx: GradContext, op: Builder, g: Value, term: str, unique: str,
+                    x: Value) -> Value:
+    """g (subscripts ``unique``) placed on the diagonals of ``term`` (a letter repeated):
+    einsum with one identity matrix per repetition."""
+    xs = ctx.shape(x)
+    free = iter(c for c in string.ascii_letters if c not in term)
+    spelled, eyes, eqs = [], [], []
+    for k, c in enumerate(term):
+        if term.index(c) == k:
+            spelled.append(c)
+            continue
+        n = xs[k] if xs is not None else None
+        if not isinstance(n, int):
+            raise _unsupported(ctx, f"the repeated subscript {c!r} needs a static size")
+        f = next(free)
+        spelled.append(f)
+        eyes.append(op.const(np.eye(n, dtype=np_dtype(dtype_of(x)))))
+        eqs.append(c + f)
+    return op.Einsum(g, *eyes, equation=",".join([unique, *eqs]) + "->" + "".join(spelled))
 
 
 @grad_rule("CumSum")

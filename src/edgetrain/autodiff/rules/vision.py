@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-from onnx import TensorProto, helper
 
 from ..._ir import Builder, Value, np_dtype
 from ...errors import UnsupportedOpError
@@ -130,37 +128,42 @@ def pad(ctx: GradContext, op: Builder) -> list[Value | None]:
 
 # -- Resize ------------------------------------------------------------------------------------
 
-def _resize_matrix(ctx: GradContext, n_in: int, n_out: int, scale: float | None
-                   ) -> np.ndarray:
+def _resize_weights(ctx: GradContext, op: Builder, n_in: int, n_out: int,
+                    scale: float | None, roi: tuple[float, float], like: Value) -> Value:
     """The [n_out, n_in] matrix of the node's 1-D interpolation along one axis.
 
-    Resize is separable: every mode (nearest, linear, cubic, with any coordinate transform)
-    interpolates each axis independently. Running the node's own attributes on an identity
-    with onnx.reference gives the exact weights.
+    Resize is separable: every mode (nearest, linear, cubic, antialiased, with any coordinate
+    transform) interpolates each axis independently. The node's own attributes applied to an
+    identity give the exact weights — in the graph, so that each runtime gets the weights of
+    its own Resize (onnxruntime and onnx.reference disagree on align_corners when scales
+    leave a fractional output size). ``roi``: the axis's crop for tf_crop_and_resize;
+    outputs outside it take the extrapolation value, a constant (0 here).
     """
-    from onnx.reference import ReferenceEvaluator
-
     attrs = {k: ctx.attr(k) for k in ctx.node.attributes
              if k not in ("axes", "keep_aspect_ratio_policy")}
-    dt = np.float64
+    attrs["extrapolation_value"] = 0.0
+    eye = op.const(np.eye(n_in, dtype=np_dtype(like.dtype or ir.DataType.FLOAT)),
+                   hint="resize_basis")
+    roi_v = op.const(np.array([0.0, roi[0], 1.0, roi[1]], dtype=np.float32), hint="roi")
     if scale is None:  # the node gave sizes: the transform uses out/in
-        node = helper.make_node("Resize", ["X", "", "", "sizes"], ["Y"], **attrs)
+        sizes = op.const(np.array([n_in, n_out], dtype=np.int64))
+        out = op.Resize(eye, roi_v, None, sizes, **attrs)
     else:
-        node = helper.make_node("Resize", ["X", "", "scales"], ["Y"], **attrs)
-    g = helper.make_graph(
-        [node], "resize1d", [helper.make_tensor_value_info("X", TensorProto.DOUBLE, None)],
-        [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, None)],
-        initializer=[onnx.numpy_helper.from_array(np.array([1.0, scale or 1.0],
-                                                           dtype=np.float32),
-                                                  "scales"),
-                     onnx.numpy_helper.from_array(np.array([n_in, n_out], dtype=np.int64),
-                                                  "sizes")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(ctx.opset, 13))])
-    out = np.asarray(ReferenceEvaluator(m).run(None, {"X": np.eye(n_in, dtype=dt)})[0])  # type: ignore[index]
-    if out.shape != (n_in, n_out):
-        raise UnsupportedOpError(f"{ctx.where()}: cannot reproduce the resize of an axis of "
-                                 f"{n_in} to {n_out}")
-    return np.ascontiguousarray(out.T)
+        scales = op.const(np.array([1.0, scale], dtype=np.float32), hint="scales")
+        out = op.Resize(eye, roi_v, scales, **attrs)
+    return op.Transpose(out, perm=[1, 0])
+
+
+def _resize_rois(ctx: GradContext, axes: list[int], rank: int) -> dict[int, tuple[float, float]]:
+    """tf_crop_and_resize's crop (start, end) per axis, from the constant roi input."""
+    if ctx.attr("coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize":
+        return {}
+    roi = ctx.const_value(ctx.input(1))
+    if roi is None:
+        raise UnsupportedOpError(f"{ctx.where()}: the roi must be a constant for the gradient")
+    flat = [float(v) for v in roi.reshape(-1)]
+    on = axes if len(flat) == 2 * len(axes) else list(range(rank))
+    return {a: (flat[i], flat[len(on) + i]) for i, a in enumerate(on)}
 
 
 @grad_rule("Resize")
@@ -170,9 +173,6 @@ def resize(ctx: GradContext, op: Builder) -> list[Value | None]:
     Each resized axis is moved last, multiplied by R_aᵀ (MatMul) and moved back.
     """
     x, y, dy = ctx.x(0), ctx.outputs[0], ctx.dy()
-    mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
-    if mode == "tf_crop_and_resize":
-        raise UnsupportedOpError(f"{ctx.where()}: tf_crop_and_resize has no gradient rule")
     rank = ctx.rank(x)
     xs, ys = ctx.shape(x), ctx.shape(y)
     scales_v = ctx.const_value(ctx.input(2))
@@ -186,8 +186,8 @@ def resize(ctx: GradContext, op: Builder) -> list[Value | None]:
         for a, s in zip(axes, scales_v.reshape(-1)):
             scales[a] = float(s)
     assert xs is not None and ys is not None
+    rois = _resize_rois(ctx, axes, rank)
     g = dy
-    dt = np_dtype(x.dtype or ir.DataType.FLOAT)
     for a in range(rank):
         n_in, n_out = xs[a], ys[a]
         if sizes_v is None and scales[a] == 1.0:
@@ -195,10 +195,10 @@ def resize(ctx: GradContext, op: Builder) -> list[Value | None]:
         if not isinstance(n_in, int) or not isinstance(n_out, int):
             raise UnsupportedOpError(f"{ctx.where()}: resized axis {a} needs a static size")
         use_sizes = sizes_v is not None and sizes_v.size > 0
-        if n_in == n_out and (use_sizes or scales[a] == 1.0):
+        if n_in == n_out and (use_sizes or scales[a] == 1.0) and a not in rois:
             continue
-        mat = _resize_matrix(ctx, n_in, n_out, None if use_sizes else scales[a])
-        w = op.const(mat.astype(dt), hint="resize_matrix")
+        w = _resize_weights(ctx, op, n_in, n_out, None if use_sizes else scales[a],
+                            rois.get(a, (0.0, 1.0)), x)
         if a == rank - 1:
             g = op.MatMul(g, w)
         else:
@@ -225,3 +225,52 @@ def tile(ctx: GradContext, op: Builder) -> list[Value | None]:
     g = op.Reshape(ctx.dy(), op.Reshape(pairs, [-1]))
     g = op.ReduceSum(g, [2 * i for i in range(rank)], keepdims=0)
     return [g, None]
+
+
+# -- GridSample --------------------------------------------------------------------------------
+
+#: Largest sampling matrix (batch × input pixels × output points) the GridSample rule builds.
+GRID_SAMPLE_MAX_ELEMENTS = 1 << 26
+
+
+def _identity_image(op: Builder, pixels: int, spatial: list[int], like: Value) -> Value:
+    """[1, pixels, *spatial]: channel p is the unit image of pixel p (built at run time for
+    large images, where the constant would bloat the file)."""
+    dt = np_dtype(like.dtype or ir.DataType.FLOAT)
+    if pixels <= 4096:
+        return op.const(np.eye(pixels, dtype=dt).reshape(1, pixels, *spatial),
+                        hint="grid_sample_basis")
+    square = op.ConstantOfShape(op.const(np.array([pixels, pixels], dtype=np.int64)),
+                                value=ir.tensor(np.zeros(1, dtype=dt)))
+    return op.Reshape(op.op("EyeLike", square), [1, pixels, *spatial])
+
+
+@grad_rule("GridSample")
+def grid_sample(ctx: GradContext, op: Builder) -> list[Value | None]:
+    """Y[n, c] = W[n]·X[n, c] with W[n] [points, pixels] fixed by the grid (mode, padding,
+    align_corners): dX[n, c] = W[n]ᵀ·dY[n, c].
+
+    Wᵀ is the op itself run on the identity image (one channel per input pixel): sampling
+    pixel p's unit image at every grid point gives row p of Wᵀ, for every mode and padding
+    rule exactly as the runtime samples. The grid gets no gradient (the schema marks it
+    non-differentiable).
+    """
+    x, grid, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    xs, ys = ctx.shape(x), ctx.shape(ctx.outputs[0])
+    if xs is None or ys is None or not all(isinstance(d, int) for d in [*xs[2:], *ys[2:]]):
+        raise UnsupportedOpError(f"{ctx.where()}: the gradient needs static spatial sizes")
+    pixels = int(np.prod([int(d) for d in xs[2:]]))  # type: ignore[arg-type]
+    points = int(np.prod([int(d) for d in ys[2:]]))  # type: ignore[arg-type]
+    batch = xs[0] if isinstance(xs[0], int) else 1
+    if batch * pixels * points > GRID_SAMPLE_MAX_ELEMENTS:
+        raise UnsupportedOpError(f"{ctx.where()}: the gradient's sampling matrix would have "
+                                 f"{batch * pixels * points} elements (limit "
+                                 f"{GRID_SAMPLE_MAX_ELEMENTS})")
+    spatial = [int(d) for d in xs[2:]]  # type: ignore[arg-type]
+    basis = op.Expand(_identity_image(op, pixels, spatial, x),
+                      op.Concat(op.Shape(x, start=0, end=1),
+                                op.const(np.ones(len(xs) - 1, dtype=np.int64)), axis=0))
+    attrs = {k: ctx.attr(k) for k in ctx.node.attributes}
+    wt = op.Reshape(op.op("GridSample", basis, grid, **attrs), [0, pixels, points])
+    g = op.MatMul(op.Reshape(dy, [0, 0, points]), op.Transpose(wt, perm=[0, 2, 1]))
+    return [op.Reshape(g, op.Shape(x)), None]
