@@ -186,7 +186,7 @@ def build(case: Case) -> Built:
     nodes, outs = _op_nodes(case)
     # Run the op alone once: the loss weights need the outputs' shapes and types.
     probe = _graph(case, nodes, [(o, TensorProto.UNDEFINED) for o in outs])
-    values = ReferenceEvaluator(probe).run(outs, feeds)
+    values = evaluator(probe).run(outs, feeds)
     chosen = (list(case.loss_outputs) if case.loss_outputs is not None else
               [j for j, v in enumerate(values) if np.asarray(v).dtype.kind == "f"])
     rng = np.random.default_rng(case.seed + 1)
@@ -326,10 +326,15 @@ def check_standard_onnx(case: Case) -> None:
 
 
 def to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same graph in float32 (inputs, initializers, constants, value types)."""
+    """The same graph in float32 (inputs, initializers, constants, value types), subgraphs
+    (If branches, Loop and Scan bodies) too."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
+    _graph_to_float32(m.graph)
+    return m
+
+
+def _graph_to_float32(g: onnx.GraphProto) -> None:
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         if vi.type.tensor_type.elem_type == TensorProto.DOUBLE:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
@@ -344,7 +349,8 @@ def to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.DOUBLE:
                 a.t.CopyFrom(numpy_helper.from_array(
                     numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
-    return m
+            if a.type == onnx.AttributeProto.GRAPH:
+                _graph_to_float32(a.g)
 
 
 def check_onnxruntime_float32(case: Case) -> None:

@@ -4,7 +4,9 @@ Many ONNX ops are defined by a body of other ONNX ops (``ReduceL2``, ``Selu``, `
 ``GroupNormalization``, ``RMSNormalization``, ``Attention``, ``SoftmaxCrossEntropyLoss``, …:
 the schemas carry it, for some depending on the input types). Where no hand-written rule
 exists, the node on the path to the loss is replaced in the graph being differentiated by
-that body, and the rules of its ops apply. The inference graph keeps the fused op.
+that body, and the rules of its ops apply. The inference graph keeps the fused op. Ops whose
+schema has no body but edgetrain writes one (``EXPANSIONS``: LSTM, GRU, RNN) are replaced the
+same way.
 """
 
 from __future__ import annotations
@@ -16,30 +18,43 @@ import onnx.inliner
 import onnx_ir as ir
 from onnx_ir import _cloner
 
-from .._ir import Builder, Value, infer_outputs, reads
-from ._registry import NON_DIFFERENTIABLE, RULES
+from .._ir import Builder, Value, infer_outputs, reads, redirect
+from ._registry import EXPANSIONS, NON_DIFFERENTIABLE, RULES
 
 
 def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder) -> int:
     """Replace, until none is left, every node that depends on ``wrt``, has no rule and has
-    a function body. Returns how many nodes were expanded."""
+    a function body or a registered expansion. Returns how many nodes were expanded."""
     count = 0
     while True:
         dep = {id(v) for v in wrt}
-        target: tuple[ir.Node, ir.Function] | None = None
+        target: tuple[ir.Node, ir.Function | None] | None = None
         for node in graph:
             if node.op_type in NON_DIFFERENTIABLE or not any(id(v) in dep for v in reads(node)):
                 continue
             dep.update(id(o) for o in node.outputs)
             if node.op_type not in RULES and node.domain in ("", "ai.onnx"):
-                body = _function(node, op.opset)
-                if body is not None:
+                body = None if node.op_type in EXPANSIONS else _function(node, op.opset)
+                if body is not None or node.op_type in EXPANSIONS:
                     target = (node, body)
                     break
         if target is None:
             return count
-        _inline(graph, *target, op)
+        if target[1] is None:
+            _replace(graph, target[0], op)
+        else:
+            _inline(graph, target[0], target[1], op)
         count += 1
+
+
+def _replace(graph: ir.Graph, node: ir.Node, op: Builder) -> None:
+    """Replace ``node`` by its registered expansion, built just before it."""
+    here = Builder(graph, op.opset, op.namer, before=node)
+    for old, new in zip(node.outputs, EXPANSIONS[node.op_type](node, here), strict=False):
+        if new is not None and (old.uses() or old.is_graph_output()):
+            new.type, new.shape = old.type, old.shape
+            redirect(old, new, suffix="/fused")
+    graph.remove(node, safe=True)
 
 
 def _function(node: ir.Node, opset: int) -> ir.Function | None:

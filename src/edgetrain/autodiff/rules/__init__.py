@@ -1,3 +1,15 @@
 """Gradient rules, grouped by op family; importing this package registers them all."""
 
-from . import conv, elementwise, matmul, nn, norm, pool, reduce, shape, transformer, vision  # noqa: F401
+from . import (  # noqa: F401
+    control,
+    conv,
+    elementwise,
+    matmul,
+    nn,
+    norm,
+    pool,
+    reduce,
+    shape,
+    transformer,
+    vision,
+)

@@ -1,0 +1,372 @@
+"""Gradient rows of the control-flow ops: If, Loop, Scan.
+
+Each row is a small graph around one control-flow node whose subgraphs read outer values
+(weights used only inside a branch or a loop body) as well as the node's inputs; it is checked
+like every rule's row: float64 finite differences, torch.autograd on the same computation
+written as Python control flow, onnxruntime in float32, and a standard-ONNX backward graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from edgetrain.autodiff import RULES
+from edgetrain.errors import UnsupportedOpError
+from gradcheck import (
+    C,
+    Case,
+    X,
+    build,
+    check_finite_differences,
+    check_onnxruntime_float32,
+    check_standard_onnx,
+    check_torch,
+    differentiate,
+    evaluator,
+    params,
+)
+
+D, I64, B = TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
+CASES: list[Case] = []
+
+
+def vi(name: str, dtype: int = D, shape: Sequence[int | str | None] | None = None
+       ) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def graph(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+          outputs: list[onnx.ValueInfoProto], name: str = "body") -> onnx.GraphProto:
+    return helper.make_graph(nodes, name, inputs, outputs)
+
+
+def n(op: str, ins: list[str], outs: list[str], **attrs: object) -> onnx.NodeProto:
+    return helper.make_node(op, ins, outs, **attrs)
+
+
+def single(op: str, make: Callable[[list[str]], onnx.NodeProto]
+           ) -> Callable[[list[str]], tuple[list[onnx.NodeProto], list[str]]]:
+    """A graph of one ``op`` node named ``<op>_under_test`` (outputs out0, out1, …)."""
+
+    def nodes(ins: list[str]) -> tuple[list[onnx.NodeProto], list[str]]:
+        node = make(ins)
+        node.name = f"{op.lower()}_under_test"
+        return [node], list(node.output)
+
+    return nodes
+
+
+def row(op: str, variant: str, inputs: list, make: Callable[[list[str]], onnx.NodeProto],
+        torch_fn: Callable[..., object] | None, **kw: object) -> None:
+    CASES.append(Case(op, inputs, torch=torch_fn, variant=variant,
+                      nodes=single(op, make), **kw))  # type: ignore[arg-type]
+
+
+def i64(v: int) -> np.ndarray:
+    return np.array(v, dtype=np.int64)
+
+
+# -- If ------------------------------------------------------------------------------------------
+
+def if_tanh_or_sigmoid(ins: list[str]) -> onnx.NodeProto:
+    """then: tanh(x·w) (reads x and w); else: sigmoid(exp(x)) (reads x only)."""
+    x, w, c = ins
+    then = graph([n("Mul", [x, w], ["t0"]), n("Tanh", ["t0"], ["t1"])], [], [vi("t1")], "then")
+    other = graph([n("Exp", [x], ["e0"]), n("Sigmoid", ["e0"], ["e1"])], [], [vi("e1")], "else")
+    return n("If", [c], ["out0"], then_branch=then, else_branch=other)
+
+
+for cond in (True, False):
+    row("If", f"then-reads-w-{cond}", [X((3, 4)), X((4,)), C(np.array(cond), runtime=True)],
+        if_tanh_or_sigmoid,
+        (lambda x, w: torch.tanh(x * w)) if cond else (lambda x, w: torch.sigmoid(torch.exp(x))))
+
+
+def if_nested(ins: list[str]) -> onnx.NodeProto:
+    """then: an If on c2 inside (w·x or x/w), times x; else: x + w (two outputs each)."""
+    x, w, c1, c2 = ins
+    inner = n("If", [c2], ["i0"],
+              then_branch=graph([n("Mul", [w, x], ["a0"])], [], [vi("a0")], "inner_then"),
+              else_branch=graph([n("Div", [x, w], ["b0"])], [], [vi("b0")], "inner_else"))
+    then = graph([inner, n("Mul", ["i0", x], ["t0"]), n("Relu", [w], ["t1"])], [],
+                 [vi("t0"), vi("t1")], "then")
+    other = graph([n("Add", [x, w], ["e0"]), n("Neg", [w], ["e1"])], [], [vi("e0"), vi("e1")],
+                  "else")
+    return n("If", [c1], ["out0", "out1"], then_branch=then, else_branch=other)
+
+
+for c1, c2 in ((True, True), (True, False), (False, True)):
+    row("If", f"nested-{c1}-{c2}",
+        [X((2, 3)), X((3,), lambda v: np.abs(v) + 0.5), C(np.array(c1), runtime=True),
+         C(np.array(c2), runtime=True)], if_nested,
+        (lambda x, w, a=c2: ((w * x if a else x / w) * x, torch.relu(w))) if c1 else
+        (lambda x, w: (x + w, -w)))
+row("If", "one-output-in-the-loss", [X((2, 3)), X((3,), lambda v: np.abs(v) + 0.5),
+                                     C(np.array(True), runtime=True),
+                                     C(np.array(False), runtime=True)], if_nested,
+    lambda x, w: (x / w * x, torch.relu(w)), loss_outputs=[1])
+
+
+def if_on_data(ins: list[str]) -> list[onnx.NodeProto]:
+    """The condition computed from the data (a step function of it: no gradient)."""
+    x, w = ins
+    then = graph([n("Mul", [x, w], ["t0"])], [], [vi("t0", D, [2, 3])], "then")
+    other = graph([n("Sub", [x, w], ["e0"])], [], [vi("e0", D, [2, 3])], "else")
+    return [n("Constant", [], ["zero"], value=helper.make_tensor("z", D, [], [0.0])),
+            n("ReduceSum", [x], ["s"], keepdims=0), n("Greater", ["s", "zero"], ["c"]),
+            n("If", ["c"], ["out0"], then_branch=then, else_branch=other, name="if_under_test")]
+
+
+CASES.append(Case("If", [X((2, 3), lambda v: v + 0.5), X((3,))], variant="condition-from-data",
+                  nodes=lambda ins: (if_on_data(ins), ["out0"]),
+                  torch=lambda x, w: x * w if float(x.detach().sum()) > 0 else x - w))
+
+
+# -- Loop ----------------------------------------------------------------------------------------
+
+def loop_tanh(ins: list[str]) -> onnx.NodeProto:
+    """s ← tanh(s·W) for M iterations; every iteration also outputs s²."""
+    m, c, s0, w = ins
+    body = graph([n("MatMul", ["s", w], ["sw"]), n("Tanh", ["sw"], ["s2"]),
+                  n("Mul", ["s2", "s2"], ["y"]), n("Identity", ["cin"], ["cout"])],
+                 [vi("i", I64, []), vi("cin", B, []), vi("s", D, [2, 3])],
+                 [vi("cout", B, []), vi("s2", D, [2, 3]), vi("y", D, [2, 3])])
+    return n("Loop", [m, c, s0], ["out0", "out1"], body=body)
+
+
+def torch_loop_tanh(steps: int) -> Callable[..., object]:
+    def fn(s: torch.Tensor, w: torch.Tensor) -> object:
+        ys = []
+        for _ in range(steps):
+            s = torch.tanh(s @ w)
+            ys.append(s * s)
+        return s, torch.stack(ys)
+
+    return fn
+
+
+row("Loop", "trip-count-constant", [C(i64(3)), C(np.array(True)), X((2, 3)), X((3, 3))],
+    loop_tanh, torch_loop_tanh(3))
+row("Loop", "trip-count-at-run-time", [C(i64(4), runtime=True), C(np.array(True)), X((2, 3)),
+                                       X((3, 3))], loop_tanh, torch_loop_tanh(4))
+row("Loop", "weight-only", [C(i64(3)), C(np.array(True)), X((2, 3), grad=False), X((3, 3))],
+    loop_tanh, torch_loop_tanh(3))
+row("Loop", "final-state-only", [C(i64(3)), C(np.array(True)), X((2, 3)), X((3, 3))],
+    loop_tanh, torch_loop_tanh(3), loss_outputs=[0])
+
+
+def loop_while(ins: list[str]) -> onnx.NodeProto:
+    """s ← s·w + 0.5 while sum(s) < 20 (at most 10 times): the data decide the count."""
+    m, c, s0, w = ins
+    body = graph([n("Constant", [], ["half"], value=helper.make_tensor("h", D, [], [0.5])),
+                  n("Constant", [], ["limit"], value=helper.make_tensor("l", D, [], [20.0])),
+                  n("Mul", ["s", w], ["sw"]), n("Add", ["sw", "half"], ["s2"]),
+                  n("ReduceSum", ["s2"], ["t"], keepdims=0), n("Less", ["t", "limit"], ["cout"])],
+                 [vi("i", I64, []), vi("cin", B, []), vi("s", D, [3])],
+                 [vi("cout", B, []), vi("s2", D, [3])])
+    return n("Loop", [m, c, s0], ["out0"], body=body)
+
+
+def torch_while(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    for _ in range(10):
+        s = s * w + 0.5
+        if float(s.detach().sum()) >= 20.0:
+            break
+    return s
+
+
+row("Loop", "data-dependent-condition",
+    [C(i64(10)), C(np.array(True)), X((3,), lambda v: np.abs(v) + 1.0),
+     X((3,), lambda v: 1.2 + 0.1 * v)], loop_while, torch_while)
+
+
+def loop_rows(ins: list[str]) -> onnx.NodeProto:
+    """s ← s + x[i]·w: each iteration reads its row of an outer tensor (Gather by i)."""
+    m, s0, x, w = ins
+    body = graph([n("Gather", [x, "i"], ["row"], axis=0), n("Mul", ["row", w], ["rw"]),
+                  n("Add", ["s", "rw"], ["s2"]), n("Identity", ["cin"], ["cout"]),
+                  n("Tanh", ["s2"], ["y"])],
+                 [vi("i", I64, []), vi("cin", B, []), vi("s", D, [3])],
+                 [vi("cout", B, []), vi("s2", D, [3]), vi("y", D, [3])])
+    return n("Loop", [m, "", s0], ["out0", "out1"], body=body)
+
+
+def torch_rows(s: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> object:
+    ys = []
+    for i in range(x.shape[0]):
+        s = s + x[i] * w
+        ys.append(torch.tanh(s))
+    return s, torch.stack(ys)
+
+
+row("Loop", "iteration-number-no-condition", [C(i64(4)), X((3,)), X((4, 3)), X((3,))],
+    loop_rows, torch_rows)
+
+
+def loop_if(ins: list[str]) -> onnx.NodeProto:
+    """An If inside the body, on the iteration number: s ← s·w for i < 2, else s + w."""
+    m, c, s0, w = ins
+    branch = n("If", ["early"], ["s2"],
+               then_branch=graph([n("Mul", ["s", w], ["a"])], [], [vi("a", D, [3])], "then"),
+               else_branch=graph([n("Add", ["s", w], ["b"]), n("Tanh", ["b"], ["bt"])], [],
+                                 [vi("bt", D, [3])], "else"))
+    body = graph([n("Less", ["i", "two"], ["early"]), branch, n("Identity", ["cin"], ["cout"])],
+                 [vi("i", I64, []), vi("cin", B, []), vi("s", D, [3])],
+                 [vi("cout", B, []), vi("s2", D, [3])])
+    body.node.insert(0, helper.make_node("Constant", [], ["two"], value=helper.make_tensor(
+        "t", I64, [], [2])))
+    return n("Loop", [m, c, s0], ["out0"], body=body)
+
+
+def torch_loop_if(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    for i in range(4):
+        s = s * w if i < 2 else torch.tanh(s + w)
+    return s
+
+
+row("Loop", "if-in-body", [C(i64(4)), C(np.array(True)), X((3,)), X((3,))], loop_if,
+    torch_loop_if)
+
+
+def loop_nested(ins: list[str]) -> onnx.NodeProto:
+    """A Loop in a Loop: 2 outer iterations of 3 inner ones of s ← tanh(s·w + v)."""
+    m, c, s0, w, v = ins
+    inner_body = graph([n("Mul", ["t", w], ["tw"]), n("Add", ["tw", v], ["tv"]),
+                        n("Tanh", ["tv"], ["t2"]), n("Identity", ["ci"], ["co"])],
+                       [vi("j", I64, []), vi("ci", B, []), vi("t", D, [3])],
+                       [vi("co", B, []), vi("t2", D, [3])], "inner")
+    body = graph([n("Loop", ["three", "", "s"], ["s2"], body=inner_body),
+                  n("Mul", ["s2", v], ["y"]), n("Identity", ["cin"], ["cout"])],
+                 [vi("i", I64, []), vi("cin", B, []), vi("s", D, [3])],
+                 [vi("cout", B, []), vi("s2", D, [3]), vi("y", D, [3])])
+    body.node.insert(0, helper.make_node("Constant", [], ["three"], value=helper.make_tensor(
+        "k", I64, [], [3])))
+    return n("Loop", [m, c, s0], ["out0", "out1"], body=body)
+
+
+def torch_nested(s: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> object:
+    ys = []
+    for _ in range(2):
+        for _ in range(3):
+            s = torch.tanh(s * w + v)
+        ys.append(s * v)
+    return s, torch.stack(ys)
+
+
+row("Loop", "loop-in-body", [C(i64(2)), C(np.array(True)), X((3,)), X((3,)), X((3,))],
+    loop_nested, torch_nested)
+
+
+def loop_no_state(ins: list[str]) -> onnx.NodeProto:
+    """No carried value: every iteration outputs w·(i + 1)."""
+    m, w = ins
+    body = graph([n("Add", ["i", "one"], ["i1"]), n("Cast", ["i1"], ["f"], to=D),
+                  n("Mul", [w, "f"], ["y"]), n("Identity", ["cin"], ["cout"])],
+                 [vi("i", I64, []), vi("cin", B, [])], [vi("cout", B, []), vi("y", D, [2])])
+    body.node.insert(0, helper.make_node("Constant", [], ["one"], value=helper.make_tensor(
+        "o", I64, [], [1])))
+    return n("Loop", [m, ""], ["out0"], body=body)
+
+
+row("Loop", "scan-outputs-only", [C(i64(3)), X((2,))], loop_no_state,
+    lambda w: torch.stack([w * (i + 1) for i in range(3)]))
+
+
+# -- Scan ----------------------------------------------------------------------------------------
+
+def scan_rnn(ins: list[str], **attrs: object) -> onnx.NodeProto:
+    """h ← tanh(x_t·W + h·R) over the slices x_t; every h is also a scan output."""
+    h0, x, w, r = ins
+    body = graph([n("MatMul", ["xt", w], ["xw"]), n("MatMul", ["h", r], ["hr"]),
+                  n("Add", ["xw", "hr"], ["a"]), n("Tanh", ["a"], ["h2"]),
+                  n("Identity", ["h2"], ["y"])],
+                 [vi("h", D, [2, 3]), vi("xt", D, [2, 4])],
+                 [vi("h2", D, [2, 3]), vi("y", D, [2, 3])])
+    return n("Scan", [h0, x], ["out0", "out1"], body=body, num_scan_inputs=1, **attrs)
+
+
+def torch_rnn(reverse: bool = False, batch_first: bool = False) -> Callable[..., object]:
+    def fn(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> object:
+        xs = x.transpose(0, 1) if batch_first else x
+        steps = range(xs.shape[0] - 1, -1, -1) if reverse else range(xs.shape[0])
+        ys = []
+        for t in steps:
+            h = torch.tanh(xs[t] @ w + h @ r)
+            ys.append(h)
+        y = torch.stack(ys[::-1] if reverse else ys)
+        return h, (y.transpose(0, 1) if batch_first else y)
+
+    return fn
+
+
+row("Scan", "rnn", [X((2, 3)), X((4, 2, 4)), X((4, 3)), X((3, 3))], scan_rnn, torch_rnn())
+row("Scan", "rnn-weights-only",
+    [X((2, 3), grad=False), X((4, 2, 4), grad=False), X((4, 3)), X((3, 3))], scan_rnn,
+    torch_rnn())
+row("Scan", "reverse-and-axis-1", [X((2, 3)), X((2, 4, 4)), X((4, 3)), X((3, 3))],
+    lambda ins: scan_rnn(ins, scan_input_axes=[1], scan_input_directions=[1],
+                         scan_output_axes=[1], scan_output_directions=[1]),
+    torch_rnn(reverse=True, batch_first=True))
+
+
+def scan_two(ins: list[str]) -> onnx.NodeProto:
+    """Two scanned inputs, one reversed, a state that the body also reads from outside
+    (the initial value h0 itself) and an integer counter state."""
+    h0, k0, x, z = ins
+    body = graph([n("Mul", ["xt", "zt"], ["xz"]), n("Add", ["h", "xz"], ["a"]),
+                  n("Mul", ["a", h0], ["h2"]), n("Add", ["k", "one"], ["k2"]),
+                  n("Sigmoid", ["h2"], ["y"])],
+                 [vi("h", D, [3]), vi("k", I64, []), vi("xt", D, [3]), vi("zt", D, [3])],
+                 [vi("h2", D, [3]), vi("k2", I64, []), vi("y", D, [3])])
+    body.node.insert(0, helper.make_node("Constant", [], ["one"], value=helper.make_tensor(
+        "o", I64, [], [1])))
+    return n("Scan", [h0, k0, x, z], ["out0", "out1", "out2"], body=body, num_scan_inputs=2,
+             scan_input_directions=[0, 1])
+
+
+def torch_two(h0: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> object:
+    h, ys = h0, []
+    for t in range(x.shape[0]):
+        h = (h + x[t] * z[x.shape[0] - 1 - t]) * h0
+        ys.append(torch.sigmoid(h))
+    return h, None, torch.stack(ys)  # the integer counter is not in the loss
+
+
+row("Scan", "two-inputs-state-read-from-outside",
+    [X((3,)), C(i64(0)), X((5, 3)), X((5, 3))], scan_two, torch_two, loss_outputs=[0, 2])
+
+IDS = [c.id for c in CASES]
+assert len(set(IDS)) == len(IDS), "row ids must be unique"
+
+
+# -- the checks --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_matches_finite_differences(case: Case) -> None:
+    check_finite_differences(case)
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_matches_torch(case: Case) -> None:
+    check_torch(case)
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_onnxruntime_float32(case: Case) -> None:
+    check_onnxruntime_float32(case)
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_backward_is_standard_onnx(case: Case) -> None:
+    check_standard_onnx(case)
+
+
+def test_rows_cover_the_control_flow_rules() -> None:
+    assert {"If", "Loop", "Scan"} <= set(RULES)
+    assert {c.op for c in CASES} == {"If", "Loop", "Scan"}
