@@ -1,8 +1,17 @@
 """Reverse-mode autodiff over ONNX graphs: one registered rule per op type."""
 
 from . import rules  # noqa: F401  (registers the rules)
-from ._engine import build_gradients, differentiable_values, differentiate
-from ._registry import NON_DIFFERENTIABLE, RULES, GradContext, grad_rule, supported_ops
+from ._engine import backward, build_gradients, differentiable_values, differentiate
+from ._registry import (
+    EXPANSIONS,
+    NON_DIFFERENTIABLE,
+    RULES,
+    GradContext,
+    expansion,
+    grad_rule,
+    supported_ops,
+)
 
-__all__ = ["NON_DIFFERENTIABLE", "RULES", "GradContext", "build_gradients",
-           "differentiable_values", "differentiate", "grad_rule", "supported_ops"]
+__all__ = ["EXPANSIONS", "NON_DIFFERENTIABLE", "RULES", "GradContext", "backward",
+           "build_gradients", "differentiable_values", "differentiate", "expansion",
+           "grad_rule", "supported_ops"]

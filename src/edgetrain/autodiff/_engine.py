@@ -69,10 +69,12 @@ def backward(graph: ir.Graph, seeds: Sequence[tuple[Value, Value]], sources: Seq
     graph: the rules of If, Loop and Scan build a subgraph's backward as the body of a
     backward node, where the outer values and the seeds are read as captured values.
     """
-    expand_functions(graph, sources, op)  # function ops without a rule become their bodies
+    replaced: dict[int, tuple[Value, Value]] = {}
+    expand_functions(graph, sources, op, replaced)  # ops without a rule become their bodies
     nodes = list(graph)  # the forward nodes, before any backward node is appended
     dep = differentiable_values(nodes, sources)
-    live = [(v, s) for v, s in seeds if id(v) in dep]
+    live = [(_current(v, replaced), s) for v, s in seeds]
+    live = [(v, s) for v, s in live if id(v) in dep]
     if not live:
         return [None] * len(targets)
     needed, reaches = _path(nodes, [v for v, _ in live], dep)
@@ -82,6 +84,13 @@ def backward(graph: ir.Graph, seeds: Sequence[tuple[Value, Value]], sources: Seq
     for node in needed:
         _differentiate_node(node, grads, dep, reaches, op)
     return [_total(op, grads.get(id(t))) for t in targets]
+
+
+def _current(v: Value, replaced: dict[int, tuple[Value, Value]]) -> Value:
+    """``v``, or the value that took its place when its node was expanded."""
+    while id(v) in replaced and replaced[id(v)][0] is v:
+        v = replaced[id(v)][1]
+    return v
 
 
 def _differentiate_node(node: ir.Node, grads: dict[int, list[Value]], dep: set[int],

@@ -22,10 +22,13 @@ from .._ir import Builder, Value, infer_outputs, reads, redirect
 from ._registry import EXPANSIONS, NON_DIFFERENTIABLE, RULES
 
 
-def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder) -> int:
+def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder,
+                     replaced: dict[int, tuple[Value, Value]] | None = None) -> int:
     """Replace, until none is left, every node that depends on ``wrt``, has no rule and has
-    a function body or a registered expansion. Returns how many nodes were expanded."""
+    a function body or a registered expansion. Returns how many nodes were expanded;
+    ``replaced`` maps the id of each old output to it and the value that took its place."""
     count = 0
+    replaced = {} if replaced is None else replaced
     while True:
         dep = {id(v) for v in wrt}
         target: tuple[ir.Node, ir.Function | None] | None = None
@@ -40,21 +43,26 @@ def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder) -> int:
                     break
         if target is None:
             return count
+        olds = list(target[0].outputs)
         if target[1] is None:
-            _replace(graph, target[0], op)
+            news = _replace(graph, target[0], op)
         else:
-            _inline(graph, target[0], target[1], op)
+            news = _inline(graph, target[0], target[1], op)
+        replaced.update((id(o), (o, n)) for o, n in zip(olds, news, strict=False)
+                        if n is not None)
         count += 1
 
 
-def _replace(graph: ir.Graph, node: ir.Node, op: Builder) -> None:
+def _replace(graph: ir.Graph, node: ir.Node, op: Builder) -> list[Value | None]:
     """Replace ``node`` by its registered expansion, built just before it."""
     here = Builder(graph, op.opset, op.namer, before=node)
-    for old, new in zip(node.outputs, EXPANSIONS[node.op_type](node, here), strict=False):
+    news = list(EXPANSIONS[node.op_type](node, here))
+    for old, new in zip(node.outputs, news, strict=False):
         if new is not None and (old.uses() or old.is_graph_output()):
             new.type, new.shape = old.type, old.shape
             redirect(old, new, suffix="/fused")
     graph.remove(node, safe=True)
+    return news
 
 
 def _function(node: ir.Node, opset: int) -> ir.Function | None:
@@ -155,7 +163,8 @@ def _attributes(node: ir.Node, opset: int) -> dict[str, ir.Attr]:
     return attrs
 
 
-def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, op: Builder) -> None:
+def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, op: Builder
+            ) -> list[Value | None]:
     value_map: dict[ir.Value, ir.Value | None] = {}
     for i, formal in enumerate(function.inputs):
         value_map[formal] = node.inputs[i] if i < len(node.inputs) else None
@@ -178,3 +187,4 @@ def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, op: Builder) 
     for n in nodes:
         if any(o.type is None or o.shape is None for o in n.outputs):
             infer_outputs(n, op.opset)
+    return outputs

@@ -17,6 +17,7 @@
   ONNX stacks along a new first axis and runs until the trip count when there is no condition.
 - Scan: onnx.reference refuses ``scan_input_axes``, ``scan_*_directions`` and
   ``scan_output_axes`` other than 0.
+- LSTM, GRU, RNN: onnx.reference ignores most of their attributes (``_reference_rnn``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 from onnx import helper
 from onnx.reference.op_run import OpRun
+
+from ._reference_rnn import RECURRENT_OPS
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -154,4 +157,5 @@ class Scan(OpRun):
 
 
 #: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
-EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, Loop, MaxUnpool, Scan]
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, Loop, MaxUnpool, Scan,
+                                *RECURRENT_OPS]

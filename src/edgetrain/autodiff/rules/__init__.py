@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     nn,
     norm,
     pool,
+    recurrent,
     reduce,
     shape,
     transformer,
