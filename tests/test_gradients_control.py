@@ -27,8 +27,6 @@ from gradcheck import (
     check_onnxruntime_float32,
     check_standard_onnx,
     check_torch,
-    differentiate,
-    evaluator,
     params,
 )
 
@@ -140,6 +138,16 @@ def loop_tanh(ins: list[str]) -> onnx.NodeProto:
     return n("Loop", [m, c, s0], ["out0", "out1"], body=body)
 
 
+def undeclared(node: onnx.NodeProto) -> onnx.NodeProto:
+    """``node`` with the shapes of its body's float values left out (as some exporters
+    write them)."""
+    body = next(a.g for a in node.attribute if a.name == "body")
+    for v in list(body.input) + list(body.output):
+        if v.type.tensor_type.elem_type == D:
+            v.type.tensor_type.ClearField("shape")
+    return node
+
+
 def torch_loop_tanh(steps: int) -> Callable[..., object]:
     def fn(s: torch.Tensor, w: torch.Tensor) -> object:
         ys = []
@@ -155,6 +163,8 @@ row("Loop", "trip-count-constant", [C(i64(3)), C(np.array(True)), X((2, 3)), X((
     loop_tanh, torch_loop_tanh(3))
 row("Loop", "trip-count-at-run-time", [C(i64(4), runtime=True), C(np.array(True)), X((2, 3)),
                                        X((3, 3))], loop_tanh, torch_loop_tanh(4))
+row("Loop", "body-shapes-undeclared", [C(i64(3)), C(np.array(True)), X((2, 3)), X((3, 3))],
+    lambda ins: undeclared(loop_tanh(ins)), torch_loop_tanh(3))
 row("Loop", "weight-only", [C(i64(3)), C(np.array(True)), X((2, 3), grad=False), X((3, 3))],
     loop_tanh, torch_loop_tanh(3))
 row("Loop", "final-state-only", [C(i64(3)), C(np.array(True)), X((2, 3)), X((3, 3))],
@@ -306,6 +316,10 @@ def torch_rnn(reverse: bool = False, batch_first: bool = False) -> Callable[...,
 
 
 row("Scan", "rnn", [X((2, 3)), X((4, 2, 4)), X((4, 3)), X((3, 3))], scan_rnn, torch_rnn())
+row("Scan", "body-shapes-undeclared", [X((2, 3)), X((2, 4, 4)), X((4, 3)), X((3, 3))],
+    lambda ins: undeclared(scan_rnn(ins, scan_input_axes=[1], scan_input_directions=[1],
+                                    scan_output_axes=[1], scan_output_directions=[1])),
+    torch_rnn(reverse=True, batch_first=True))
 row("Scan", "rnn-weights-only",
     [X((2, 3), grad=False), X((4, 2, 4), grad=False), X((4, 3)), X((3, 3))], scan_rnn,
     torch_rnn())
@@ -367,6 +381,137 @@ def test_backward_is_standard_onnx(case: Case) -> None:
     check_standard_onnx(case)
 
 
+def test_data_dependent_row_stops_before_its_trip_count() -> None:
+    """The while row really ends on its condition (else it would test a plain count)."""
+    case = next(c for c in CASES if c.id == "Loop-data-dependent-condition")
+    b = build(case)
+    s, w = b.feeds["in2"], b.feeds["in3"]
+    steps = 0
+    while steps < 10:
+        s, steps = s * w + 0.5, steps + 1
+        if s.sum() >= 20.0:
+            break
+    assert 1 < steps < 10, steps
+    np.testing.assert_allclose(b.outs[0], s, rtol=1e-12)
+
+
+def _refusal(case: Case) -> str:
+    """The error of differentiating ``case`` (the forward alone is fine: ``build`` checks it)."""
+    with pytest.raises(UnsupportedOpError) as e:
+        build(case)
+    return str(e.value)
+
+
+def test_growing_carried_value_is_refused() -> None:
+    """A Loop that appends to a carried tensor has no one shape per iteration to stash."""
+
+    def grow(ins: list[str]) -> onnx.NodeProto:
+        m, c, s0 = ins
+        body = graph([n("Concat", ["s", "s"], ["s2"], axis=0), n("Identity", ["cin"], ["cout"])],
+                     [vi("i", I64, []), vi("cin", B, []), vi("s", D, [2])],
+                     [vi("cout", B, []), vi("s2", D, [4])])
+        return n("Loop", [m, c, s0], ["out0"], body=body)
+
+    msg = _refusal(Case("Loop", [C(i64(1)), C(np.array(True)), X((2,))], variant="grow",
+                        nodes=single("Loop", grow)))
+    assert "Loop node 'loop_under_test'" in msg and "changes shape" in msg and "'s'" in msg, msg
+    assert "\n" not in msg
+
+
+def test_op_without_rule_in_a_branch_names_both_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(RULES, "Tanh")
+    case = next(c for c in CASES if c.id == "If-nested-True-True")
+    case = Case("If", case.inputs, variant="no-tanh-rule", nodes=single("If", lambda ins: n(
+        "If", [ins[2]], ["out0"], then_branch=graph([n("Tanh", [ins[1]], ["t"], name="inner")],
+                                                    [], [vi("t")], "then"),
+        else_branch=graph([n("Neg", [ins[1]], ["e"])], [], [vi("e")], "else"))))
+    msg = _refusal(case)
+    assert "'Tanh'" in msg and "'inner'" in msg and "If node 'if_under_test'" in msg, msg
+    assert "then_branch" in msg and "\n" not in msg
+
+
 def test_rows_cover_the_control_flow_rules() -> None:
     assert {"If", "Loop", "Scan"} <= set(RULES)
     assert {c.op for c in CASES} == {"If", "Loop", "Scan"}
+
+
+# -- compiled models: weights used only inside branches (the layout of silero-vad) ---------------
+
+def branchy_model(dtype: int) -> onnx.ModelProto:
+    """mode == 16000 picks an LSTM branch (holding a nested If on the batch size), anything
+    else a GRU branch; every weight is an initializer of the main graph read only inside a
+    branch, as in silero-vad."""
+    rng = np.random.default_rng(7)
+    npd = helper.tensor_dtype_to_np_dtype(dtype)
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array((0.5 * rng.standard_normal(shape)).astype(npd), name)
+
+    inits = [w("lstm.W", 1, 12, 2), w("lstm.R", 1, 12, 3), w("lstm.B", 1, 24),
+             w("gru.W", 1, 9, 2), w("gru.R", 1, 9, 3), w("head", 3, 1), w("head8k", 3, 1),
+             onnx.numpy_helper.from_array(np.array(16000, dtype=np.int64), "rate"),
+             onnx.numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+             onnx.numpy_helper.from_array(np.array(2, dtype=np.int64), "two")]
+    vi_ = lambda name: vi(name, dtype)  # noqa: E731
+    two_rows = graph([n("Relu", ["h"], ["hr"])], [], [vi_("hr")], "two_rows")
+    other_rows = graph([n("Identity", ["h"], ["hi"])], [], [vi_("hi")], "other_rows")
+    lstm = graph([n("LSTM", ["xt", "lstm.W", "lstm.R", "lstm.B"], ["", "yh"], hidden_size=3),
+                  n("Squeeze", ["yh", "axis0"], ["h"]),
+                  n("Shape", ["h"], ["hs"]), n("Gather", ["hs", "axis0"], ["b"]),
+                  n("Equal", ["b", "two"], ["is2"]), n("Reshape", ["is2", "scalar"], ["c2"]),
+                  n("If", ["c2"], ["hh"], then_branch=two_rows, else_branch=other_rows),
+                  n("MatMul", ["hh", "head"], ["o"]), n("Sigmoid", ["o"], ["p"])],
+                 [], [vi_("p")], "lstm_branch")
+    gru = graph([n("GRU", ["xt", "gru.W", "gru.R"], ["", "gh"], hidden_size=3,
+                   linear_before_reset=1),
+                 n("Squeeze", ["gh", "axis0"], ["g"]), n("MatMul", ["g", "head8k"], ["o8"]),
+                 n("Sigmoid", ["o8"], ["p8"])], [], [vi_("p8")], "gru_branch")
+    nodes = [n("Transpose", ["x"], ["xt"], perm=[1, 0, 2]), n("Equal", ["mode", "rate"], ["c"]),
+             n("If", ["c"], ["prob"], then_branch=lstm, else_branch=gru, name="by_rate")]
+    inits.append(onnx.numpy_helper.from_array(np.array([], dtype=np.int64), "scalar"))
+    g = helper.make_graph(nodes, "branchy", [vi("x", dtype, [2, 4, 2]), vi("mode", I64, [])],
+                          [vi("prob", dtype, [2, 1])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _batch(npd: type) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return rng.standard_normal((2, 4, 2)).astype(npd), rng.random((2, 1)).astype(npd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_compiled_weights_inside_branches_train(rate: int) -> None:
+    """The weights of the branch taken get the gradient of the loss (a directional check in
+    float64 against the eval loss), those of the other branch none; onnxruntime's float32
+    step agrees with it."""
+    import edgetrain as et
+
+    x, y = _batch(np.float64)
+    mode = np.array(rate, dtype=np.int64)
+    tm = et.compile(branchy_model(D), loss="mse", optimizer=et.optim.SGD(lr=1.0))
+    m = et.load(tm.proto, backend="reference")
+    w0 = m.parameters()
+    m.run("train", x=x, mode=mode, y=y)
+    g = {k: w0[k] - v for k, v in m.parameters().items()}
+    taken = "lstm" if rate == 16000 else "gru"
+    for k, v in g.items():
+        moved = bool(np.any(v != 0))
+        assert moved == (k.startswith(taken) or k == ("head" if rate == 16000 else "head8k")), k
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        d = {k: rng.standard_normal(v.shape) for k, v in w0.items()}
+        eps = 1e-6
+        losses = []
+        for sign in (1.0, -1.0):
+            m.set_parameters({k: w0[k] + sign * eps * d[k] for k in w0})
+            losses.append(float(m.run("eval", x=x, mode=mode, y=y)["loss"]))
+        slope = (losses[0] - losses[1]) / (2 * eps)
+        want = sum(float(np.sum(g[k] * d[k])) for k in g)
+        np.testing.assert_allclose(slope, want, rtol=1e-6, atol=1e-10)
+    m32 = et.load(et.compile(branchy_model(TensorProto.FLOAT), loss="mse",
+                             optimizer=et.optim.SGD(lr=1.0)).proto, backend="onnxruntime")
+    v0 = m32.parameters()
+    m32.run("train", x=x.astype(np.float32), mode=mode, y=y.astype(np.float32))
+    for k, v in m32.parameters().items():
+        np.testing.assert_allclose(v0[k] - v, g[k], rtol=1e-3, atol=1e-6, err_msg=k)

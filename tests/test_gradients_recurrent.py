@@ -245,6 +245,30 @@ def op_model(case: Case, attrs: dict[str, Any], feeds: dict[str, np.ndarray]
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
 
+@pytest.mark.parametrize(("attrs", "says"), [
+    ({"activations": ["Sigmoid", "Swish", "Tanh"]}, "unknown activation function 'Swish'"),
+    ({"activations": ["Sigmoid", "Tanh"]}, "2 activations for 1 direction(s); expected 3"),
+    ({"activations": ["Sigmoid", "ThresholdedRelu", "Tanh"]}, "give activation_alpha"),
+])
+def test_unsupported_attributes_are_refused(attrs: dict[str, Any], says: str) -> None:
+    """A refusal names the op and the node, and what is wrong, in one line."""
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["", "Y_h"], name="lstm_under_test",
+                            hidden_size=H, **attrs)
+    loss = helper.make_node("ReduceSum", ["Y_h"], ["loss"], keepdims=0)
+    d = TensorProto.DOUBLE
+    g = helper.make_graph([node, loss], "refused", [
+        helper.make_tensor_value_info("X", d, [T, BATCH, IN]),
+        helper.make_tensor_value_info("W", d, [1, 4 * H, IN]),
+        helper.make_tensor_value_info("R", d, [1, 4 * H, H])],
+        [helper.make_tensor_value_info("loss", d, [])])
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    with pytest.raises(UnsupportedOpError) as e:
+        differentiate(model, ["W"])
+    msg = str(e.value)
+    assert "LSTM node 'lstm_under_test'" in msg and says in msg and "\n" not in msg, msg
+
+
 def test_rows_cover_the_expansions() -> None:
     assert {"LSTM", "GRU", "RNN"} <= set(EXPANSIONS)
     assert {c.op for c in CASES} == {"LSTM", "GRU", "RNN"}

@@ -40,7 +40,10 @@ def _functions(names: list[str], alphas: list[float], betas: list[float], dtype:
     out: list[Fn] = []
     alphas, betas = list(alphas), list(betas)
     for name in names:
-        count, (a, b), fn = _ACTS[(name.decode() if isinstance(name, bytes) else name).lower()]
+        key = (name.decode() if isinstance(name, bytes) else name).lower()
+        if key not in _ACTS:
+            raise ValueError(f"unknown activation function {name!r}")
+        count, (a, b), fn = _ACTS[key]
         if count >= 1 and alphas:
             a = alphas.pop(0)
         if count >= 2 and betas:
