@@ -89,7 +89,14 @@ def _stacked(slices: list[np.ndarray], body: Any, index: int) -> np.ndarray:
     return np.zeros((0,), dtype=helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32)
 
 
-class Loop(OpRun):
+class _Body(OpRun):
+    """A kernel with a ``body`` subgraph (onnx.reference sets these from the attributes)."""
+
+    body: Any
+    _run_body: Any
+
+
+class Loop(_Body):
     op_domain = ""
 
     def need_context(self) -> bool:
@@ -116,8 +123,13 @@ class Loop(OpRun):
                                      for k, acc in enumerate(scans))
 
 
-class Scan(OpRun):
+class Scan(_Body):
     op_domain = ""
+    num_scan_inputs: Any
+    scan_input_axes: Any
+    scan_input_directions: Any
+    scan_output_axes: Any
+    scan_output_directions: Any
 
     def need_context(self) -> bool:
         return True

@@ -48,9 +48,13 @@ def _functions(names: list[str], alphas: list[float], betas: list[float], dtype:
             a = alphas.pop(0)
         if count >= 2 and betas:
             b = betas.pop(0)
-        ta, tb = np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)
-        out.append(lambda x, fn=fn, ta=ta, tb=tb: np.asarray(fn(x, ta, tb), dtype=x.dtype))
+        out.append(_bound(fn, np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)))
     return out
+
+
+def _bound(fn: Callable[[np.ndarray, Any, Any], np.ndarray], a: np.ndarray, b: np.ndarray
+           ) -> Fn:
+    return lambda x: np.asarray(fn(x, a, b), dtype=x.dtype)
 
 
 class _Recurrent(OpRun):
@@ -86,7 +90,8 @@ class _Recurrent(OpRun):
         direction = direction.decode() if isinstance(direction, bytes) else direction
         dirs = [0, 1] if direction == "bidirectional" else [int(direction == "reverse")]
         batch = x.shape[1]
-        ys, finals = [], [[] for _ in range(self.n_states)]
+        ys: list[np.ndarray] = []
+        finals: list[list[np.ndarray]] = [[] for _ in range(self.n_states)]
         for k, d in enumerate(dirs):
             cell = self._cell(k, acts[k * per:(k + 1) * per], w[k], r[k],
                               None if b is None else b[k], None if p is None else p[k])
@@ -136,13 +141,17 @@ class LSTM(_Recurrent):
         return step
 
 
-class GRU(_Recurrent):
-    gates, defaults = 3, ("Sigmoid", "Tanh")
+class _HiddenOnly(_Recurrent):
+    """GRU and RNN: one state (the hidden one), no peepholes."""
 
     def _run(self, X: np.ndarray, W: np.ndarray, R: np.ndarray, B: Any = None,
              sequence_lens: Any = None, initial_h: Any = None, **attrs: Any
              ) -> tuple[np.ndarray, ...]:
         return self._common(X, W, R, B, sequence_lens, [initial_h])
+
+
+class GRU(_HiddenOnly):
+    gates, defaults = 3, ("Sigmoid", "Tanh")
 
     def _cell(self, k: int, acts: list[Fn], w: np.ndarray, r: np.ndarray,
               b: np.ndarray | None, p: np.ndarray | None
@@ -168,13 +177,8 @@ class GRU(_Recurrent):
         return step
 
 
-class RNN(_Recurrent):
+class RNN(_HiddenOnly):
     defaults = ("Tanh",)
-
-    def _run(self, X: np.ndarray, W: np.ndarray, R: np.ndarray, B: Any = None,
-             sequence_lens: Any = None, initial_h: Any = None, **attrs: Any
-             ) -> tuple[np.ndarray, ...]:
-        return self._common(X, W, R, B, sequence_lens, [initial_h])
 
     def _cell(self, k: int, acts: list[Fn], w: np.ndarray, r: np.ndarray,
               b: np.ndarray | None, p: np.ndarray | None

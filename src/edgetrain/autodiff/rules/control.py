@@ -145,10 +145,9 @@ def _copied(bop: Builder, v: Value) -> Value | None:
     return None if arr is None else bop.const(arr, hint="copied")
 
 
-def _typed(values: Sequence[Value], like: Sequence[Value], keep_shape: bool = True) -> None:
+def _typed(values: Sequence[Value], like: Sequence[Value]) -> None:
     for v, w in zip(values, like, strict=True):
-        v.type = w.type
-        v.shape = w.shape if keep_shape else None
+        v.type, v.shape = w.type, w.shape
 
 
 def _result(ctx: GradContext, op: Builder, wanted: Sequence[tuple[int, Value]],
@@ -238,6 +237,7 @@ class _Recurrence:
     in_dirs: list[int] = field(default_factory=list)   # 1: the last slice comes first
     out_axes: list[int] = field(default_factory=list)  # stacking axis of each scan output
     out_dirs: list[int] = field(default_factory=list)
+    lead: int = 0                    # body outputs before the states (a Loop's condition)
 
 
 @dataclass
@@ -356,6 +356,9 @@ def _reverse_recurrence(ctx: GradContext, op: Builder, r: _Recurrence, kind: str
     for i, d in zip(b.acc_of, outs[n:], strict=False):
         d_outer[i] = d
     for mi, d in zip(b.scanned_out, outs[n + len(b.accs):], strict=True):
+        elem = r.scan_in[mi].shape
+        if d.shape is None and elem is not None:
+            d.shape = ir.Shape([None, *elem])
         back = d if r.in_dirs[mi] == 1 else _reverse0(op, d)
         result[first_scanned + mi] = _moved(ctx, op, back, r.in_axes[mi], False)
     return _result(ctx, op, wanted, d_outer, result)
@@ -411,7 +414,7 @@ def _stash_scan(ctx: GradContext, op: Builder, r: _Recurrence, v: Value) -> Valu
         if name in node.attributes:
             old = list(node.attributes[name].as_ints())
             node.attributes[name] = ir.AttrInt64s(name, [*old, 0])
-    node.resize_outputs(len(node.outputs) + 1)
+    node.resize_outputs(len(r.body.outputs) - r.lead)
     out = node.outputs[-1]
     out.name = op.namer.fresh(f"{v.name or 'stash'}/stash")
     out.type = v.type
@@ -466,5 +469,5 @@ def loop(ctx: GradContext, op: Builder) -> list[Value | None]:
     n = len(body.inputs) - 2
     k = len(body.outputs) - 1 - n
     r = _Recurrence(body, list(body.inputs[2:]), list(body.outputs[1:1 + n]), 2, [],
-                    list(body.outputs[1 + n:]), [], [], [0] * k, [0] * k)
+                    list(body.outputs[1 + n:]), [], [], [0] * k, [0] * k, lead=1)
     return _reverse_recurrence(ctx, op, r, "loop")

@@ -101,8 +101,12 @@ def _activations(node: ir.Node, per_direction: int, defaults: Sequence[str],
             a = alphas.pop(0)
         if count >= 2 and betas:
             b = betas.pop(0)
-        acts.append(lambda op, x, fn=fn, a=a, b=b: fn(op, x, a, b))
+        acts.append(_bound(fn, a, b))
     return [acts[d * per_direction:(d + 1) * per_direction] for d in range(n_dir)]
+
+
+def _bound(fn: Callable[[Builder, Value, float, float], Value], a: float, b: float) -> Act:
+    return lambda op, x: fn(op, x, a, b)
 
 
 # -- reading the node -------------------------------------------------------------------------
