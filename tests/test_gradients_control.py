@@ -9,6 +9,7 @@ written as Python control flow, onnxruntime in float32, and a standard-ONNX back
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -515,3 +516,62 @@ def test_compiled_weights_inside_branches_train(rate: int) -> None:
     m32.run("train", x=x.astype(np.float32), mode=mode, y=y.astype(np.float32))
     for k, v in m32.parameters().items():
         np.testing.assert_allclose(v0[k] - v, g[k], rtol=1e-3, atol=1e-6, err_msg=k)
+
+
+def loop_rnn_model(w: np.ndarray, u: np.ndarray, head: np.ndarray, dtype: Any
+                   ) -> onnx.ModelProto:
+    """s ← tanh(s·W + x[i]·U) for i < len(x) (a trip count known when the step runs), then
+    logits = s·head."""
+    tp = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    body = graph([n("Gather", ["x", "i"], ["xi"], axis=0), n("MatMul", ["xi", "U"], ["xu"]),
+                  n("MatMul", ["s", "W"], ["sw"]), n("Add", ["sw", "xu"], ["a"]),
+                  n("Tanh", ["a"], ["s2"]), n("Identity", ["cin"], ["cout"])],
+                 [vi("i", I64, []), vi("cin", B, []), vi("s", tp, ["batch", 4])],
+                 [vi("cout", B, []), vi("s2", tp, ["batch", 4])])
+    nodes = [n("Shape", ["x"], ["xs"]), n("Gather", ["xs", "zero"], ["steps"], axis=0),
+             n("Shape", ["x"], ["bs"], start=1, end=2), n("Concat", ["bs", "four"], ["ss"],
+                                                          axis=0),
+             n("ConstantOfShape", ["ss"], ["s0"], value=helper.make_tensor(
+                 "z", tp, [1], [0.0])),
+             n("Loop", ["steps", "", "s0"], ["s_final"], body=body, name="rnn_loop"),
+             n("MatMul", ["s_final", "head"], ["logits"])]
+    init = [onnx.numpy_helper.from_array(a.astype(dtype), nm)
+            for a, nm in ((w, "W"), (u, "U"), (head, "head"))]
+    init += [onnx.numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+             onnx.numpy_helper.from_array(np.array([4], dtype=np.int64), "four")]
+    g = helper.make_graph(nodes, "loop_rnn", [vi("x", tp, ["steps", "batch", 2])],
+                          [vi("logits", tp, ["batch", 3])], initializer=init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dtype", "backend", "tol"), [
+    (np.float64, "reference", (1e-9, 1e-12)), (np.float32, "onnxruntime", (1e-4, 1e-6))])
+def test_compiled_loop_trains_like_torch(dtype: Any, backend: str,
+                                         tol: tuple[float, float]) -> None:
+    """An RNN written as a Loop over the rows of its input (as many as each batch has):
+    five SGD steps on batches of 3, 5 and 4 steps give torch's losses and weights."""
+    import edgetrain as et
+
+    rng = np.random.default_rng(0)
+    ws = {k: 0.5 * rng.standard_normal(s) for k, s in
+          (("W", (4, 4)), ("U", (2, 4)), ("head", (4, 3)))}
+    m = et.compile(loop_rnn_model(ws["W"], ws["U"], ws["head"], dtype), loss="cross_entropy",
+                   optimizer=et.optim.SGD(lr=0.1)).load(backend=backend)
+    tw = {k: torch.tensor(v, requires_grad=True) for k, v in ws.items()}
+    opt = torch.optim.SGD(list(tw.values()), lr=0.1)
+    for steps in (3, 5, 4, 3, 5):
+        x = rng.standard_normal((steps, 2, 2))
+        y = rng.integers(0, 3, 2)
+        got = float(m.run("train", x=x.astype(dtype), y=y)["loss"])
+        s = torch.zeros(2, 4, dtype=torch.float64)
+        for i in range(steps):
+            s = torch.tanh(s @ tw["W"] + torch.tensor(x[i]) @ tw["U"])
+        loss = torch.nn.functional.cross_entropy(s @ tw["head"], torch.tensor(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        np.testing.assert_allclose(got, loss.item(), rtol=tol[0], atol=tol[1])
+    for k, v in m.parameters().items():
+        np.testing.assert_allclose(v, tw[k].detach().numpy(), rtol=tol[0], atol=tol[1] * 10,
+                                   err_msg=k)

@@ -272,3 +272,62 @@ def test_unsupported_attributes_are_refused(attrs: dict[str, Any], says: str) ->
 def test_rows_cover_the_expansions() -> None:
     assert {"LSTM", "GRU", "RNN"} <= set(EXPANSIONS)
     assert {c.op for c in CASES} == {"LSTM", "GRU", "RNN"}
+
+
+# -- a compiled model trains like torch ---------------------------------------------------------
+
+def lstm_classifier(layer: torch.nn.LSTM, head: torch.nn.Linear, dtype: Any) -> onnx.ModelProto:
+    """X [T, B, I] -> LSTM -> last hidden state -> Linear: the ONNX twin of ``layer`` and
+    ``head`` (torch's ifgo gate blocks reordered to ONNX's iofc)."""
+    def onnx_order(t: torch.Tensor) -> np.ndarray:
+        i, f, g, o = t.detach().double().split(layer.hidden_size, dim=0)
+        return torch.cat([i, o, f, g], dim=0).numpy().astype(dtype)
+
+    w = onnx_order(layer.weight_ih_l0)[None]
+    r = onnx_order(layer.weight_hh_l0)[None]
+    b = np.concatenate([onnx_order(layer.bias_ih_l0), onnx_order(layer.bias_hh_l0)])[None]
+    hw = head.weight.detach().double().numpy().T.astype(dtype)
+    hb = head.bias.detach().double().numpy().astype(dtype)
+    tp = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    init = [onnx.numpy_helper.from_array(a, n) for a, n in
+            ((w, "W"), (r, "R"), (b, "B"), (hw, "head.W"), (hb, "head.b"),
+             (np.array([0], dtype=np.int64), "axis0"))]
+    g = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], hidden_size=layer.hidden_size),
+         helper.make_node("Squeeze", ["h", "axis0"], ["last"]),
+         helper.make_node("Gemm", ["last", "head.W", "head.b"], ["logits"])],
+        "lstm_classifier", [helper.make_tensor_value_info("x", tp, [5, "batch", 4])],
+        [helper.make_tensor_value_info("logits", tp, ["batch", 3])], initializer=init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dtype", "backend", "tol"), [
+    (np.float64, "reference", (1e-9, 1e-12)), (np.float32, "onnxruntime", (1e-4, 1e-6))])
+def test_compiled_lstm_trains_like_torch(dtype: Any, backend: str,
+                                         tol: tuple[float, float]) -> None:
+    """Ten Adam steps of an LSTM classifier: the same losses and weights as torch's."""
+    import edgetrain as et
+
+    torch.manual_seed(0)
+    layer, head = torch.nn.LSTM(4, 6).double(), torch.nn.Linear(6, 3).double()
+    m = et.compile(lstm_classifier(layer, head, dtype), loss="cross_entropy",
+                   optimizer=et.optim.Adam(lr=0.01)).load(backend=backend)
+    opt = torch.optim.Adam([*layer.parameters(), *head.parameters()], lr=0.01)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        x = rng.standard_normal((5, 3, 4))
+        y = rng.integers(0, 3, 3)
+        got = float(m.run("train", x=x.astype(dtype), y=y)["loss"])
+        opt.zero_grad()
+        _, (hn, _) = layer(torch.tensor(x))
+        loss = torch.nn.functional.cross_entropy(head(hn[0]), torch.tensor(y))
+        loss.backward()
+        opt.step()
+        np.testing.assert_allclose(got, loss.item(), rtol=tol[0], atol=tol[1])
+    want = lstm_classifier(layer, head, np.float64)
+    for t in want.graph.initializer:
+        if t.name in m.parameters():
+            np.testing.assert_allclose(m.parameters()[t.name],
+                                       onnx.numpy_helper.to_array(t), rtol=tol[0],
+                                       atol=tol[1] * 10, err_msg=t.name)

@@ -17,6 +17,7 @@ from .._ir import Builder, Namer, Value, is_float, reads, value_names
 from ..errors import UnsupportedOpError
 from ._expand import expand_functions
 from ._registry import NON_DIFFERENTIABLE, RULES, GradContext
+from ._shapes import refine_shapes
 
 
 def differentiable_values(nodes: Sequence[ir.Node], wrt: Sequence[Value]) -> set[int]:
@@ -69,6 +70,7 @@ def backward(graph: ir.Graph, seeds: Sequence[tuple[Value, Value]], sources: Seq
     graph: the rules of If, Loop and Scan build a subgraph's backward as the body of a
     backward node, where the outer values and the seeds are read as captured values.
     """
+    refine_shapes(graph, op.opset)  # what ONNX's inference lost around subgraphs
     replaced: dict[int, tuple[Value, Value]] = {}
     expand_functions(graph, sources, op, replaced)  # ops without a rule become their bodies
     nodes = list(graph)  # the forward nodes, before any backward node is appended

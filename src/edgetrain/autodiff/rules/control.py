@@ -29,9 +29,7 @@ from ..._ir import (
     captured,
     const_array,
     dims,
-    infer_outputs,
     is_float,
-    subgraphs,
 )
 from ...errors import UnsupportedOpError
 from .._engine import backward, differentiable_values
@@ -62,27 +60,6 @@ def _wanted(ctx: GradContext) -> list[tuple[int, Value]]:
 def _sources(ctx: GradContext) -> list[Value]:
     """The outer values through which the parameters reach the subgraphs."""
     return [v for v in captured(ctx.node) if ctx.differentiable(v)]
-
-
-def _refine(graph: ir.Graph, opset: int) -> None:
-    """Shapes inside a subgraph that ONNX's inference left unknown, inferred again node by
-    node: inference inside a subgraph does not read the values of the outer constants it
-    uses (the axes of a Squeeze, the shape of a Reshape), which the values here carry; an
-    If's output takes its branches' shape where they agree."""
-    for node in graph:
-        subs = list(subgraphs(node))
-        for sub in subs:
-            _refine(sub, opset)
-        if all(o.shape is not None for o in node.outputs):
-            continue
-        if not subs:
-            infer_outputs(node, opset)
-        elif node.op_type == "If":
-            branches = [s.outputs for s in subs]
-            for j, o in enumerate(node.outputs):
-                shapes = {dims(b[j]) for b in branches if j < len(b)}
-                if o.shape is None and len(shapes) == 1 and None not in shapes:
-                    o.shape = branches[0][j].shape
 
 
 def _backward_of(ctx: GradContext, where: str, body: ir.Graph,
@@ -179,7 +156,6 @@ def if_(ctx: GradContext, op: Builder) -> list[Value | None]:
     graphs: dict[str, ir.Graph] = {}
     for attr in ("then_branch", "else_branch"):
         branch = ctx.node.attributes[attr].as_graph()
-        _refine(branch, op.opset)
         g, bop = _new_graph(op, f"{attr}_grad")
         grads = _backward_of(ctx, attr, branch, [(branch.outputs[j], ctx.dy(j)) for j in seeds],
                              sources, [v for _, v in wanted], bop)
@@ -290,19 +266,6 @@ def _same_shape_states(ctx: GradContext, r: _Recurrence, live: Sequence[int]) ->
                 "shape per iteration")
 
 
-def _body_input_shapes(ctx: GradContext, r: _Recurrence) -> None:
-    """Body inputs declared without a shape take the node's: a state its initial value's, a
-    slice its scanned input's without the scanned axis."""
-    for k, v in enumerate(r.state_in):
-        init = ctx.input(r.state_pos + k)
-        if v.shape is None and init is not None and init.shape is not None:
-            v.shape = init.shape
-    for m, (v, x) in enumerate(zip(r.scan_in, _scan_inputs(ctx, r), strict=True)):
-        if v.shape is None and x is not None and x.shape is not None and len(x.shape):
-            axis = r.in_axes[m] % len(x.shape)
-            v.shape = ir.Shape([d for i, d in enumerate(x.shape) if i != axis])
-
-
 def _reverse0(op: Builder, x: Value) -> Value:
     return op.Slice(x, [-1], [INT64_MIN], [0], [-1])
 
@@ -324,8 +287,6 @@ def _reverse_recurrence(ctx: GradContext, op: Builder, r: _Recurrence, kind: str
                         ) -> list[Value | None]:
     """The gradients of a Loop or Scan (one per input, then per implicit input), computed by
     a backward Scan over the iterations, last first."""
-    _body_input_shapes(ctx, r)
-    _refine(r.body, op.opset)
     live, sources = _dependent_states(ctx, r)
     _same_shape_states(ctx, r, live)
     g, bop = _new_graph(op, f"{kind}_grad_body")
