@@ -575,3 +575,46 @@ def test_compiled_loop_trains_like_torch(dtype: Any, backend: str,
     for k, v in m.parameters().items():
         np.testing.assert_allclose(v, tw[k].detach().numpy(), rtol=tol[0], atol=tol[1] * 10,
                                    err_msg=k)
+
+
+def padded_conv_in_branch(dtype: int) -> onnx.ModelProto:
+    """A Conv inside an If branch on a Pad whose pads are an outer constant: ONNX's inference
+    of the branch cannot read them (it names the padded length ``unk__…``), the Conv's
+    gradient needs the number."""
+    rng = np.random.default_rng(4)
+    npd = helper.tensor_dtype_to_np_dtype(dtype)
+    inits = [onnx.numpy_helper.from_array(np.array([0, 0, 2, 0, 0, 2], np.int64), "pads"),
+             onnx.numpy_helper.from_array(rng.standard_normal((3, 2, 3)).astype(npd), "w"),
+             onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")]
+    then = graph([n("Pad", ["x", "pads"], ["p"], mode="reflect"),
+                  n("Conv", ["p", "w"], ["c"]), n("Tanh", ["c"], ["t"])], [], [vi("t", dtype)],
+                 "then")
+    other = graph([n("Conv", ["x", "w"], ["e"], pads=[2, 2])], [], [vi("e", dtype)], "else")
+    g = helper.make_graph(
+        [n("Greater", ["flag", "zero"], ["c0"]),
+         n("If", ["c0"], ["out"], then_branch=then, else_branch=other, name="pick")],
+        "padded", [vi("x", dtype, [1, 2, 8]), vi("flag", I64, [])],
+        [vi("out", dtype, [1, 3, 10])],
+        initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_compiled_conv_on_outer_pads_inside_a_branch_trains() -> None:
+    """The branch's sizes are recovered with the outer constant's value: the Conv's weight
+    gets the gradient torch computes (float64)."""
+    import edgetrain as et
+
+    m = et.compile(padded_conv_in_branch(D), loss="mse",
+                   optimizer=et.optim.SGD(lr=1.0)).load(backend="reference")
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((1, 2, 8)), rng.standard_normal((1, 3, 10))
+    w0 = m.parameters()["w"]
+    m.run("train", x=x, flag=np.array(1, np.int64), y=y)
+    tw = torch.tensor(w0, requires_grad=True)
+    xp = torch.nn.functional.pad(torch.tensor(x), (2, 2), mode="reflect")
+    loss = torch.nn.functional.mse_loss(torch.tanh(torch.nn.functional.conv1d(xp, tw)),
+                                        torch.tensor(y))
+    loss.backward()
+    assert tw.grad is not None
+    np.testing.assert_allclose(w0 - m.parameters()["w"], tw.grad.numpy(), rtol=1e-9,
+                               atol=1e-12)

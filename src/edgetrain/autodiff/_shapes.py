@@ -16,22 +16,51 @@ import onnx_ir as ir
 from .._ir import Dim, Dims, dims, infer_outputs, subgraphs
 
 
-def refine_shapes(graph: ir.Graph, opset: int) -> None:
-    """Fill in the unknown shapes of ``graph``'s values (at every depth) that can be proven."""
+def refine_shapes(graph: ir.Graph, opset: int, inner: bool = False) -> None:
+    """Fill in the unknown shapes of ``graph``'s values (at every depth) that can be proven.
+
+    Inside a subgraph (``inner``) a named dim counts as unknown too: there ONNX names the
+    sizes it could not compute (``unk__3``), and the sizes may well be numbers.
+    """
     for node in graph:
         subs = list(subgraphs(node))
         if node.op_type in ("Loop", "Scan"):
             _body_inputs(node)
         for sub in subs:
-            refine_shapes(sub, opset)
-        if all(o.shape is not None for o in node.outputs):
+            refine_shapes(sub, opset, inner=True)
+        if all(_known(o, inner) for o in node.outputs):
             continue
         if not subs:
-            infer_outputs(node, opset)
+            _infer_again(node, opset)
         elif node.op_type == "If":
             _if_outputs(node, subs)
         elif node.op_type in ("Loop", "Scan"):
             _carried_outputs(node)
+
+
+def _known(v: ir.Value, numbers_only: bool) -> bool:
+    shape = dims(v)
+    return shape is not None and all(
+        isinstance(d, int) or (d is not None and not numbers_only) for d in shape)
+
+
+def _infer_again(node: ir.Node, opset: int) -> None:
+    """ONNX's inference of ``node`` with its inputs as they are now, merged with what was
+    known: a number wins, then a named dim, then unknown."""
+    before = [dims(o) for o in node.outputs]
+    infer_outputs(node, opset)
+    for o, old in zip(node.outputs, before, strict=True):
+        new = dims(o)
+        if old is not None and (new is None or len(new) != len(old)):
+            o.shape = ir.Shape(old)
+        elif old is not None and new is not None:
+            o.shape = ir.Shape([_better(a, b) for a, b in zip(new, old, strict=True)])
+
+
+def _better(new: Dim, old: Dim) -> Dim:
+    if isinstance(new, int) or old is None:
+        return new
+    return old
 
 
 def _if_outputs(node: ir.Node, branches: list[ir.Graph]) -> None:
