@@ -155,7 +155,7 @@ def torch_loop_tanh(steps: int) -> Callable[..., object]:
         for _ in range(steps):
             s = torch.tanh(s @ w)
             ys.append(s * s)
-        return s, torch.stack(ys)
+        return s, (torch.stack(ys) if ys else None)
 
     return fn
 
@@ -166,6 +166,8 @@ row("Loop", "trip-count-at-run-time", [C(i64(4), runtime=True), C(np.array(True)
                                        X((3, 3))], loop_tanh, torch_loop_tanh(4))
 row("Loop", "body-shapes-undeclared", [C(i64(3)), C(np.array(True)), X((2, 3)), X((3, 3))],
     lambda ins: undeclared(loop_tanh(ins)), torch_loop_tanh(3))
+row("Loop", "no-iteration", [C(i64(0), runtime=True), C(np.array(True)), X((2, 3)), X((3, 3))],
+    loop_tanh, lambda s, w: torch_loop_tanh(0)(s, w)[0] + 0 * w.sum(), loss_outputs=[0])
 row("Loop", "weight-only", [C(i64(3)), C(np.array(True)), X((2, 3), grad=False), X((3, 3))],
     loop_tanh, torch_loop_tanh(3))
 row("Loop", "final-state-only", [C(i64(3)), C(np.array(True)), X((2, 3)), X((3, 3))],

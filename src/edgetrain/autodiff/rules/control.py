@@ -309,7 +309,7 @@ def _reverse_recurrence(ctx: GradContext, op: Builder, r: _Recurrence, kind: str
     n, m = len(live), len(live) + len(scanned)
     _body_outputs(b, live, grads[:n], scanned, grads[n:m], wanted, grads[m:], op)
     _stash_all(ctx, op, r, b)
-    outs = _backward_scan(ctx, op, b)
+    outs = _backward_loop(op, b) if kind == "loop" else _backward_scan(op, b)
     result: list[Value | None] = [None] * len(ctx.inputs)
     for k, d in zip(live, outs, strict=False):
         result[r.state_pos + k] = d
@@ -385,7 +385,7 @@ def _stash_scan(ctx: GradContext, op: Builder, r: _Recurrence, v: Value) -> Valu
     return out
 
 
-def _backward_scan(ctx: GradContext, op: Builder, b: _Backward) -> list[Value]:
+def _backward_scan(op: Builder, b: _Backward) -> list[Value]:
     """The backward Scan node; its outputs: the initial states' gradients, the outer values'
     gradient sums, and the scanned inputs' gradients stacked last iteration first."""
     b.graph.inputs.extend([*b.states, *b.accs, *b.scans])
@@ -393,12 +393,38 @@ def _backward_scan(ctx: GradContext, op: Builder, b: _Backward) -> list[Value]:
     outs = op.node("Scan", [*b.state_init, *b.acc_init, *b.scan_full],
                    {"body": b.graph, "num_scan_inputs": len(b.scans)},
                    outputs=len(b.outputs))
+    _typed_outputs(outs, b)
+    return outs
+
+
+def _backward_loop(op: Builder, b: _Backward) -> list[Value]:
+    """A Loop's backward as a Loop over the stashed iterations, reading slice ``i`` of each
+    stash (stacked last iteration first): unlike a Scan (in onnxruntime), it also runs when
+    the forward ran no iteration at all."""
+    g, bop = b.graph, b.op
+    it = ir.Value(name=op.namer.fresh("iteration"), type=ir.TensorType(ir.DataType.INT64),
+                  shape=ir.Shape([]))
+    cond = ir.Value(name=op.namer.fresh("cond"), type=ir.TensorType(ir.DataType.BOOL),
+                    shape=ir.Shape([]))
+    first = next(iter(g), None)
+    at = bop.at(before=first) if first is not None else bop
+    for elem, full in zip(b.scans, b.scan_full, strict=True):
+        _replace_reads(g, elem, at.Gather(full, it, axis=0))
+    g.inputs.extend([it, cond, *b.states, *b.accs])
+    g.outputs.extend([bop.Identity(cond), *_distinct(bop, b.outputs)])
+    trips = op.Gather(op.Shape(b.scan_full[0]), op.const(np.array(0, dtype=np.int64)), axis=0)
+    outs = op.node("Loop", [trips, None, *b.state_init, *b.acc_init], {"body": g},
+                   outputs=len(b.outputs))
+    _typed_outputs(outs, b)
+    return outs
+
+
+def _typed_outputs(outs: Sequence[Value], b: _Backward) -> None:
     n = len(b.states) + len(b.accs)
     _typed(outs[:n], [*b.state_init, *b.acc_init])
     for o, inner in zip(outs[n:], b.outputs[n:], strict=True):
         o.type = inner.type
         o.shape = ir.Shape([None, *inner.shape]) if inner.shape is not None else None
-    return outs
 
 
 @grad_rule("Scan")
