@@ -1,17 +1,20 @@
 """Control flow: If, Loop and Scan, differentiated through their subgraphs.
 
 A subgraph's backward is built by the engine itself (``_engine.backward``) into the body of a
-backward node: an ``If`` on the same condition for an If, a ``Scan`` running over the
-iterations in reverse for a Loop or a Scan. The backward graph reads outer values (weights,
-the gradients flowing in) as captured values. What it reads of the forward subgraph's own
-values is *stashed*: the forward node is made to output it (an extra If output; an extra
-scan output of a Loop or Scan, one slice per iteration), so nothing is computed twice.
+backward node: an ``If`` on the same condition for an If; for a Scan a ``Scan``, and for a
+Loop a ``Loop``, running over the iterations last first. The backward graph reads outer
+values (weights, the gradients flowing in) as captured values. What it reads of the forward
+subgraph's own values is *stashed*: the forward node is made to output it (an extra If
+output; an extra scan output of a Loop or Scan, one slice per iteration), so nothing is
+computed twice.
 
 Gradients of the outer values a subgraph reads (weights used only inside a branch or a loop
 body) are returned after those of the node's inputs; a loop sums them over the iterations.
 A Loop's gradient holds its iteration count fixed: exact wherever the count does not change
 under a small change of the weights (a data-dependent condition is a step function, like
-Floor), and the stash records how many iterations ran, so no bound is needed.
+Floor), and the stash records how many iterations ran, so no bound is needed. Refused: a
+carried value whose shape changes from one iteration to the next (it has no one shape to
+stash per iteration).
 """
 
 from __future__ import annotations
@@ -450,8 +453,8 @@ def scan(ctx: GradContext, op: Builder) -> list[Value | None]:
 @grad_rule("Loop")
 def loop(ctx: GradContext, op: Builder) -> list[Value | None]:
     """Loop carries states s through a body f for as many iterations as ran:
-    (c, s_t+1, y_t) = f(t, c, s_t). Its gradient is a Scan over the iterations in reverse,
-    as Scan's; the iteration count (and the condition) get no gradient."""
+    (c, s_t+1, y_t) = f(t, c, s_t). Its gradient is a Loop over the iterations in reverse,
+    computing what Scan's does; the iteration count and the condition get no gradient."""
     body = ctx.node.attributes["body"].as_graph()
     n = len(body.inputs) - 2
     k = len(body.outputs) - 1 - n
