@@ -247,6 +247,32 @@ row("Loop", "if-in-body", [C(i64(4)), C(np.array(True)), X((3,)), X((3,))], loop
     torch_loop_if)
 
 
+def loop_if_stashes(ins: list[str]) -> onnx.NodeProto:
+    """An If in the body whose branches both keep an inner value for the gradient, on a
+    condition that changes between iterations: s ← tanh(s)·w for i < 2, else sigmoid(s) + w."""
+    m, c, s0, w = ins
+    branch = n("If", ["early"], ["s2"],
+               then_branch=graph([n("Tanh", ["s"], ["t"]), n("Mul", ["t", w], ["a"])], [],
+                                 [vi("a", D, [3])], "then"),
+               else_branch=graph([n("Sigmoid", ["s"], ["e"]), n("Add", ["e", w], ["b"])], [],
+                                 [vi("b", D, [3])], "else"))
+    body = graph([n("Constant", [], ["two"], value=helper.make_tensor("t", I64, [], [2])),
+                  n("Less", ["i", "two"], ["early"]), branch, n("Identity", ["cin"], ["cout"])],
+                 [vi("i", I64, []), vi("cin", B, []), vi("s", D, [3])],
+                 [vi("cout", B, []), vi("s2", D, [3])])
+    return n("Loop", [m, c, s0], ["out0"], body=body)
+
+
+def torch_loop_if_stashes(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    for i in range(4):
+        s = torch.tanh(s) * w if i < 2 else torch.sigmoid(s) + w
+    return s
+
+
+row("Loop", "if-in-body-keeping-values", [C(i64(4)), C(np.array(True)), X((3,)), X((3,))],
+    loop_if_stashes, torch_loop_if_stashes)
+
+
 def loop_nested(ins: list[str]) -> onnx.NodeProto:
     """A Loop in a Loop: 2 outer iterations of 3 inner ones of s ← tanh(s·w + v)."""
     m, c, s0, w, v = ins
@@ -419,6 +445,14 @@ def test_growing_carried_value_is_refused() -> None:
                         nodes=single("Loop", grow)))
     assert "Loop node 'loop_under_test'" in msg and "changes shape" in msg and "'s'" in msg, msg
     assert "\n" not in msg
+
+
+def test_if_in_a_loop_keeping_a_value_of_dynamic_shape_is_refused() -> None:
+    """The other branch cannot make a stand-in of the value's shape in every iteration."""
+    msg = _refusal(Case("Loop", [C(i64(4)), C(np.array(True)), X((3,), declared=("n",)),
+                                 X((3,), declared=("n",))], variant="ragged",
+                        nodes=single("Loop", lambda ins: undeclared(loop_if_stashes(ins)))))
+    assert "Loop node 'loop_under_test'" in msg and "static shapes" in msg, msg
 
 
 def test_op_without_rule_in_a_branch_names_both_nodes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ stash per iteration).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ from ..._ir import (
     const_array,
     dims,
     is_float,
+    np_dtype,
+    static_dims,
 )
 from ...errors import UnsupportedOpError
 from .._engine import backward, differentiable_values
@@ -176,26 +179,43 @@ def if_(ctx: GradContext, op: Builder) -> list[Value | None]:
 
 
 def _stash_if(ctx: GradContext, op: Builder, attr: str, v: Value) -> Value:
-    """Output ``v`` of branch ``attr`` from the forward If (the other branch outputs an empty
-    tensor of its type there: an If's branches may differ in shape)."""
+    """Output ``v`` of branch ``attr`` from the forward If; the other branch outputs a tensor
+    of its type there: an empty one (an If's branches may differ in shape), or, for an If
+    inside a subgraph that may be a loop body (whose stashes must have one shape in every
+    iteration), zeros of ``v``'s shape when it is static."""
     node = ctx.node
     branch = node.attributes[attr].as_graph()
     for j, o in enumerate(branch.outputs):
         if o is v:
             return node.outputs[j]
     other = node.attributes["else_branch" if attr == "then_branch" else "then_branch"].as_graph()
-    rank = len(v.shape) if v.shape is not None else 0
-    dtype = v.dtype or ir.DataType.FLOAT
-    empty = Builder(other, op.opset, op.namer).op(
-        "Constant", value=ir.tensor(np.zeros((0,) * rank, dtype=dtype.numpy())))
     branch.outputs.append(v)
-    other.outputs.append(empty)
+    other.outputs.append(_filler(ctx, op, other, v))
     node.resize_outputs(len(node.outputs) + 1)
     out = node.outputs[-1]
     out.name = op.namer.fresh(f"{v.name or 'stash'}/stash")
     out.type = v.type
+    if other.outputs[-1].shape != v.shape:
+        _RAGGED.add(out)
     ctx.outputs = list(node.outputs)
     return out
+
+
+#: Stashed If outputs whose branches give different shapes (a loop cannot stack them).
+_RAGGED: weakref.WeakSet[Value] = weakref.WeakSet()
+
+
+def _filler(ctx: GradContext, op: Builder, other: ir.Graph, v: Value) -> Value:
+    bop = Builder(other, op.opset, op.namer)
+    dtype = np_dtype(v.dtype or ir.DataType.FLOAT)
+    shape = static_dims(v)
+    if ctx.node.graph is not op.graph and shape is not None:
+        zeros = bop.ConstantOfShape(bop.const(np.array(shape, dtype=np.int64)),
+                                    value=ir.tensor(np.zeros(1, dtype=dtype)))
+        zeros.shape = v.shape
+        return zeros
+    rank = len(v.shape) if v.shape is not None else 0
+    return bop.op("Constant", value=ir.tensor(np.zeros((0,) * rank, dtype=dtype)))
 
 
 # -- Loop and Scan -------------------------------------------------------------------------------
@@ -354,6 +374,11 @@ def _stash_all(ctx: GradContext, op: Builder, r: _Recurrence, b: _Backward) -> N
     """Read what the backward body needs of the forward body's values from per-iteration
     stashes (small constants are copied instead)."""
     for v in _forward_reads(b.graph, r.body):
+        if v in _RAGGED:
+            raise UnsupportedOpError(
+                f"{ctx.where()}: the gradient of an If in its body needs {v.name!r} from one "
+                "branch, whose shape is not static, in every iteration; give the model static "
+                "shapes")
         copy = _copied(b.op, v)
         if copy is not None:
             _replace_reads(b.graph, v, copy)
