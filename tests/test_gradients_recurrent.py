@@ -5,7 +5,8 @@ Each row is checked like a rule's: float64 finite differences, torch.autograd on
 ``torch.nn.LSTM``/``GRU``/``RNN`` holding the same weights (where torch has the variant:
 torch's GRU is ONNX's with ``linear_before_reset=1``; torch has no peepholes, clip,
 input_forget, custom activations or reverse-only layers — a reverse layer is checked on the
-time-flipped sequence), onnxruntime in float32, and a standard-ONNX backward graph.
+time-flipped sequence, sequence lengths as a packed batch), onnxruntime in float32, and a
+standard-ONNX backward graph.
 
 The finite differences run the fused op in onnx.reference with edgetrain's kernels, which
 honour every attribute (onnx.reference's own ignore clip, activations, input_forget and
@@ -15,7 +16,7 @@ onnxruntime's on every row.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,10 +92,10 @@ def only_last_state(ins: list[str]) -> tuple[list[onnx.NodeProto], list[str]]:
 # -- torch's layers holding the ONNX weights ----------------------------------------------------
 
 def torch_layer(op: str, direction: str = "forward", layout: int = 0,
-                nonlinearity: str = "tanh", bias: bool = True, initial: bool = True
-                ) -> Callable[..., Any]:
+                nonlinearity: str = "tanh", bias: bool = True, initial: bool = True,
+                lens: Sequence[int] | None = None) -> Callable[..., Any]:
     """The ONNX op as torch.nn.<op> (weights reordered to torch's gate order); a reverse
-    layer runs on the time-flipped sequence."""
+    layer runs on the time-flipped sequence; sequence lengths pack the batch."""
     both = direction == "bidirectional"
     dirs = 2 if both else 1
 
@@ -117,7 +118,12 @@ def torch_layer(op: str, direction: str = "forward", layout: int = 0,
         hx = [s.transpose(0, 1) if layout else s for s in states]
         init = None if not hx else (tuple(hx) if op == "LSTM" else hx[0])
         xs = x.flip(1 if layout else 0) if direction == "reverse" else x
+        if lens is not None:
+            xs = torch.nn.utils.rnn.pack_padded_sequence(xs, list(lens), bool(layout),
+                                                         enforce_sorted=False)
         y, hn = torch.func.functional_call(layer, params, (xs, init))
+        if lens is not None:
+            y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, bool(layout), total_length=T)
         if direction == "reverse":
             y = y.flip(1 if layout else 0)
         finals = list(hn) if op == "LSTM" else [hn]
@@ -154,9 +160,9 @@ for op in ("LSTM", "GRU", "RNN"):
     row(op, "no-bias-no-initial-state", torch_layer(op, bias=False, initial=False), attrs=lbr,
         bias=False, initial=False)
     row(op, "clip", attrs={"clip": 0.4, **lbr})
-    row(op, "sequence-lengths", attrs=lbr, lens=lengths(3, 1))
-    row(op, "sequence-lengths-bidirectional", attrs={"direction": "bidirectional", **lbr},
-        lens=lengths(2, 3))
+    row(op, "sequence-lengths", torch_layer(op, lens=(3, 1)), attrs=lbr, lens=lengths(3, 1))
+    row(op, "sequence-lengths-bidirectional", torch_layer(op, "bidirectional", lens=(2, 3)),
+        attrs={"direction": "bidirectional", **lbr}, lens=lengths(2, 3))
 
 row("LSTM", "last-state-only", lambda *a: torch_layer("LSTM")(*a)[1], nodes=only_last_state)
 row("LSTM", "peepholes", peepholes=True)
