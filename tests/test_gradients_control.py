@@ -302,6 +302,19 @@ row("Loop", "loop-in-body", [C(i64(2)), C(np.array(True)), X((3,)), X((3,)), X((
     loop_nested, torch_nested)
 
 
+def loop_add(ins: list[str]) -> onnx.NodeProto:
+    """s ← s + w: the backward needs no value of the forward, only the iteration count."""
+    m, s0, w = ins
+    body = graph([n("Add", ["s", w], ["s2"]), n("Identity", ["cin"], ["cout"])],
+                 [vi("i", I64, []), vi("cin", B, []), vi("s", D, [3])],
+                 [vi("cout", B, []), vi("s2", D, [3])])
+    return n("Loop", [m, "", s0], ["out0"], body=body)
+
+
+row("Loop", "nothing-to-keep", [C(i64(5), runtime=True), X((3,)), X((3,))], loop_add,
+    lambda s, w: s + 5 * w)
+
+
 def loop_no_state(ins: list[str]) -> onnx.NodeProto:
     """No carried value: every iteration outputs w·(i + 1)."""
     m, w = ins
