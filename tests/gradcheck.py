@@ -344,10 +344,15 @@ def check_standard_onnx(case: Case) -> None:
 
 
 def to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same graph in float32 (inputs, initializers, constants, value types)."""
+    """The same graph in float32 (inputs, initializers, constants, value types), subgraphs
+    (If branches, Loop and Scan bodies) too."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
+    _graph_to_float32(m.graph)
+    return m
+
+
+def _graph_to_float32(g: onnx.GraphProto) -> None:
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         if vi.type.tensor_type.elem_type == TensorProto.DOUBLE:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
@@ -362,7 +367,8 @@ def to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.DOUBLE:
                 a.t.CopyFrom(numpy_helper.from_array(
                     numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
-    return m
+            if a.type == onnx.AttributeProto.GRAPH:
+                _graph_to_float32(a.g)
 
 
 def check_onnxruntime_float32(case: Case) -> None:

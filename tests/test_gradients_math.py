@@ -77,8 +77,9 @@ CASES: list[Case] = [
 def test_float32_weights_under_a_float64_output_train() -> None:
     """The backward seed (the learning rate, in the weights' type) is cast to the loss's
     type: a float32 model whose output is cast to float64 trains, on both backends."""
-    import edgetrain as et
     from onnx import TensorProto, helper, numpy_helper
+
+    import edgetrain as et
 
     rng = np.random.default_rng(4)
     w = rng.standard_normal((3, 2)).astype(np.float32)

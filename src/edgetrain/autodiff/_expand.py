@@ -4,7 +4,9 @@ Many ONNX ops are defined by a body of other ONNX ops (``ReduceL2``, ``Selu``, `
 ``GroupNormalization``, ``RMSNormalization``, ``Attention``, ``SoftmaxCrossEntropyLoss``, …:
 the schemas carry it, for some depending on the input types). Where no hand-written rule
 exists, the node on the path to the loss is replaced in the graph being differentiated by
-that body, and the rules of its ops apply. The inference graph keeps the fused op.
+that body, and the rules of its ops apply. The inference graph keeps the fused op. Ops whose
+schema has no body but edgetrain writes one (``EXPANSIONS``: LSTM, GRU, RNN) are replaced the
+same way.
 """
 
 from __future__ import annotations
@@ -17,30 +19,51 @@ import onnx.inliner
 import onnx_ir as ir
 from onnx_ir import _cloner
 
-from .._ir import Builder, Value, const_array, infer_outputs, reads, static_dims
-from ._registry import NON_DIFFERENTIABLE, RULES
+from .._ir import Builder, Value, const_array, infer_outputs, reads, redirect, static_dims
+from ._registry import EXPANSIONS, NON_DIFFERENTIABLE, RULES
 
 
-def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder) -> int:
+def expand_functions(graph: ir.Graph, wrt: Sequence[Value], op: Builder,
+                     replaced: dict[int, tuple[Value, Value]] | None = None) -> int:
     """Replace, until none is left, every node that depends on ``wrt``, has no rule and has
-    a function body. Returns how many nodes were expanded."""
+    a function body or a registered expansion. Returns how many nodes were expanded;
+    ``replaced`` maps the id of each old output to it and the value that took its place."""
     count = 0
+    replaced = {} if replaced is None else replaced
     while True:
         dep = {id(v) for v in wrt}
-        target: tuple[ir.Node, tuple[ir.Function, list[int]]] | None = None
+        target: tuple[ir.Node, tuple[ir.Function, list[int]] | None] | None = None
         for node in graph:
             if node.op_type in NON_DIFFERENTIABLE or not any(id(v) in dep for v in reads(node)):
                 continue
             dep.update(id(o) for o in node.outputs)
             if node.op_type not in RULES and node.domain in ("", "ai.onnx"):
-                body = _function(node, op.opset)
-                if body is not None:
+                body = None if node.op_type in EXPANSIONS else _function(node, op.opset)
+                if body is not None or node.op_type in EXPANSIONS:
                     target = (node, body)
                     break
         if target is None:
             return count
-        _inline(graph, target[0], *target[1], op)
+        olds = list(target[0].outputs)
+        if target[1] is None:
+            news = _replace(graph, target[0], op)
+        else:
+            news = _inline(graph, target[0], *target[1], op)
+        replaced.update((id(o), (o, n)) for o, n in zip(olds, news, strict=False)
+                        if n is not None)
         count += 1
+
+
+def _replace(graph: ir.Graph, node: ir.Node, op: Builder) -> list[Value | None]:
+    """Replace ``node`` by its registered expansion, built just before it."""
+    here = Builder(graph, op.opset, op.namer, before=node)
+    news = list(EXPANSIONS[node.op_type](node, here))
+    for old, new in zip(node.outputs, news, strict=False):
+        if new is not None and (old.uses() or old.is_graph_output()):
+            new.type, new.shape = old.type, old.shape
+            redirect(old, new, suffix="/fused")
+    graph.remove(node, safe=True)
+    return news
 
 
 def _function(node: ir.Node, opset: int) -> tuple[ir.Function, list[int]] | None:
@@ -167,7 +190,7 @@ def _attributes(node: ir.Node, opset: int) -> dict[str, ir.Attr]:
 
 
 def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, slots: list[int],
-            op: Builder) -> None:
+            op: Builder) -> list[Value | None]:
     value_map: dict[ir.Value, ir.Value | None] = {}
     for i, formal in enumerate(function.inputs):
         value_map[formal] = node.inputs[i] if i < len(node.inputs) else None
@@ -197,6 +220,11 @@ def _inline(graph: ir.Graph, node: ir.Node, function: ir.Function, slots: list[i
         if not _fold(n, op.opset) and any(o.type is None or o.shape is None
                                           for o in n.outputs):
             infer_outputs(n, op.opset)
+    news: list[Value | None] = [None] * len(node.outputs)
+    for i, o in zip(slots, function.outputs):
+        if i < len(news):
+            news[i] = value_map[o]
+    return news
 
 
 #: Ops whose outputs are not a function of their inputs alone.

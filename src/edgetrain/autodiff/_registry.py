@@ -17,8 +17,14 @@ from .._ir import Builder, Dims, Value, const_array, dims
 from ..errors import UnsupportedOpError
 
 Rule = Callable[["GradContext", Builder], Sequence[Value | None]]
+#: Builds, with a builder that inserts before ``node``, values equal to ``node``'s outputs
+#: (``None`` for an output it leaves out) from ops that have rules.
+Expansion = Callable[[ir.Node, Builder], Sequence[Value | None]]
 
 RULES: dict[str, Rule] = {}
+#: Ops differentiated through an equivalent graph of other ops (LSTM as a Scan of its cell),
+#: which replaces them in the graph being differentiated only (see ``_expand.py``).
+EXPANSIONS: dict[str, Expansion] = {}
 
 #: Ops whose outputs never carry a gradient (integer/boolean results, constants, randomness,
 #: piecewise-constant functions). OneHot is not among them: its output is linear in its float
@@ -44,8 +50,21 @@ def grad_rule(*op_types: str) -> Callable[[Rule], Rule]:
     return register
 
 
+def expansion(*op_types: str) -> Callable[[Expansion], Expansion]:
+    """Register the decorated function as the expansion of each op type."""
+
+    def register(fn: Expansion) -> Expansion:
+        for t in op_types:
+            if t in EXPANSIONS or t in RULES:
+                raise ValueError(f"gradient rule or expansion for {t} registered twice")
+            EXPANSIONS[t] = fn
+        return fn
+
+    return register
+
+
 def supported_ops() -> list[str]:
-    return sorted(RULES)
+    return sorted({*RULES, *EXPANSIONS})
 
 
 class GradContext:
@@ -99,7 +118,12 @@ class GradContext:
         return g
 
     def needs_grad(self, i: int) -> bool:
+        """Whether input ``i`` (the implicit inputs follow the explicit ones) needs a gradient."""
         return i < len(self._needs) and self._needs[i]
+
+    def differentiable(self, v: Value | None) -> bool:
+        """Whether ``v`` depends on a trainable parameter (it may carry a gradient)."""
+        return v is not None and id(v) in self._differentiable
 
     def forward_output(self, i: int, hint: str, dtype: ir.DataType) -> Value:
         """Output ``i`` of the forward node, adding it when the model left it out.

@@ -22,6 +22,13 @@
 - MaxUnpool: onnx.reference places the values one at a time in a Python loop. The same
   definition — each value at its index in the shape inferred from the kernel, strides and
   pads, that tensor at the start of ``output_shape`` — vectorized.
+- Loop: onnx.reference stacks the scan outputs with ``np.vstack``, which concatenates slices of
+  rank 2 and more along their first axis ([T·a, b] instead of [T, a, b]) and gives rank-0
+  slices an extra axis, and it runs no iteration at all when the condition input is left out.
+  ONNX stacks along a new first axis and runs until the trip count when there is no condition.
+- Scan: onnx.reference refuses ``scan_input_axes``, ``scan_*_directions`` and
+  ``scan_output_axes`` other than 0.
+- LSTM, GRU, RNN: onnx.reference ignores most of their attributes (``_reference_rnn``).
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ import math
 from typing import Any
 
 import numpy as np
+from onnx import helper
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_max_pool import MaxPool as _RefMaxPool
+
+from ._reference_rnn import RECURRENT_OPS
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -152,6 +162,93 @@ class MaxUnpool(OpRun):
         return (out,)
 
 
+def _stacked(slices: list[np.ndarray], body: Any, index: int) -> np.ndarray:
+    """Per-iteration slices stacked along a new first axis (empty: zero iterations)."""
+    if slices:
+        return np.stack([np.asarray(s) for s in slices], axis=0)
+    elem = body.proto_.output[index].type.tensor_type.elem_type
+    return np.zeros((0,), dtype=helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32)
+
+
+class _Body(OpRun):
+    """A kernel with a ``body`` subgraph (onnx.reference sets these from the attributes)."""
+
+    body: Any
+    _run_body: Any
+
+
+class Loop(_Body):
+    op_domain = ""
+
+    def need_context(self) -> bool:
+        return True  # the body reads outer values
+
+    def _run(self, trip: np.ndarray | None, cond: np.ndarray | None, *states: np.ndarray,
+             context: Any = None, body: Any = None, attributes: Any = None,
+             bindings: Any = None) -> tuple[np.ndarray, ...]:
+        names_in, names_out = self.body.input_names, self.body.output_names
+        n = len(names_in) - 2
+        values, go = list(states), True if cond is None else bool(cond)
+        scans: list[list[np.ndarray]] = [[] for _ in names_out[1 + n:]]
+        it = 0
+        while go and (trip is None or it < int(trip)):
+            feeds = dict(context or {})
+            feeds.update({names_in[0]: np.array(it, dtype=np.int64), names_in[1]: np.array(go)})
+            feeds.update(zip(names_in[2:], values))
+            outs = self._run_body(feeds, attributes=attributes, bindings=bindings)
+            go, values = bool(outs[0]), list(outs[1:1 + n])
+            for acc, v in zip(scans, outs[1 + n:]):
+                acc.append(v)
+            it += 1
+        return tuple(values) + tuple(_stacked(acc, self.body, 1 + n + k)
+                                     for k, acc in enumerate(scans))
+
+
+class Scan(_Body):
+    op_domain = ""
+    num_scan_inputs: Any
+    scan_input_axes: Any
+    scan_input_directions: Any
+    scan_output_axes: Any
+    scan_output_directions: Any
+
+    def need_context(self) -> bool:
+        return True
+
+    def _run(self, *args: np.ndarray, context: Any = None, body: Any = None,
+             num_scan_inputs: Any = None, scan_input_axes: Any = None,
+             scan_input_directions: Any = None, scan_output_axes: Any = None,
+             scan_output_directions: Any = None, attributes: Any = None,
+             bindings: Any = None) -> tuple[np.ndarray, ...]:
+        m = int(self.num_scan_inputs)
+        n = len(args) - m
+        names_in, names_out = self.body.input_names, self.body.output_names
+        k = len(names_out) - n
+        in_axes = list(self.scan_input_axes or [0] * m)
+        in_dirs = list(self.scan_input_directions or [0] * m)
+        xs = []
+        for x, axis, d in zip(args[n:], in_axes, in_dirs):
+            x = np.moveaxis(x, int(axis) % max(x.ndim, 1), 0)
+            xs.append(x[::-1] if d else x)
+        values = list(args[:n])
+        scans: list[list[np.ndarray]] = [[] for _ in range(k)]
+        for t in range(xs[0].shape[0]):
+            feeds = dict(context or {})
+            feeds.update(zip(names_in[:n], values))
+            feeds.update((name, x[t]) for name, x in zip(names_in[n:], xs))
+            outs = self._run_body(feeds, attributes=attributes, bindings=bindings)
+            values = list(outs[:n])
+            for acc, v in zip(scans, outs[n:]):
+                acc.append(v)
+        axes = list(self.scan_output_axes or [0] * k)
+        dirs = list(self.scan_output_directions or [0] * k)
+        stacked = []
+        for j, acc in enumerate(scans):
+            out = _stacked(acc[::-1] if dirs[j] else acc, self.body, n + j)
+            stacked.append(np.moveaxis(out, 0, int(axes[j]) % out.ndim) if axes[j] else out)
+        return tuple(values) + tuple(stacked)
+
+
 #: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
-EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, GlobalLpPool, LRN,
-                                 LpNormalization, MaxPool, MaxUnpool]
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, GlobalLpPool, LRN, Loop,
+                                 LpNormalization, MaxPool, MaxUnpool, Scan, *RECURRENT_OPS]

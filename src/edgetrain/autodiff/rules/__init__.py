@@ -3,6 +3,7 @@
 from . import (  # noqa: F401
     activation,
     attention,
+    control,
     conv,
     elementwise,
     indexing,
@@ -11,6 +12,7 @@ from . import (  # noqa: F401
     nn,
     norm,
     pool,
+    recurrent,
     reduce,
     shape,
     transformer,
