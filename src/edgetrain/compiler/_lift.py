@@ -31,7 +31,7 @@ from .._validate import iter_graphs, iter_nodes
 from ..errors import EdgetrainError
 from ..select import differentiable_slot
 
-_HALF = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
+_HALF: dict[int, str] = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 
 
 def one_line(e: BaseException | str) -> str:
