@@ -203,12 +203,22 @@ def _epoch_note(ckpt: str, step: int) -> str:
     return "" if epoch is None else f", epoch {epoch}"
 
 
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--no-graph-optimizations``: onnxruntime runs the graphs as written (for a step graph
+    its optimizer fails on)."""
+    if getattr(args, "no_graph_optimizations", False):
+        if args.backend != "onnxruntime":
+            raise EdgetrainError("--no-graph-optimizations applies to the onnxruntime backend")
+        return {"graph_optimizations": False}
+    return {}
+
+
 def _model(args: argparse.Namespace) -> Any:
     """Load FILE with the checkpoint :func:`_checkpoint_to_read` picks, and say which."""
     from .training import load
 
     ckpt, by_default = _checkpoint_to_read(args)
-    m = load(args.file, backend=args.backend)
+    m = load(args.file, backend=args.backend, **_backend_options(args))
     if ckpt is None:
         _say(f"no checkpoint: using the weights stored in {args.file}")
         return m
@@ -275,7 +285,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = _train_paths(args)
     data = load_arrays(args.data, ["x", "y"])
     _xy(data, args.data, ["y"])
-    m = load(args.file, backend=args.backend)
+    m = load(args.file, backend=args.backend, **_backend_options(args))
     resume = os.path.lexists(ckpt) and not args.fresh
     if resume:
         start = _restore_for_training(m, ckpt, len(data["x"]), args.batch_size)
@@ -452,6 +462,9 @@ def _add_infer_export(sub: Any) -> None:
     for sp in (sub.choices["train"], n, e):
         sp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "reference"],
                         help="the runtime that executes the graphs (default onnxruntime)")
+        sp.add_argument("--no-graph-optimizations", action="store_true",
+                        help="onnxruntime: run the graphs unoptimized (when its graph "
+                             "optimizer fails on a file)")
 
 
 def _add_compile(sub: Any) -> None:
