@@ -259,6 +259,21 @@ def test_onnxruntime_graph_optimizations_can_be_turned_off() -> None:
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_cli_trains_without_graph_optimizations(tmp_path: Any) -> None:
+    from edgetrain import cli
+
+    src, out, data = tmp_path / "m.onnx", tmp_path / "t.onnx", tmp_path / "d.npz"
+    onnx.save(mlp(), src)
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.standard_normal((8, 8, 8)).astype(np.float32),
+             y=rng.integers(0, 4, 8))
+    assert cli.main(["compile", str(src), "-o", str(out)]) == 0
+    assert cli.main(["train", str(out), "--data", str(data), "--no-progress",
+                     "--no-graph-optimizations"]) == 0
+    assert cli.main(["train", str(out), "--data", str(data), "--backend", "reference",
+                     "--no-graph-optimizations"]) == 2  # one line naming the flag
+
+
 # -- from_torch keeps what the module says ------------------------------------------------------
 
 class _TiedLM(nn.Module):
