@@ -226,6 +226,28 @@ def test_cli_input_shape_flag(tmp_path: Any) -> None:
         cli.main(["compile", str(src), "-o", str(out), "--input-shape", "x=1,3,0,8"])
 
 
+def test_model_names_edgetrain_uses_itself_do_not_collide() -> None:
+    """An output named y, a value named loss, weights named lr and y_1, a value named like
+    the step counter: edgetrain's own inputs and outputs take other names, and it trains."""
+    model = mlp()
+    new = {"fc1.weight": "lr", "h": "loss", "logits": "y", "a": "edgetrain.step",
+           "fc2.weight": "y_1"}
+    for t in model.graph.initializer:
+        t.name = new.get(t.name, t.name)
+    for n in model.graph.node:
+        n.input[:] = [new.get(i, i) for i in n.input]
+        n.output[:] = [new.get(o, o) for o in n.output]
+    for o in model.graph.output:
+        o.name = new.get(o.name, o.name)
+    m = et.compile(model, optimizer="sgd", lr=0.1).load()
+    label, loss = m.input_name("train", "label"), m.signatures["train"].outputs[0]["name"]
+    assert label not in new.values() and loss not in new.values()
+    x = np.random.default_rng(0).standard_normal((4, 8, 8)).astype(np.float32)
+    losses = [float(m.run("train", x=x, **{label: np.arange(4)})[loss]) for _ in range(3)]
+    assert losses[-1] < losses[0]
+    assert {"lr", "y_1"} <= set(m.parameters())
+
+
 # -- losses and backends -----------------------------------------------------------------------
 
 def test_cross_entropy_is_finite_at_huge_logit_gaps_on_the_reference_backend() -> None:
