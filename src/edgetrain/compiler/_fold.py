@@ -94,7 +94,7 @@ def _graph_attrs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
 
 def _names_read(graph: onnx.GraphProto) -> set[str]:
     """Every name a node of ``graph`` reads, at any depth (subgraphs read outer values)."""
-    out: set[str] = set()
+    out: set[str] = {o.name for o in graph.output}  # may name an outer value
     for node in graph.node:
         out.update(node.input)
         for sub in _graph_attrs(node):
