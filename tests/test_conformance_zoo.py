@@ -16,13 +16,7 @@ import pytest
 from conformance import _common, zoo
 
 #: Models whose gradient is wrong or whose compile/step crashes today (the finding each).
-KNOWN_BAD: dict[str, str] = {
-    "mobileone_s0": "wrong: its random-init logits reach 1e13; on the reference backend "
-                    "onnx.reference's LogSoftmax is log(softmax(x)), -inf where exp underflows, "
-                    "and the cross-entropy multiplies the one-hot target by it: a NaN loss "
-                    "where torch's is finite (a logit gap past ~745 in float64, ~104 in "
-                    "float32)",
-}
+KNOWN_BAD: dict[str, str] = {}
 
 #: Correct models today (of 50: 40 correct, 9 refused, 1 wrong), and the goal share.
 FLOOR_GOOD = 40

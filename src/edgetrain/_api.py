@@ -5,7 +5,7 @@ nothing of each other."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -57,12 +57,13 @@ def compile(  # noqa: A001 - the public name the API promises
     batch_norm: str = "frozen",
     split_features: bool = False,
     multi_step: bool = True,
+    input_shapes: Mapping[str, Sequence[int | str | None]] | None = None,
 ) -> TrainableModel:
     """Compile an inference model into one trainable file (train, infer, eval, save, restore).
 
     Args:
-        model: an ONNX ``ModelProto`` or the path of a ``.onnx`` file (opset 13 or newer;
-            standard ops only).
+        model: an ONNX ``ModelProto`` or the path of a ``.onnx`` file (opset 7 or newer,
+            converted up to 18; standard ops only; float32 or float64).
         loss: ``"cross_entropy"`` (softmax cross-entropy on logits), ``"mse"``, ``"l1"``,
             ``"huber"``, ``"bce_with_logits"``, or an ``edgetrain.losses`` object such as
             ``et.losses.CrossEntropy(label_smoothing=0.1)``.
@@ -85,13 +86,16 @@ def compile(  # noqa: A001 - the public name the API promises
         multi_step: add ``train_steps``, K training steps in one call (an ONNX Loop over K
             stacked batches); ``Model.fit`` uses it, which matters for small models whose
             step costs less than the call.
+        input_shapes: sizes for inputs the file leaves open, ``{"x": ["batch", 3, 224,
+            224]}`` (a name keeps a dim dynamic): convolution gradients need static spatial
+            sizes, and a dynamic batch is always fine.
 
     Returns:
         A :class:`TrainableModel`; ``.save(path)`` writes the file, ``.load()`` runs it.
     """
     return TrainableModel(compile_model(
         model, loss, optimizer, trainable, output, labels, lr=lr, batch_norm=batch_norm,
-        split_features=split_features, multi_step=multi_step))
+        split_features=split_features, multi_step=multi_step, input_shapes=input_shapes))
 
 
 __all__ = ["TrainableModel", "compile"]

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-__all__ = ["Parser", "fraction", "non_negative_float", "non_negative_int", "positive_float",
-           "positive_int"]
+__all__ = ["Parser", "fraction", "input_shape", "non_negative_float", "non_negative_int",
+           "positive_float", "positive_int"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,3 +64,22 @@ non_negative_int = _checked(_int, lambda v: v >= 0, "an integer ≥ 0", "non_neg
 positive_float = _checked(_float, lambda v: v > 0, "a positive number", "positive_float")
 non_negative_float = _checked(_float, lambda v: v >= 0, "a number ≥ 0", "non_negative_float")
 fraction = _checked(_float, lambda v: 0 <= v < 1, "a number in [0, 1)", "fraction")
+
+
+def input_shape(text: str) -> tuple[str, list[int | str]]:
+    """``NAME=D,D,…`` (``x=batch,3,224,224``): each D a positive size or a name (dynamic)."""
+    name, sep, dims = text.partition("=")
+    if not sep or not name or not dims:
+        raise argparse.ArgumentTypeError(f"expected NAME=D,D,… (e.g. x=batch,3,224,224), got "
+                                         f"{text!r}")
+    out: list[int | str] = []
+    for d in dims.split(","):
+        d = d.strip()
+        if d.isdigit() and int(d) > 0:
+            out.append(int(d))
+        elif d.isidentifier():
+            out.append(d)
+        else:
+            raise argparse.ArgumentTypeError(f"{text!r}: each dim must be a positive size or a "
+                                             f"name, got {d!r}")
+    return name, out

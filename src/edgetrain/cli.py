@@ -25,6 +25,7 @@ from . import format as fmt
 from ._args import (
     Parser,
     fraction,
+    input_shape,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -84,7 +85,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
                              "inference model it came from")
     tm = et_compile(proto, loss=args.loss, optimizer=_optimizer(args),
                     trainable=args.trainable or None, output=args.output_name,
-                    labels=args.labels)
+                    labels=args.labels, batch_norm=args.batch_norm,
+                    input_shapes=dict(args.input_shape) if args.input_shape else None)
     with files.writing(args.out, "-o"):
         path = tm.save(args.out)
     _say(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
@@ -201,12 +203,22 @@ def _epoch_note(ckpt: str, step: int) -> str:
     return "" if epoch is None else f", epoch {epoch}"
 
 
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--no-graph-optimizations``: onnxruntime runs the graphs as written (for a step graph
+    its optimizer fails on)."""
+    if getattr(args, "no_graph_optimizations", False):
+        if args.backend != "onnxruntime":
+            raise EdgetrainError("--no-graph-optimizations applies to the onnxruntime backend")
+        return {"graph_optimizations": False}
+    return {}
+
+
 def _model(args: argparse.Namespace) -> Any:
     """Load FILE with the checkpoint :func:`_checkpoint_to_read` picks, and say which."""
     from .training import load
 
     ckpt, by_default = _checkpoint_to_read(args)
-    m = load(args.file, backend=args.backend)
+    m = load(args.file, backend=args.backend, **_backend_options(args))
     if ckpt is None:
         _say(f"no checkpoint: using the weights stored in {args.file}")
         return m
@@ -273,7 +285,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = _train_paths(args)
     data = load_arrays(args.data, ["x", "y"])
     _xy(data, args.data, ["y"])
-    m = load(args.file, backend=args.backend)
+    m = load(args.file, backend=args.backend, **_backend_options(args))
     resume = os.path.lexists(ckpt) and not args.fresh
     if resume:
         start = _restore_for_training(m, ckpt, len(data["x"]), args.batch_size)
@@ -450,6 +462,9 @@ def _add_infer_export(sub: Any) -> None:
     for sp in (sub.choices["train"], n, e):
         sp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "reference"],
                         help="the runtime that executes the graphs (default onnxruntime)")
+        sp.add_argument("--no-graph-optimizations", action="store_true",
+                        help="onnxruntime: run the graphs unoptimized (when its graph "
+                             "optimizer fails on a file)")
 
 
 def _add_compile(sub: Any) -> None:
@@ -473,6 +488,11 @@ def _add_compile(sub: Any) -> None:
     c.add_argument("--output-name", default=None, help="model output that feeds the loss")
     c.add_argument("--labels", default="index", choices=["index", "onehot"],
                    help="label format of y (default index)")
+    c.add_argument("--batch-norm", default="frozen", choices=["frozen", "train"],
+                   help="batch norm on running statistics (frozen, default) or on the batch's")
+    c.add_argument("--input-shape", type=input_shape, action="append", metavar="NAME=D,D,…",
+                   help="fix an input's sizes the model leaves open, e.g. x=batch,3,224,224 "
+                        "(a name keeps a dim dynamic); repeat for several inputs")
     c.set_defaults(func=cmd_compile)
 
 

@@ -97,7 +97,7 @@ class CrossEntropy(Loss):
         """d(loss)/d(logits) = (softmax · Σ target − target) · seed / n, per row. Plain index
         targets are exact one-hot rows, so Σ target = 1 drops the row sum; smoothed ones sum
         to 1 only up to rounding, and training runs long enough to show the difference."""
-        logp = op.LogSoftmax(pred, axis=1)
+        logp = _log_softmax(op, pred)
         if labels == "index":
             # one_hot(y) as Equal(y[:, None], arange(C)): OneHot has no float64 kernel in
             # onnxruntime, and Equal/Range/Cast run on every runtime in every float type.
@@ -133,6 +133,17 @@ class CrossEntropy(Loss):
             return bop.Sub(bop.Mul(p, total), bop.Mul(target, k))
 
         return loss, gradient
+
+
+def _log_softmax(op: Builder, x: Value) -> Value:
+    """log softmax over axis 1 as ``z − log Σ exp z`` with ``z = x − max x`` (torch's form).
+
+    Every element is finite for finite logits: onnx.reference's LogSoftmax is
+    ``log(softmax(x))``, which is −inf where ``exp`` underflows (a logit gap past ~104 in
+    float32, ~745 in float64), and the one-hot target's zeros times −inf make the loss NaN.
+    """
+    z = op.Sub(x, op.ReduceMax(x, [1], keepdims=1))
+    return op.Sub(z, op.Log(op.ReduceSum(op.Exp(z), [1], keepdims=1)))
 
 
 @dataclass

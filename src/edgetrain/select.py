@@ -23,14 +23,34 @@ def _float_initializers(graph: ir.Graph) -> dict[str, ir.Value]:
 
 
 def candidate_parameters(graph: ir.Graph) -> list[str]:
-    """Float initializers that look like weights: not rank-0 scalars (epsilons, constants).
+    """Float initializers that look like weights: not rank-0 scalars (epsilons, constants),
+    and read by some op as a differentiable input.
 
-    Exporters store scalar constants such as a layer norm's epsilon as initializers; training
-    those would silently change the model's math, so they are never parameters by default.
+    Exporters store scalar constants such as a layer norm's epsilon as initializers, and some
+    store every constant so, a Resize's scales among them; training those would silently
+    change the model's math (or, for the scales, is no gradient at all), so they are never
+    parameters by default.
     """
     stats = running_statistics(graph)
+    opset = graph.opset_imports.get("", 18)
     return [k for k, v in _float_initializers(graph).items()
-            if v.shape is not None and len(v.shape) > 0 and v.uses() and k not in stats]
+            if v.shape is not None and len(v.shape) > 0 and k not in stats and any(
+                differentiable_slot(u.node.op_type, u.idx, opset, u.node.domain)
+                for u in v.uses())]
+
+
+def differentiable_slot(op_type: str, index: int, opset: int, domain: str = "") -> bool:
+    """Whether input ``index`` of ``op_type`` can carry a gradient: not one the op's schema
+    marks NonDifferentiable (a Resize's scales, a Clip's bounds, a Reshape's shape)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except Exception:  # not a standard op: assume it can
+        return True
+    if not schema.inputs:
+        return True
+    formal = schema.inputs[min(index, len(schema.inputs) - 1)]
+    return formal.differentiation_category != \
+        onnx.defs.OpSchema.DifferentiationCategory.NonDifferentiable
 
 
 def running_statistics(graph: ir.Graph) -> set[str]:

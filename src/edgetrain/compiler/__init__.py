@@ -4,8 +4,8 @@ Each pass reads and extends one :class:`Compilation` (see ``_state``); all of th
 same IR (``edgetrain._ir``, onnx-ir). Everything emitted is a standard ONNX op of the default
 domain.
 
-    import_model        read, check standard ops, convert to opset ≥ 18, infer shapes, bring
-                        into the IR
+    import_model        read, check standard ops, convert to opset ≥ 18, lift Constant-node
+                        weights, fix input sizes, fold shape arithmetic, infer shapes, IR
     apply_lora          LoRA adapters (when trainable=select.lora(...))
     select_trainables   which weights train; the prediction and the label's type
     train_graph         a copy of the inference graph: Dropout on, batch statistics, lr input
@@ -24,7 +24,7 @@ domain.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import onnx
 
@@ -61,12 +61,15 @@ def compile_model(
     batch_norm: str = "frozen",
     split_features: bool = False,
     multi_step: bool = True,
+    input_shapes: Mapping[str, Sequence[int | str | None]] | None = None,
 ) -> onnx.ModelProto:
     """Run the pipeline; returns the trainable file as a ModelProto (see edgetrain.compile)."""
     options = Options(source=model, loss=_losses.get(loss), optimizer=_optim.get(optimizer, lr),
                       trainable=trainable, output=output, labels=labels,
                       batch_norm=batch_norm, split_features=split_features,
-                      multi_step=multi_step)
+                      multi_step=multi_step,
+                      input_shapes=None if input_shapes is None else {
+                          k: list(v) for k, v in input_shapes.items()})
     c = Compilation(options)
     for p in PIPELINE:
         p(c)

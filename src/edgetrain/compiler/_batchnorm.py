@@ -1,14 +1,14 @@
 """Batch norm in training mode: batch statistics in the train step, running statistics updated.
 
-``compile(..., batch_norm="train")`` rewrites, in the train graph only, every
-``BatchNormalization`` node that normalizes with its running statistics into one that
-normalizes with the statistics of the batch::
+``compile(..., batch_norm="train")`` replaces, in the train graph only, every
+``BatchNormalization`` node that normalizes with its running statistics by the
+normalization with the statistics of the batch, written out (the variance in the stable
+two-pass form)::
 
-    μ = ReduceMean(x, [0, 2, …])          σ² = ReduceMean((x - μ)², [0, 2, …])
-    y = BatchNormalization(x, scale, bias, μ, σ²)          (same epsilon)
+    μ = ReduceMean(x, [0, 2, …])    c = x − μ    σ² = ReduceMean(c², [0, 2, …])
+    y = c · (σ² + ε)^-½ · γ + β                              (same epsilon)
 
-so gradients flow through μ and σ² (the BatchNormalization rule differentiates its mean and
-var inputs, ReduceMean/Sub/Mul do the rest). The step also computes the new running
+so gradients flow through μ and σ² by the rules of those ops. The step also computes the new running
 statistics with the node's own momentum, as PyTorch does (the variance unbiased, n/(n-1))::
 
     running_mean ← momentum·running_mean + (1 - momentum)·μ
@@ -21,14 +21,16 @@ The infer and eval graphs keep normalizing with the running statistics.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
-from .._ir import Builder, Value
+from .._ir import Builder, Value, redirect
+from ..autodiff._helpers import per_channel
 from ..errors import UnsupportedOpError
 
 
 def use_batch_statistics(graph: ir.Graph, op: Builder) -> dict[str, Value]:
-    """Rewrite ``graph``'s batch norms (in place) to use batch statistics.
+    """Rewrite ``graph``'s batch norms (in place) to normalize with batch statistics.
 
     Returns ``{running statistic initializer: value holding its new value}``. Nodes already in
     training mode are left alone (their running outputs are not state).
@@ -39,29 +41,48 @@ def use_batch_statistics(graph: ir.Graph, op: Builder) -> dict[str, Value]:
         if node.op_type != "BatchNormalization" or (a is not None and a.as_int() == 1):
             continue
         x, rm, rv = node.inputs[0], node.inputs[3], node.inputs[4]
-        if x is None or rm is None or rv is None:
+        if x is None or rm is None or rv is None or node.inputs[1] is None \
+                or node.inputs[2] is None:
             continue
         if x.shape is None:
             raise UnsupportedOpError(f"batch norm node {node.name!r}: the rank of {x.name!r} "
                                      "is unknown")
-        mean, var = _batch_statistics(op.at(before=node), x)
-        node.replace_input_with(3, mean)
-        node.replace_input_with(4, var)
+        mean, var = _normalize(op.at(before=node), node, x)
         if rm.is_initializer() and rv.is_initializer() and str(rm.name) not in updates \
                 and str(rv.name) not in updates:
             m_attr = node.attributes.get("momentum")
             momentum = m_attr.as_float() if m_attr is not None else 0.9
             updates.update(_running_updates(op.at(before=node), x, mean, var, rm, rv, momentum))
+        graph.remove(node, safe=False)
     return updates
 
 
-def _batch_statistics(op: Builder, x: Value) -> tuple[Value, Value]:
+def _normalize(op: Builder, node: ir.Node, x: Value) -> tuple[Value, Value]:
+    """``y = (x − μ)·(σ² + ε)^-½·γ + β`` written out in place of the node; returns the batch
+    mean and variance ([C]) for the running statistics.
+
+    Written out, the backward pass differentiates the normalization in torch's order, with
+    ``x − μ`` computed once and read by both the variance and the output. Fed into a
+    BatchNormalization node as inputs instead, μ and σ² took separate gradient paths whose
+    large terms cancel: in float32, on the few values per channel a small feature map
+    leaves (LeViT's last stages), that cancellation left gradients hundreds of times their
+    size in rounding error.
+    """
     rank = len(x.shape or ())
     red = [0, *range(2, rank)]
+    eps_attr = node.attributes.get("epsilon")
+    eps = eps_attr.as_float() if eps_attr is not None else 1e-5
     mean_k = op.ReduceMean(x, red, keepdims=1)
-    mean = op.Squeeze(mean_k, red) if rank > 1 else mean_k
     xc = op.Sub(x, mean_k)
-    return mean, op.ReduceMean(op.Mul(xc, xc), red, keepdims=0)
+    var_k = op.ReduceMean(op.Mul(xc, xc), red, keepdims=1)
+    r = op.Reciprocal(op.Sqrt(op.Add(var_k, float(np.float32(eps)))))
+    scale, bias = node.inputs[1], node.inputs[2]
+    assert scale is not None and bias is not None
+    y = op.Add(op.Mul(op.Mul(xc, r), per_channel(op, scale, rank)),
+               per_channel(op, bias, rank))
+    redirect(node.outputs[0], y)
+    squeeze = (lambda v: op.Squeeze(v, red)) if rank > 1 else (lambda v: v)
+    return squeeze(mean_k), squeeze(var_k)
 
 
 def _running_updates(op: Builder, x: Value, mean: Value, var: Value, rm: Value, rv: Value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 import onnx
 import onnx_ir as ir
@@ -13,9 +14,17 @@ from .._ir import Namer, value_names
 from ..errors import EdgetrainError, FormatError
 from ..format._external import load_external_data
 from ..format._validate import DEFAULT_DOMAINS, iter_nodes
+from ._fold import fold_constants
+from ._lift import (
+    clear_invalid_dims,
+    lift_constant_weights,
+    one_line,
+    refuse_half_precision,
+    set_input_shapes,
+)
 from ._state import Compilation
 
-MIN_OPSET = 13
+MIN_OPSET = 7  # the oldest opset ONNX's version converter takes up reliably
 TARGET_OPSET = 18  # older models are converted up; newer ones keep their opset
 META_KEY = "edgetrain"
 
@@ -70,9 +79,13 @@ def _standard_ops_only(model: onnx.ModelProto) -> None:
                 "ops)")
 
 
-def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Standard ops only, opset ≥ 18, shapes inferred. The graph itself stays as it came:
-    it is the inference signature of the file."""
+def normalize(model: onnx.ModelProto,
+              input_shapes: Mapping[str, Sequence[int | str | None]] | None = None
+              ) -> onnx.ModelProto:
+    """Standard ops only, opset ≥ 18, weights kept as Constant nodes made initializers, the
+    caller's input shapes applied, constant shape arithmetic folded (small results only, see
+    ``_fold``), shapes inferred. The signature stays as it came: it is the inference
+    signature of the file."""
     if any(p.key == META_KEY for p in model.metadata_props):
         raise EdgetrainError("this file is already a trainable edgetrain file; compile its "
                              "original inference model instead (or load it with "
@@ -84,22 +97,42 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     if opset < MIN_OPSET:
         raise EdgetrainError(f"opset {opset} is too old; edgetrain accepts opsets "
                              f"{MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+    refuse_half_precision(model)
     if opset < TARGET_OPSET:
         try:
             model = onnx.version_converter.convert_version(model, TARGET_OPSET)
         except Exception as e:
             raise EdgetrainError(f"cannot convert the model from opset {opset} to "
-                                 f"{TARGET_OPSET}: {e}") from e
+                                 f"{TARGET_OPSET}: {one_line(e)}") from e
     model.ir_version = max(model.ir_version, 7)
+    lift_constant_weights(model)
+    if input_shapes:
+        set_input_shapes(model, input_shapes)
+    clear_invalid_dims(model)
+    return _inferred(fold_constants(model))
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX's strict shape inference; when the file's own declared output shapes are what
+    contradicts it (some converters write them wrong), once more without them."""
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as e:
-        raise EdgetrainError(f"the model fails ONNX shape inference: {e}") from e
+        first = e
+    if any(o.type.tensor_type.HasField("shape") for o in model.graph.output):
+        for o in model.graph.output:
+            o.type.tensor_type.ClearField("shape")
+        del model.graph.value_info[:]
+        try:
+            return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        except Exception:
+            pass
+    raise EdgetrainError(f"the model fails ONNX shape inference: {one_line(first)}") from first
 
 
 def import_model(c: Compilation) -> None:
     """Pass: read and normalize the model; the IR of it becomes ``c.model``."""
-    proto = normalize(read_model(c.options.source)[0])
+    proto = normalize(read_model(c.options.source)[0], c.options.input_shapes)
     c.model = ir.serde.deserialize_model(proto)
     c.opset = c.model.opset_imports.get("", TARGET_OPSET)
     c.namer = Namer(value_names(c.main))

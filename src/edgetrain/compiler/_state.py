@@ -35,6 +35,7 @@ class Options:
     batch_norm: str = "frozen"
     split_features: bool = False
     multi_step: bool = True
+    input_shapes: dict[str, list[int | str | None]] | None = None
 
 
 @dataclass

@@ -105,13 +105,17 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any],
-                 providers: list[str] | None = None, threads: int | None = None) -> None:
+                 providers: list[str] | None = None, threads: int | None = None,
+                 graph_optimizations: bool = True) -> None:
         super().__init__(model, meta)
         import onnxruntime as ort
 
         self._ort = ort
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
+        #: False runs the graphs as written: onnxruntime's graph optimizer fails on some
+        #: step graphs (a fusion that does not apply), which then still run unoptimized.
+        self.graph_optimizations = bool(graph_optimizations)
         init = fmt.initial_state(model, meta)
         self._front = {k: ort.OrtValue.ortvalue_from_numpy(np.require(v, requirements="C"))
                        for k, v in init.items()}
@@ -130,7 +134,9 @@ class OrtBackend(Backend):
 
     def _options(self) -> Any:
         so = self._ort.SessionOptions()
-        so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = self._ort.GraphOptimizationLevel
+        so.graph_optimization_level = (level.ORT_ENABLE_ALL if self.graph_optimizations
+                                       else level.ORT_DISABLE_ALL)
         so.log_severity_level = 3
         if self.threads:
             so.intra_op_num_threads = self.threads

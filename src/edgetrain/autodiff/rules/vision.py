@@ -190,7 +190,7 @@ def resize(ctx: GradContext, op: Builder) -> list[Value | None]:
     g = dy
     for a in range(rank):
         n_in, n_out = xs[a], ys[a]
-        if sizes_v is None and scales[a] == 1.0:
+        if a not in axes or (sizes_v is None and scales[a] == 1.0):
             continue  # identity along this axis, whatever the coordinate transform
         if not isinstance(n_in, int) or not isinstance(n_out, int):
             raise UnsupportedOpError(f"{ctx.where()}: resized axis {a} needs a static size")
