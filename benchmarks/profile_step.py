@@ -251,6 +251,36 @@ def _saved_bytes(m: onnx.ModelProto, sizes: dict[str, int], grouping: dict[str, 
                if o in backward_reads)
 
 
+def live_peak(m: onnx.ModelProto, sizes: dict[str, int], grouping: dict[str, str]
+              ) -> tuple[int, dict[str, int]]:
+    """The peak of the bytes alive when the nodes run in graph order and every value is freed
+    after its last reader, and what is alive at that moment (by the group of the node that
+    made each value: forward values kept for the backward, backward temporaries)."""
+    nodes = list(m.graph.node)
+    last: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for i in n.input:
+            last[i] = k
+    outputs = {o.name for o in m.graph.output}
+    alive: dict[str, tuple[int, str]] = {}
+    peak, at_peak = 0, {}
+    for k, n in enumerate(nodes):
+        grp = grouping.get(n.name, "?")
+        for o in n.output:
+            if o in last or o in outputs:
+                alive[o] = (sizes.get(o, 0), grp)
+        total = sum(b for b, _ in alive.values())
+        if total > peak:
+            peak = total
+            at_peak = collections.Counter()
+            for b, g_ in alive.values():
+                at_peak[g_.split(":")[0]] += b
+        for i in n.input:
+            if last.get(i) == k and i not in outputs:
+                alive.pop(i, None)
+    return peak, dict(at_peak)
+
+
 def memory(m: onnx.ModelProto, feeds: dict[str, np.ndarray], meta: dict[str, Any],
            grouping: dict[str, str]) -> dict[str, Any]:
     """Static memory contributors of one step, in MiB (see the module docstring)."""
@@ -264,12 +294,15 @@ def memory(m: onnx.ModelProto, feeds: dict[str, np.ndarray], meta: dict[str, Any
     producer = {o: n for n in m.graph.node for o in n.output}
     saved = _saved_bytes(m, sizes, grouping)
     biggest = sorted(((s, k) for k, s in sizes.items() if k in producer), reverse=True)[:8]
+    peak, at_peak = live_peak(m, sizes, grouping)
     return {
         "trainable parameters (x2 buffers)": 2 * params / mib,
         "optimizer state (x2 buffers)": 2 * opt_state / mib,
         "frozen weights": frozen / mib,
         "model file (bytes the runtime keeps)": meta["file_bytes"] / mib,
         "forward values the backward reads": saved / mib,
+        "peak of live values (graph order, freed after the last reader)": peak / mib,
+        **{f"  alive at that peak: made by {k}": v / mib for k, v in sorted(at_peak.items())},
         "all values of one step (if none were freed)": sum(
             s for k, s in sizes.items() if k in producer) / mib,
         "largest tensors": [(k, producer[k].op_type, grouping.get(producer[k].name, "?"),

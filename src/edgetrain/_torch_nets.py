@@ -234,9 +234,9 @@ def copy_weights(net: nn.Module, weights: dict[str, Any]) -> int:
     with torch.no_grad():
         for name, t in [*net.named_parameters(), *net.named_buffers()]:
             if name in weights:
-                t.copy_(torch.as_tensor(weights[name]).reshape(t.shape))
+                t.copy_(_tensor(weights[name]).reshape(t.shape))
             elif name.endswith(".weight") and f"{name}_t" in weights:
-                t.copy_(torch.as_tensor(weights[f"{name}_t"]).T)
+                t.copy_(_tensor(weights[f"{name}_t"]).T)
             else:
                 continue
             n += 1
