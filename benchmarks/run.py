@@ -520,6 +520,42 @@ def _memory_table(res: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+STEP_GOAL = 0.8  # edgetrain's step ≤ this × the fastest peer's (whose losses agree)
+MEMORY_GOAL = 0.6  # edgetrain's peak process RSS ≤ this × PyTorch's, on ACTIVATION_MEMORY
+
+
+def _goals_table(report: dict[str, Any]) -> list[str]:
+    """Per workload: edgetrain against the fastest peer whose losses agree, and its peak RSS
+    against PyTorch's where memory is a goal."""
+    lines = ["| workload | edgetrain ms/step | fastest peer | x that peer | step goal "
+             f"(≤ {STEP_GOAL:g}×) | peak RSS x PyTorch | memory goal (≤ {MEMORY_GOAL:g}×) |",
+             "|---|---:|---|---:|---|---:|---|"]
+    for res in report["workloads"]:
+        peers = res.get("peers", {})
+        et = peers.get("edgetrain", {})
+        if "ms_per_step" not in et:
+            lines.append(f"| {res['workload']} | {et.get('error', 'not run')[:60]} | | | | | |")
+            continue
+        others = [(r["ms_per_step"], r) for p, r in peers.items() if p != "edgetrain"
+                  and "ms_per_step" in r and r.get("losses_agree", True)]
+        if others:
+            ms, best = min(others, key=lambda t: t[0])
+            ratio = et["ms_per_step"] / ms
+            step = (f"{best['system']} {_ms(ms)}", f"{ratio:.2f}",
+                    "met" if ratio <= STEP_GOAL else "not met")
+        else:
+            step = ("–", "–", "–")
+        torch_rss = peers.get("pytorch", {}).get("process_rss_mb")
+        if res["workload"] in ACTIVATION_MEMORY and torch_rss and et.get("process_rss_mb"):
+            mem_ratio = et["process_rss_mb"] / torch_rss
+            mem = (f"{mem_ratio:.2f}", "met" if mem_ratio <= MEMORY_GOAL else "not met")
+        else:
+            mem = ("–", "–")
+        lines.append(f"| {res['workload']} | {_ms(et['ms_per_step'])} | {step[0]} | {step[1]} | "
+                     f"{step[2]} | {mem[0]} | {mem[1]} |")
+    return lines + [""]
+
+
 def markdown(report: dict[str, Any], images: str = "", level: int = 1) -> str:
     """The report as markdown; ``images`` prefixes chart paths, ``level`` is the title's."""
     peak = report["sgemm_peak_gflops"]
@@ -546,6 +582,7 @@ def markdown(report: dict[str, Any], images: str = "", level: int = 1) -> str:
                   "pools that spin-wait (PyTorch's OpenMP pool above all) can stall for a "
                   "scheduler time slice per parallel region; rerun on a quiet machine, or "
                   "compare with `--threads 1`.", ""]
+    lines += [f"{h2} Goals in this run", ""] + _goals_table(report)
     for res in report["workloads"]:
         lines.append(f"{h2} {res.get('title', res['workload'])}")
         lines.append("")
