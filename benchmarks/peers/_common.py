@@ -147,6 +147,11 @@ class Peer:
         """One training step; returns the loss."""
         raise NotImplementedError
 
+    def steps(self, batches: list[Any]) -> list[float]:
+        """Consecutive training steps, one per batch; returns their losses. A system that can
+        run several steps per call (edgetrain's ``train_steps``) overrides this."""
+        return [self.step(b) for b in batches]
+
     def saved_activation_mb(self, batch: Any) -> float | None:
         """MiB of the activations the system keeps for the backward of one forward pass on
         ``batch`` (measured by the system itself), or None where it cannot tell."""
@@ -206,17 +211,15 @@ def main(make_peer: Callable[[], Peer]) -> None:
         try:
             if cmd["cmd"] == "losses":
                 ref64 = peer.float64_losses(data, cmd["n"]) if cmd.get("float64") else None
-                losses = []
-                for _ in range(cmd["n"]):
-                    losses.append(peer.step(data[i % len(data)]))
-                    i += 1
+                losses = peer.steps([data[(i + j) % len(data)] for j in range(cmd["n"])])
+                i += cmd["n"]
                 _reply(proto, {"ok": True, "losses": losses, "losses_float64": ref64})
             elif cmd["cmd"] == "run":
                 n = cmd["n"]
+                block = [data[(i + j) % len(data)] for j in range(n)]
                 t0 = time.perf_counter()
-                for _ in range(n):
-                    peer.step(data[i % len(data)])
-                    i += 1
+                peer.steps(block)
+                i += n
                 ms = (time.perf_counter() - t0) * 1e3 / n
                 _reply(proto, {"ok": True, "ms_per_step": ms})
             elif cmd["cmd"] == "stats":
