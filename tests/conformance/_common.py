@@ -18,6 +18,7 @@ Statuses (every suite uses the same words, so the report can add them up):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -39,6 +40,21 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Where the suites write their JSON results (``tools/coverage.py`` reads them back).
 RESULTS_DIR = Path(os.environ.get("EDGETRAIN_CONFORMANCE_RESULTS",
                                   ROOT / "build" / "conformance"))
+
+
+#: ``EDGETRAIN_CONFORMANCE=full`` runs every operator case and zoo model as tests. The default
+#: run takes a fixed sample of them (it has to fit CI's time budget); the figures in
+#: docs/coverage.md always come from the full run (``tools/coverage.py``).
+FULL_RUN = os.environ.get("EDGETRAIN_CONFORMANCE", "") == "full"
+
+
+def sample(names: list[str], share: float) -> list[str]:
+    """Every name in a full run, else the names whose SHA-256 falls in the first ``share`` of
+    its range: deterministic, and one name's membership does not depend on the others."""
+    if FULL_RUN:
+        return list(names)
+    return [n for n in names
+            if int(hashlib.sha256(n.encode()).hexdigest()[:8], 16) < share * 2 ** 32]
 
 
 @dataclass
