@@ -79,6 +79,8 @@ class Model:
     # -- introspection ---------------------------------------------------------------------
     @property
     def signatures(self) -> dict[str, Signature]:
+        """The file's signatures by name (``train``, ``train_steps``, ``infer``, ``eval``,
+        ``save``, ``restore``, …), each with its inputs and outputs."""
         return dict(self._sigs)
 
     def input_name(self, signature: str, role: str) -> str:
@@ -99,6 +101,7 @@ class Model:
 
     @property
     def trainable(self) -> list[str]:
+        """Names of the weights the training step updates (LoRA: the adapters)."""
         return list(self.meta["trainable"])
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -141,6 +144,8 @@ class Model:
 
     @property
     def step(self) -> int:
+        """Training steps counted so far (a skipped step does not count); saved and restored
+        with the checkpoint."""
         return int(self.state()[self.meta.get("step", fmt.STEP_NAME)])
 
     # -- calling ---------------------------------------------------------------------------
