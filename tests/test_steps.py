@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _models import data, mlp
-from test_training_state import STEP_CONFIGS
 
 import edgetrain as et
+from _models import data, mlp
 from edgetrain.errors import InputError, NonFiniteError
+from test_training_state import STEP_CONFIGS
 
 K = 5
 BATCH = 8

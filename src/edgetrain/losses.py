@@ -209,4 +209,4 @@ def from_config(cfg: dict[str, Any]) -> Loss:
 
 
 
-__all__ = ["BCEWithLogits", "CrossEntropy", "Huber", "L1", "Loss", "MSE", "from_config", "get"]
+__all__ = ["L1", "MSE", "BCEWithLogits", "CrossEntropy", "Huber", "Loss", "from_config", "get"]
