@@ -23,8 +23,7 @@ from .errors import (
 )
 from .frontends import from_keras, from_torch
 from .runtime import Signature
-from .training import History, Model, load
-from .training import metrics
+from .training import History, Model, load, metrics
 
 __all__ = [
     "CheckpointError", "EdgetrainError", "FormatError", "History", "InputError", "Model",

@@ -74,6 +74,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
                     labels=args.labels)
     with files.writing(args.out, "-o"):
         path = tm.save(args.out)
+    for note in tm.notes:
+        _say(f"note: {note}")
     _say(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
           f"{len(tm.meta['trainable'])} trainable, {len(tm.meta['frozen'])} frozen tensors; "
           f"signatures {', '.join(sorted(tm.meta['signatures']))}")

@@ -118,13 +118,21 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
         raise CheckpointError(f"{where} fails its checksum: the file is corrupt or was modified")
     parts = tuple(parts)
     if set(parts) == {"weights"}:
+        # Every tensor must be possible state, also those not restored: a file holding NaN
+        # anywhere is not a checkpoint any training run wrote.
+        _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
+                           identity.nonnegative if identity else (), where)
         tensors = _weights_only(tensors, info, expected, identity, frozen or {}, where)
     elif set(parts) != set(PARTS):
         raise CheckpointError(f"parts must be ('weights',) or {PARTS}, got {parts}")
     want = fingerprint(meta, expected)
     got = fingerprint(meta, tensors)
     if want != got:
-        raise CheckpointError(f"{where} belongs to another model: {_describe_diff(want, got)}")
+        weights_agree = all(want.get(k) == got.get(k) for k in meta.get("trainable", []))
+        hint = ("; its weights fit: restore(parts=('weights',)) takes them with a fresh "
+                "optimizer state") if weights_agree and set(parts) == set(PARTS) else ""
+        raise CheckpointError(f"{where} belongs to another model: "
+                              f"{_describe_diff(want, got)}{hint}")
     arch = info.get("architecture")
     if identity is not None and arch is not None and arch != identity.architecture \
             and set(parts) == set(PARTS):
