@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from ._args import (
     positive_float,
     positive_int,
 )
+from ._casting import DataConversionWarning
 from ._cli_train import add_train, cmd_train, read_data
 from ._io import read_regular_file
 from .errors import CheckpointError, EdgetrainError, FormatError
@@ -419,8 +421,29 @@ def _named_demo(argv: list[str]) -> Any:
     return None
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Data conversions as one ``note:`` line on stdout (stderr is for the one error line);
+    other warnings as Python shows them."""
+    if issubclass(category, DataConversionWarning):
+        _say(f"note: {message}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv: list[str]) -> int:
     try:
         demo = _named_demo(argv)
         if demo is not None:

@@ -135,7 +135,13 @@ def _table(columns: Mapping[str, np.ndarray], path: str, target: str | None,
     names = [c for c in columns if c != target]
     if not names:
         raise EdgetrainError(f"{path!r} has no feature columns besides {target!r}")
-    x = np.stack([_numbers(columns[c], path, c, first_row) for c in names], axis=1)
+    try:
+        x = np.stack([_numbers(columns[c], path, c, first_row) for c in names], axis=1)
+    except EdgetrainError as e:
+        if target is not None:
+            raise
+        raise EdgetrainError(f"{e}; if it is the label column, name it (--target COLUMN, "
+                             "target=…)") from None
     x = _fold(x.astype(np.float32), input_shape, path)
     if target is None:
         return Dataset(x, None, None, names, path)
