@@ -82,7 +82,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(data: Any) -> None:
 def test_monitoring_a_metric_the_fit_does_not_compute_fails_before_training(data: Any) -> None:
     x, y, _, _ = data
     m = _model()
-    with pytest.raises(et.EdgetrainError, match="monitors 'val_loss'.*pass validation data"):
+    with pytest.raises(et.EdgetrainError, match=r"monitors 'val_loss'.*pass validation data"):
         m.fit(x, y, callbacks=[cb.EarlyStopping()], progress=False)
     assert m.step == 0
 

@@ -252,7 +252,7 @@ def test_image_folder_trains_to_the_accuracy_of_the_arrays(tmp_path: Path) -> No
     m.fit(train.x, train.y, epochs=5, progress=False)
     assert m.evaluate(test.x, test.y)["accuracy"] > 0.9
     (tmp_path / "test" / "zero" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(et.EdgetrainError, match="cannot read image .*broken.png"):
+    with pytest.raises(et.EdgetrainError, match=r"cannot read image .*broken.png"):
         et.data.read(tmp_path / "test", input_shape=[8, 8])
     (tmp_path / "bad" / "cow").mkdir(parents=True)
     with pytest.raises(et.EdgetrainError, match="holds no images"):
