@@ -42,11 +42,16 @@ import onnx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENVS = os.path.join(HERE, ".venvs")
-PEERS = ("edgetrain", "pytorch", "ortt", "tflite")
-PEER_LABEL = {"edgetrain": "edgetrain (onnxruntime)", "pytorch": "PyTorch eager",
-              "ortt": "onnxruntime-training", "tflite": "TFLite + Flex (tutorial)"}
+PEERS = ("edgetrain", "iree", "openvino", "tract", "pytorch", "ortt", "tflite")
+#: The same edgetrain file on other runtimes (edgetrain backends, this interpreter).
+NATIVE = ("iree", "openvino", "tract")
+PEER_LABEL = {"edgetrain": "edgetrain (onnxruntime)", "iree": "edgetrain on IREE",
+              "openvino": "edgetrain on OpenVINO", "tract": "edgetrain on tract",
+              "pytorch": "PyTorch eager", "ortt": "onnxruntime-training",
+              "tflite": "TFLite + Flex (tutorial)"}
 # Which architectures each peer can build; others are reported as "not applicable".
 PEER_ARCHS = {"edgetrain": {"mlp", "cnn", "efficientnet_lite0"},
+              **{p: {"mlp", "cnn", "efficientnet_lite0"} for p in NATIVE},
               "pytorch": {"mlp", "cnn", "efficientnet_lite0"},
               "ortt": {"mlp", "cnn", "efficientnet_lite0"},
               "tflite": {"mlp", "cnn"}}
@@ -57,7 +62,9 @@ WARMUP_STEPS = {"W1": 30, "W2": 10, "W3": 30, "W4": 2}
 DEVICE_DISTS = ["numpy", "onnxruntime", "onnx", "safetensors", "tqdm", "edgetrain"]
 # onnxruntime-training's Python package imports torch (onnxruntime/training/__init__.py), so
 # torch counts toward its install although its metadata does not require it.
-PEER_DISTS = {"pytorch": ["torch", "numpy"],
+PEER_DISTS = {"iree": ["iree-base-runtime", *DEVICE_DISTS], "openvino": ["openvino", *DEVICE_DISTS],
+              "tract": ["tract", *DEVICE_DISTS],
+              "pytorch": ["torch", "numpy"],
               "ortt": ["onnxruntime-training", "numpy", "onnx", "torch"],
               "tflite": ["tensorflow-cpu", "tf_keras"]}
 DOCS_BEGIN, DOCS_END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -67,7 +74,7 @@ LOSS_RTOL = 1e-4  # losses of the first steps agree to this, relative to max(1, 
 
 def peer_python(peer: str) -> str | None:
     """The interpreter a peer runs in; None when its venv has not been set up."""
-    if peer == "edgetrain":
+    if peer == "edgetrain" or peer in NATIVE:
         return sys.executable
     venv = {"pytorch": "torch", "ortt": "ortt", "tflite": "tflite"}[peer]
     py = os.path.join(VENVS, venv, "bin", "python")
@@ -361,6 +368,39 @@ def footprint(peers: list[str]) -> dict[str, Any]:
     return fp
 
 
+#: The native libraries a device app links or loads to train an edgetrain file, per runtime
+#: (package, file globs inside it): the runtime proper, not its Python bindings or tools.
+#: onnxruntime: its C library. IREE: the runtime (VM, HAL, CPU drivers) is the extension
+#: module; the compiler stays on the build machine. OpenVINO: core, CPU plugin, the ONNX front
+#: end that reads the file, and TBB. tract: the one library of its Python package.
+DEVICE_LIBS = {
+    "onnxruntime": ("onnxruntime", ["capi/libonnxruntime.so*"]),
+    "iree": ("iree", ["_runtime_libs/_runtime*.so"]),
+    "openvino": ("openvino", ["libs/libopenvino.so.*", "libs/libopenvino_intel_cpu_plugin.so",
+                              "libs/libopenvino_onnx_frontend.so.*", "libs/libtbb.so.*"]),
+    "tract": ("tract", ["tract*.so"]),
+}
+
+
+def device_runtime_bytes() -> dict[str, dict[str, Any]]:
+    """Bytes of each runtime's native libraries (``DEVICE_LIBS``) as installed here."""
+    import glob
+    import importlib.util
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, (pkg, globs) in DEVICE_LIBS.items():
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            out[name] = {"error": "not installed"}
+            continue
+        root = next(iter(spec.submodule_search_locations))
+        files = sorted({f for g in globs for f in glob.glob(os.path.join(root, g))
+                        if not os.path.islink(f)})
+        out[name] = {"files": [os.path.relpath(f, os.path.dirname(root)) for f in files],
+                     "bytes": sum(os.path.getsize(f) for f in files)}
+    return out
+
+
 def _system_site(venv: str) -> bool:
     try:
         with open(os.path.join(venv, "pyvenv.cfg")) as f:
@@ -451,6 +491,19 @@ def markdown(report: dict[str, Any], images: str = "", level: int = 1) -> str:
                 f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.1f} % | "
                 f"{_mb(r['file_bytes'])} | {cold} | {rss} | {imp} | {loss} |")
         lines += ["", f"![{res['workload']}]({images}{res['workload']}.png)", ""]
+    libs = report.get("device_runtimes") or {}
+    if libs:
+        lines += [f"{h2} Runtime a device ships", "",
+                  "Native libraries that train the file on a device, as installed here "
+                  "(x86-64 Linux wheels; see `DEVICE_LIBS` in benchmarks/run.py).", "",
+                  "| runtime | MB | files |", "|---|---:|---|"]
+        for name, m in libs.items():
+            if "error" in m:
+                lines.append(f"| {name} | {m['error']} | |")
+            else:
+                lines.append(f"| {name} | {m['bytes'] / 1e6:.1f} | "
+                             f"{', '.join(m['files'])} |")
+        lines.append("")
     lines += [f"{h2} Install footprint", "",
               "| install | named packages | with dependencies | whole venv |",
               "|---|---:|---:|---:|"]
@@ -510,6 +563,7 @@ def render_only(args: argparse.Namespace) -> int:
     with open(os.path.join(out, "results.json")) as f:
         report = json.load(f)
     report["footprint"] = footprint(list(args.peers))
+    report["device_runtimes"] = device_runtime_bytes()
     write_report(report, out, args.docs)
     return 0
 
@@ -594,6 +648,7 @@ def main() -> int:
         "threads": THREADS, "loss_steps": args.loss_steps, "cold_steps": args.cold_steps,
         "loss_rtol": LOSS_RTOL, "loadavg": [load_start, os.getloadavg()[0]],
         "workloads": results, "footprint": footprint(list(args.peers)),
+        "device_runtimes": device_runtime_bytes(),
         "seconds": time.perf_counter() - t_start,
     }
     md = write_report(report, out, args.docs)

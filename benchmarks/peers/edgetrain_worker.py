@@ -12,6 +12,7 @@ from _common import Peer, main, threads
 
 class EdgetrainPeer(Peer):
     name = "edgetrain"
+    backend = "onnxruntime"  # the edgetrain backend that runs the file (see the other workers)
 
     def import_runtime(self) -> str:
         import onnxruntime
@@ -19,6 +20,8 @@ class EdgetrainPeer(Peer):
         import edgetrain
 
         self.et = edgetrain
+        if self.backend != "onnxruntime":
+            return f"edgetrain {edgetrain.__version__} on {runtime_version(self.backend)}"
         return f"edgetrain {edgetrain.__version__} on onnxruntime {onnxruntime.__version__}"
 
     def build(self, spec: dict[str, Any], weights: dict[str, np.ndarray],
@@ -33,11 +36,20 @@ class EdgetrainPeer(Peer):
         return [path]
 
     def load(self, spec: dict[str, Any], outdir: str) -> None:
-        self.model = self.et.load(os.path.join(outdir, "model.et.onnx"), threads=threads())
+        options = {"threads": threads()} if self.backend != "tract" else {}
+        self.model = self.et.load(os.path.join(outdir, "model.et.onnx"), backend=self.backend,
+                                  **options)
 
     def step(self, batch: Any) -> float:
         x, y = batch
         return float(self.model.run("train", x=x, y=y)["loss"])
+
+
+def runtime_version(backend: str) -> str:
+    import importlib.metadata as md
+
+    dist = {"iree": "iree-base-runtime", "openvino": "openvino", "tract": "tract"}[backend]
+    return f"{dist} {md.version(dist)}"
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def compile(  # noqa: A001 - the public name the API promises
     lr: float | None = None,
     batch_norm: str = "frozen",
     split_features: bool = False,
+    multi_step: bool = True,
 ) -> TrainableModel:
     """Compile an inference model into one trainable file (train, infer, eval, save, restore).
 
@@ -87,6 +88,9 @@ def compile(  # noqa: A001 - the public name the API promises
         split_features: add ``features``/``train_features``/``eval_features``/
             ``infer_features`` signatures, so a head can train on cached backbone features
             (``Model.fit(..., cache_features=True)``).
+        multi_step: add ``train_steps``, K training steps in one call (an ONNX Loop over K
+            stacked batches); ``Model.fit`` uses it, which matters for small models whose
+            step costs less than the call.
 
     Returns:
         A :class:`TrainableModel`; ``.save(path)`` writes the file, ``.load()`` runs it.
@@ -94,7 +98,7 @@ def compile(  # noqa: A001 - the public name the API promises
     c = run_pipeline(Options(
         source=model, loss=_losses.get(loss), optimizer=_optim.get(optimizer, lr),
         trainable=trainable, output=output, labels=labels, batch_norm=batch_norm,
-        split_features=split_features))
+        split_features=split_features, multi_step=multi_step))
     assert c.result is not None
     return TrainableModel(c.result, c.notes)
 

@@ -54,6 +54,11 @@ class Callback:
     """Base class: override the hooks you need; ``self.loop`` is set before training."""
 
     loop: Any = None
+    #: Whether ``fit`` may run several steps per runtime call with this callback: its batch
+    #: hooks then run for every step of a call before it (``on_batch_begin``) and after it
+    #: (``on_batch_end``), not between the steps. None: allowed when the callback overrides
+    #: neither batch hook (see :class:`edgetrain.training.Loop`).
+    allows_multi_step: bool | None = None
 
     def set_loop(self, loop: Any) -> None:
         self.loop = loop
@@ -280,6 +285,10 @@ class LearningRateScheduler(Callback):
     """Set the rate of every step from a :class:`Schedule`, or from ``fn(epoch) -> rate``
     (once per epoch, epochs counted from 0 in this fit)."""
 
+    #: A schedule's rate depends on the step's number only: ``fit`` asks for the rates of a
+    #: call's steps before the call.
+    allows_multi_step = True
+
     def __init__(self, schedule: Schedule | Callable[[int], float]) -> None:
         self.schedule = schedule
 
@@ -373,6 +382,8 @@ class TensorBoard(Callback):
     """Scalars for TensorBoard (``tensorboard --logdir DIR``): every epoch's logs, and with
     ``update_freq=N`` the loss of every N-th step. The event file is written by edgetrain
     itself, so TensorBoard is needed only to look at it."""
+
+    allows_multi_step = True  # it logs each step's loss, not the weights
 
     def __init__(self, log_dir: str | os.PathLike[str] = "logs",
                  update_freq: str | int = "epoch") -> None:

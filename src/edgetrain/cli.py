@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None, help="also write the results to this JSON file")
     b.set_defaults(func=cmd_bench)
 
-    for modname in ("web", "federated"):
+    for modname in ("web", "federated", "iree_export"):
         try:
             mod = importlib.import_module(f".{modname}", __package__)
         except ImportError:

@@ -160,21 +160,27 @@ def _numbers(col: np.ndarray, path: str, name: str, first_row: int) -> np.ndarra
         except ValueError:
             values = None
         if values is None or np.any(text == ""):
-            for i, cell in enumerate(text):
-                try:
-                    float(cell)
-                except ValueError:
-                    what = "is empty" if cell == "" else f"holds {cell[:40]!r}"
-                    raise EdgetrainError(
-                        f"{path!r}: column {name!r} row {i + first_row} {what}, not a number "
-                        "(features must be numeric: encode categories as numbers first)"
-                    ) from None
+            _first_non_number(text, path, name, first_row)
+    assert values is not None  # a column that does not parse names its first bad cell above
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.argmax(bad))
         raise EdgetrainError(f"{path!r}: column {name!r} row {i + first_row} is {values[i]}; "
                              "fill or drop missing values first")
     return values
+
+
+def _first_non_number(text: np.ndarray, path: str, name: str, first_row: int) -> None:
+    """Raise naming the first cell of a text column that is not a number."""
+    for i, cell in enumerate(text):
+        try:
+            float(cell)
+        except ValueError:
+            what = "is empty" if cell == "" else f"holds {cell[:40]!r}"
+            raise EdgetrainError(
+                f"{path!r}: column {name!r} row {i + first_row} {what}, not a number "
+                "(features must be numeric: encode categories as numbers first)") from None
+    raise EdgetrainError(f"{path!r}: column {name!r} is not numeric")
 
 
 def _labels(col: np.ndarray, path: str, name: str, classes: Sequence[str] | None,

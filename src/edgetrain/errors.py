@@ -14,6 +14,12 @@ class UnsupportedOpError(EdgetrainError):
 class InputError(EdgetrainError, ValueError):
     """A signature was called with wrong names, shapes or dtypes."""
 
+    def __init__(self, *args: object, completed_steps: int = 0) -> None:
+        super().__init__(*args)
+        #: Of a multi-step call (``train_steps``), how many steps before the failing one
+        #: would have counted (none of the call's steps was kept).
+        self.completed_steps = completed_steps
+
 
 class CheckpointError(EdgetrainError):
     """A checkpoint is corrupt, foreign or from a newer format."""
@@ -25,3 +31,13 @@ class FormatError(EdgetrainError):
 
 class NonFiniteError(EdgetrainError, FloatingPointError):
     """A training step produced a non-finite loss or gradient; the weights were not changed."""
+
+    def __init__(self, *args: object, completed_steps: int = 0) -> None:
+        super().__init__(*args)
+        #: Of a multi-step call (``train_steps``), how many steps before the failing one
+        #: would have counted (none of the call's steps was kept).
+        self.completed_steps = completed_steps
+
+
+class BackendError(EdgetrainError):
+    """A runtime backend is not installed, or refuses or fails to build a signature's graph."""

@@ -30,6 +30,9 @@ def infer_outputs(node: ir.Node, opset: int) -> None:
             _infer_with_onnx(node, opset)
     except Exception:
         pass
+    if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+           for a in node.attributes.values()):
+        return  # the subgraphs decide the outputs' types: the caller sets them
     like = next((v.type for v in node.inputs if v is not None and v.type is not None), None)
     for out in node.outputs:
         if out.type is None and like is not None:

@@ -16,6 +16,7 @@ domain.
     guard               the step counter, advanced only when everything committed is finite
     fuse_gemm_updates   p − g folded into the GEMM computing g (plain SGD)
     finish_train        outputs (loss, <state>.new) and dead-node removal
+    train_steps         K steps per call: the train graph as the body of one Loop
     eval_graph          the inference graph, loss and metrics
     split_features      the feature signatures (split_features=True)
     package             the ModelProto: main graph, training_info, metadata, full check
@@ -39,14 +40,14 @@ from ._package import package
 from ._select import apply_lora, select_trainables
 from ._state import Compilation, Options
 from ._step import apply_optimizer, differentiate, guard, train_graph, train_loss
+from ._steps import train_steps
 
 Pass = Callable[[Compilation], None]
 
 PIPELINE: tuple[Pass, ...] = (
     import_model, apply_lora, select_trainables, loss_on_logits, train_graph, train_loss,
-    differentiate,
-    apply_optimizer, guard, fuse_gemm_updates, finish_train, eval_graph, split_features,
-    package,
+    differentiate, apply_optimizer, guard, fuse_gemm_updates, finish_train, train_steps,
+    eval_graph, split_features, package,
 )
 
 
@@ -61,11 +62,13 @@ def compile_model(
     lr: float | None = None,
     batch_norm: str = "frozen",
     split_features: bool = False,
+    multi_step: bool = True,
 ) -> onnx.ModelProto:
     """Run the pipeline; returns the trainable file as a ModelProto (see edgetrain.compile)."""
     options = Options(source=model, loss=_losses.get(loss), optimizer=_optim.get(optimizer, lr),
                       trainable=trainable, output=output, labels=labels,
-                      batch_norm=batch_norm, split_features=split_features)
+                      batch_norm=batch_norm, split_features=split_features,
+                      multi_step=multi_step)
     c = run_pipeline(options)
     assert c.result is not None
     return c.result

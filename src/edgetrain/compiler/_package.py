@@ -78,6 +78,14 @@ def _feature_signatures(c: Compilation, sigs: dict[str, Any], base: int) -> dict
     return out
 
 
+def _steps_signature(c: Compilation, g: ir.Graph, index: int) -> dict[str, Any]:
+    """``train_steps``: the train signature's inputs with a leading steps dimension."""
+    roles = {c.names.label: "label", c.names.lr: "lr"}
+    inputs = [tensor_spec(v, roles.get(str(v.name), "data")) for v in g.inputs]
+    return {"kind": "graph", "graph": f"training_info/{index}", "inputs": inputs,
+            "outputs": [tensor_spec(g.outputs[0], "loss")], "updates": dict(c.steps_updates)}
+
+
 def _metadata(c: Compilation, sigs: dict[str, Any]) -> dict[str, Any]:
     assert c.prediction is not None
     state = [str(v.name) for v in c.state_inits] + c.bn_state
@@ -114,14 +122,19 @@ def package(c: Compilation) -> None:
     del out.training_info[:]
     main = set(c.main.initializers)
     graphs = [c.step().graph, c.eval.graph, *c.feature_graphs.values()]
+    if c.steps_graph is not None:
+        graphs.append(c.steps_graph)
     for i, g in enumerate(graphs):
         ti = out.training_info.add()
         ti.algorithm.CopyFrom(_algorithm(g, main))
-        if i == 0 or g.name == "train_features":
-            for k, v in c.updates.items():
-                ti.update_binding.add(key=k, value=v)
+        bindings = c.steps_updates if g is c.steps_graph else (
+            c.updates if i == 0 or g.name == "train_features" else {})
+        for k, v in bindings.items():
+            ti.update_binding.add(key=k, value=v)
     sigs = _signatures(c)
     sigs.update(_feature_signatures(c, sigs, 2))
+    if c.steps_graph is not None:
+        sigs["train_steps"] = _steps_signature(c, c.steps_graph, len(graphs) - 1)
     c.meta = _metadata(c, sigs)
     fmt.write_meta(out, c.meta)
     # The lowest IR version the opsets allow: older runtimes (onnxruntime-web, older mobile

@@ -34,6 +34,7 @@ class Options:
     labels: str = "index"
     batch_norm: str = "frozen"
     split_features: bool = False
+    multi_step: bool = True
 
 
 @dataclass
@@ -87,6 +88,9 @@ class Compilation:
     #: state tensor name → the train graph output that holds its new content.
     updates: dict[str, str] = field(default_factory=dict)
     bn_state: list[str] = field(default_factory=list)
+    #: The ``train_steps`` graph (K steps per call) and its outputs' names per state tensor.
+    steps_graph: ir.Graph | None = None
+    steps_updates: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     result: onnx.ModelProto | None = None
 

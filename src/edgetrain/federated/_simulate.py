@@ -236,7 +236,7 @@ class _quiet:
             for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
                 warnings.simplefilter("ignore", category)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
         if self.enabled:

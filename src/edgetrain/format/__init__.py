@@ -21,6 +21,7 @@ from ._constants import (
     FORMAT_VERSION,
     META_KEY,
     STEP_NAME,
+    committed,
     producer_version,
 )
 from ._files import (
@@ -40,8 +41,8 @@ from ._validate import validate, validate_meta
 
 __all__ = [
     "CHECKPOINT_KIND", "CHECKPOINT_PARTS", "FORMAT_VERSION", "META_KEY", "STEP_NAME",
-    "Identity", "atomic_write", "check", "default_opset", "fingerprint", "graph_reads",
-    "identify", "initial_state",
+    "Identity", "atomic_write", "check", "committed", "default_opset", "fingerprint",
+    "graph_reads", "identify", "initial_state",
     "load_checkpoint", "load_model", "plain_inference", "producer_version", "read_meta",
     "read_model_bytes", "save_checkpoint", "save_model", "standalone", "tensor_spec",
     "validate", "validate_meta", "with_state", "write_meta",

@@ -329,7 +329,7 @@ def _varying(g: onnx.GraphProto, variables: set[str]) -> set[str]:
     return dep
 
 
-def _carriers(node: onnx.NodeProto, varying: set[str]) -> list[str]:
+def _carriers(node: onnx.NodeProto, varying: set[str], output: str = "") -> list[str]:
     """The operands of ``node`` that may carry the old value of the tensor being updated.
 
     Every update the compiler emits is ``old ± delta``, where ``old`` may be scaled by a
@@ -337,11 +337,16 @@ def _carriers(node: onnx.NodeProto, varying: set[str]) -> list[str]:
     ``Sub(p, Δ)`` (SGD, Adam), ``Gemm(A, B, C=p)`` (plain SGD fused into the weight
     gradient), ``Add(Mul(m, β), Δ)`` (optimizer slots, batch-norm running statistics),
     ``Add(step, ok)`` (the counter), ``Where(first_step, g, Add(Mul(buf, μ), Δ))``
-    (momentum with dampening), ``Identity`` (a value passed through). Only these operands
-    are followed, so a walk never wanders into the gradient, which reads every weight.
+    (momentum with dampening), ``Identity`` (a value passed through), and a ``Loop``'s
+    carried output (``train_steps``: the final value of the loop-carried value it was
+    initialized with). Only these operands are followed, so a walk never wanders into the
+    gradient, which reads every weight.
     """
     ins = list(node.input)
     op = node.op_type if node.domain in ("", "ai.onnx") else ""
+    if op == "Loop":
+        k = list(node.output).index(output) if output in node.output else len(ins)
+        return ins[k + 2:k + 3] if k < len(ins) - 2 else []
     if op == "Identity" or op == "Sub":
         return ins[:1]
     if op == "Add":
@@ -367,7 +372,7 @@ def _anchor(value: str, producers: Mapping[str, onnx.NodeProto], varying: set[st
         nxt = []
         for x in frontier:
             node = producers.get(x)
-            for i in _carriers(node, varying) if node is not None else ():
+            for i in _carriers(node, varying, x) if node is not None else ():
                 if i and i not in seen:
                     seen.add(i)
                     nxt.append(i)

@@ -19,6 +19,9 @@ from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
 from ..format import _integrity as _ckpt
 from ..format import validate
 from ._backends import BACKENDS, Backend
+from ._native import NATIVE_BACKENDS
+
+BACKENDS.update(NATIVE_BACKENDS)  # iree, openvino, tract: each imports its runtime when used
 
 __all__ = ["Model", "Signature", "load"]
 
@@ -175,13 +178,14 @@ class Model:
         if sig.kind == "builtin":
             return self._builtin(sig, inputs)
         feeds = self._check_inputs(sig, inputs)
+        steps = self._steps(sig, feeds)
         # The step graph counts only a step whose loss, rate and every new state value (weights,
         # optimizer slots, running statistics) are finite, and the backend commits the new
-        # state only when the count advanced by one: a skipped step leaves every weight as it
-        # was, even when only the update overflowed.
+        # state only when the count advanced by the number of steps run: a skipped step leaves
+        # every weight as it was, even when only the update overflowed.
         with self._lock:
             try:
-                out, committed = self._backend.run(signature, feeds)
+                out, committed = self._backend.run(signature, feeds, steps)
             except EdgetrainError:
                 raise
             except Exception as e:  # the backend refused the graph or the data
@@ -189,18 +193,34 @@ class Model:
                                      f"{_first_line(e)}") from e
         if committed:
             return out
+        raise self._failure(sig, feeds, out, steps)
+
+    def _steps(self, sig: Signature, feeds: Mapping[str, np.ndarray]) -> int:
+        """How many training steps one call of ``sig`` runs: the length of its rate input when
+        that is a vector (``train_steps``: one rate per step), else one."""
+        lr = next((s["name"] for s in sig.inputs if s.get("role") == "lr"), None)
+        value = feeds.get(lr) if lr is not None else None
+        return int(value.shape[0]) if value is not None and value.ndim == 1 else 1
+
+    def _failure(self, sig: Signature, feeds: Mapping[str, np.ndarray],
+                 out: Mapping[str, np.ndarray], steps: int) -> EdgetrainError:
+        """The error of a call whose steps did not all count (nothing was committed)."""
+        loss_name = next((o["name"] for o in sig.outputs if o.get("role") == "loss"), "loss")
+        losses = np.asarray(out.get(loss_name, np.full(1, np.nan))).reshape(-1)
+        done = max(len(losses) - 1, 0)  # the Loop stops after the step that did not count
+        where = f" (step {done + 1} of {steps}; no step of this call was kept)" \
+            if steps > 1 else ""
         for name, arr in feeds.items():  # name the culprit when it was the data
-            if arr.dtype.kind == "f" and not _all_finite(arr):
-                raise InputError(f"{signature}: input {name!r} contains NaN or infinity; the "
-                                 "step was skipped and the weights are unchanged")
-        if "loss" in out and not math.isfinite(float(out["loss"])):
-            raise NonFiniteError(f"{signature}: the loss is {float(out['loss'])}; the step was "
-                                 "skipped and the weights are unchanged")
-        loss = f"{float(out['loss'])}" if "loss" in out else "n/a"
-        lr = f", lr {float(feeds['lr'])}" if "lr" in feeds else ""
-        raise NonFiniteError(f"{signature}: the gradients or the updated weights or optimizer "
-                             f"state are not finite (loss {loss}{lr}); the step was skipped and "
-                             "the weights are unchanged")
+            if arr.dtype.kind == "f" and not _all_finite(arr[done] if steps > 1 else arr):
+                return InputError(f"{sig.name}: input {name!r} contains NaN or infinity{where}; "
+                                  "the weights are unchanged", completed_steps=done)
+        loss = float(losses[-1]) if len(losses) else math.nan
+        if not math.isfinite(loss):
+            return NonFiniteError(f"{sig.name}: the loss is {loss}{where}; the step was skipped "
+                                  "and the weights are unchanged", completed_steps=done)
+        return NonFiniteError(f"{sig.name}: the gradients or the updated weights or optimizer "
+                              f"state are not finite (loss {loss}){where}; the step was "
+                              "skipped and the weights are unchanged", completed_steps=done)
 
     def _builtin(self, sig: Signature, inputs: Mapping[str, Any]) -> dict[str, Any]:
         allowed = {"checkpoint_path", "key"} | ({"parts"} if sig.name == "restore" else set())
@@ -328,8 +348,10 @@ class Model:
                 raise InputError(f"{sig.name}: input {name!r} is an empty batch")
             feeds[name] = arr
         self._report_conversions(sig.name, converted)
-        if sig.updates and "lr" in feeds:  # the file's default too: a file may be hostile
-            _check_lr(feeds["lr"], sig.name, "lr" in inputs)
+        lr = next((s["name"] for s in sig.inputs if s.get("role") == "lr"),
+                  "lr" if "lr" in feeds else None)
+        if sig.updates and lr in feeds:  # the file's default too: a file may be hostile
+            _check_lr(feeds[lr], sig.name, lr in inputs, lr)
         if sig.updates or sig.name == "eval":  # defaults are valid: check what was given
             self._check_values(sig, {k: feeds[k] for k in inputs})
         return feeds
@@ -447,14 +469,17 @@ def _all_finite(arr: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(arr)))
 
 
-def _check_lr(lr: np.ndarray, where: str, given: bool) -> None:
+def _check_lr(lr: np.ndarray, where: str, given: bool, name: str = "lr") -> None:
     """A learning rate must be finite and nonnegative: a negative one ascends the loss, an
-    infinite one writes infinite weights."""
-    value = float(lr) if lr.size == 1 else math.nan
-    if not (math.isfinite(value) and value >= 0):
+    infinite one writes infinite weights. ``train_steps`` takes one rate per step."""
+    values = np.asarray(lr, dtype=np.float64).reshape(-1)
+    bad: list[float] = [float(v) for v in values if not (math.isfinite(v) and v >= 0)]
+    if values.size == 0:
+        bad = [math.nan]
+    if bad:
         source = "" if given else " (the model file's default)"
-        raise InputError(f"{where}: the learning rate 'lr'{source} must be finite and ≥ 0, "
-                         f"got {value}")
+        raise InputError(f"{where}: the learning rate {name!r}{source} must be finite and ≥ 0, "
+                         f"got {float(bad[0])}")
 
 
 def load(model: onnx.ModelProto | str | os.PathLike[str] | bytes,

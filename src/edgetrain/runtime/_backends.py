@@ -33,7 +33,8 @@ class Backend:
         self.meta = meta
         self.step_name = str(meta.get("step", fmt.STEP_NAME))
 
-    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    def run(self, sig: str, feeds: Mapping[str, np.ndarray], steps: int = 1
+            ) -> tuple[dict[str, np.ndarray], bool]:
         """Public outputs, and whether the step's state updates were committed."""
         raise NotImplementedError
 
@@ -72,13 +73,15 @@ class ReferenceBackend(Backend):
             self._sessions[sig] = (self._evaluator(m), state_inputs, updates, outs)
         return self._sessions[sig]
 
-    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    def run(self, sig: str, feeds: Mapping[str, np.ndarray], steps: int = 1
+            ) -> tuple[dict[str, np.ndarray], bool]:
         sess, state_inputs, updates, outs = self._session(sig)
         all_feeds = dict(feeds)
         all_feeds.update({k: self._state[k] for k in state_inputs})
         results = dict(zip(outs, sess.run(None, all_feeds)))
         step_out = updates.get(self.step_name)
-        commit = step_out is None or _advanced(self._state[self.step_name], results[step_out])
+        commit = step_out is None or fmt.committed(self._state[self.step_name],
+                                                   results[step_out], steps)
         if commit:
             for k, out in updates.items():
                 self._state[k] = np.asarray(results[out])
@@ -193,7 +196,8 @@ class OrtBackend(Backend):
             self._bindings[key] = b
         return b
 
-    def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    def run(self, sig: str, feeds: Mapping[str, np.ndarray], steps: int = 1
+            ) -> tuple[dict[str, np.ndarray], bool]:
         b = self._binding(sig)
         io = b.io
         for k, v in feeds.items():
@@ -215,7 +219,7 @@ class OrtBackend(Backend):
             result.update((o, v.numpy()) for o, v in zip(b.dynamic, values))
         front, back = self._front, self._back
         step = self.step_name
-        commit = not b.counted or _advanced(front[step].numpy(), back[step].numpy())
+        commit = not b.counted or fmt.committed(front[step].numpy(), back[step].numpy(), steps)
         if commit:
             for k in b.updated:
                 front[k], back[k] = back[k], front[k]
@@ -232,11 +236,6 @@ class OrtBackend(Backend):
             front = self._front[k]
             want = _np_type(front.data_type())
             front.update_inplace(np.require(v, dtype=want, requirements="C"))
-
-
-def _advanced(old: np.ndarray, new: np.ndarray) -> bool:
-    """The commit rule: the step graph counted this step (the counter went up by one)."""
-    return int(new) == int(old) + 1
 
 
 class _Binding(NamedTuple):

@@ -32,6 +32,12 @@ __all__ = ["History", "Loop", "Model", "load"]
 class Model(_RuntimeModel):
     """A loaded trainable file with training loops (see :class:`edgetrain.runtime.Model`)."""
 
+    #: Training steps per runtime call when the file has ``train_steps``: a step of a small
+    #: model costs less than the call that runs it, so ``fit`` stacks this many full-size
+    #: batches (1: one step per call). See :class:`edgetrain.training.Loop` for when ``fit``
+    #: runs single steps anyway.
+    steps_per_call: int = 32
+
     def fit(self, x: Any, y: Any = None, epochs: int = 1, batch_size: int = 32, *,
             validation_data: Any = None, validation_split: float = 0.0,
             shuffle: bool = True, seed: int = 0, lr: float | None = None,

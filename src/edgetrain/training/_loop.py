@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, NonFiniteError
 from ..runtime import _check_lr
-from ._feed import ArraySource, StreamSource
+from ._feed import ArraySource, Batch, StreamSource
 from ._history import History
 from .metrics import Metric
 
@@ -28,6 +28,19 @@ class Loop:
     ``global_step`` the model's (its step counter when the fit began, plus ``step``).
     ``lr`` is the rate fed to every step (None: the file's own rate, ``base_lr``); set it
     with :meth:`set_lr`. ``stop_training`` ends the fit after the current epoch.
+
+    Several steps per call: when the file has ``train_steps``, full-size batches of one shape
+    run ``model.steps_per_call`` at a time in one call (one ONNX Loop), with one rate per
+    step. Callbacks keep their meaning: ``on_batch_begin`` runs for each step of a call
+    before the call (a schedule's rate for each step fills the call's rate vector),
+    ``on_batch_end`` for each committed step after it, in order, with that step's loss;
+    epoch hooks (early stopping, checkpoints, plateaus, logs) at epoch ends as always. What
+    a callback cannot see is the weights between the steps of one call, so a callback that
+    overrides a batch hook runs ``fit`` one step per call unless it declares
+    ``allows_multi_step = True`` (the schedules and the TensorBoard writer do). A step that
+    fails inside a call keeps nothing of the call: the steps before it run again, the failing
+    batch runs alone (raising, or skipped with ``on_nonfinite="skip"``), and the batches
+    after it run next, with their rates asked for again.
     """
 
     def __init__(self, model: Any, source: ArraySource | StreamSource, *, epochs: int,
@@ -48,6 +61,11 @@ class Loop:
         self.base_lr = float(lr) if lr is not None else float(spec.default)
         self.lr: float | None = None if lr is None else float(lr)
         self.step, self.start_step = 0, model.step
+        self.steps_per_call = self._steps_per_call()
+        if self.steps_per_call > 1:
+            self.steps_label = model.input_name("train_steps", "label")
+            self.steps_lr = model.input_name("train_steps", "lr")
+            self.steps_loss = model._loss_output("train_steps")
         self.steps_per_epoch = source.steps
         self.stop_training = False
         self.history = History()
@@ -55,6 +73,14 @@ class Loop:
         self.evaluate_training = isinstance(source, ArraySource) and (
             bool(self.metrics) or "accuracy" in model._eval_outputs(self.eval_sig))
         self.metric_names = self._metric_names()
+
+    def _steps_per_call(self) -> int:
+        """K of the rule in the class docstring: the model's ``steps_per_call`` when the file
+        has ``train_steps`` and every callback allows it, else 1."""
+        k = int(getattr(self.model, "steps_per_call", 1))
+        if self.train_sig != "train" or "train_steps" not in self.model.signatures or k < 2:
+            return 1
+        return k if all(multi_step_allowed(cb) for cb in self.callbacks) else 1
 
     @property
     def global_step(self) -> int:
@@ -116,34 +142,85 @@ class Loop:
 
     def _train_epoch(self, bar: Any) -> float:
         """Mean loss of the epoch's committed steps, weighted by batch size."""
-        losses, weights = [], []
-        for xs, y in self.source.batches(self.rng):
-            self._each("on_batch_begin", self.step)
-            feeds = {**xs, self.label: y}
-            if self.lr is not None:
-                feeds[self.lr_name] = np.asarray(self.lr, dtype=self.lr_dtype)
-            try:
-                out = self.model.run(self.train_sig, **feeds)
-            except NonFiniteError:
-                if self.on_nonfinite == "raise":
-                    raise
-                self.history.skipped_steps += 1
-                continue
-            finally:
-                if bar is not None:
-                    bar.update(1)
-            loss = float(out[self.model._loss_output(self.train_sig)])
-            assert y is not None
-            losses.append(loss)
-            weights.append(len(y))
-            self.step += 1
-            self._each("on_batch_end", self.step - 1, {"loss": loss})
+        losses: list[float] = []
+        weights: list[int] = []
+        pending: list[Batch] = []
+        batches = self.source.batches(self.rng)
+        while True:
+            chunk = self._next_chunk(batches, pending)
+            if not chunk:
+                break
+            rates = []
+            for j in range(len(chunk)):
+                self._each("on_batch_begin", self.step + j)
+                rates.append(self.current_lr)
+            results = self._run(chunk, rates)
+            if len(results) < len(chunk):  # a step of the call failed: the rest go again
+                pending[:0] = chunk[len(results):]
+            for (_, y), loss in zip(chunk, results):
+                if loss is None:
+                    self.history.skipped_steps += 1
+                    continue
+                assert y is not None
+                losses.append(loss)
+                weights.append(len(y))
+                self.step += 1
+                self._each("on_batch_end", self.step - 1, {"loss": loss})
             if bar is not None:
-                bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}", refresh=False)
+                bar.update(len(results))
+                if losses:
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{losses[-1]:.4f}",
+                                    refresh=False)
         if not losses and isinstance(self.source, StreamSource) and self.step == 0 \
                 and not self.history.skipped_steps:
             raise InputError("the training data yielded no batches")
         return float(np.average(losses, weights=weights)) if losses else math.nan
+
+    def _next_chunk(self, batches: Iterator[Batch], pending: list[Batch]) -> list[Batch]:
+        """The batches of the next call: up to ``steps_per_call`` in a row of one shape (the
+        stacked input of ``train_steps``), or one."""
+        chunk: list[Batch] = []
+        while len(chunk) < self.steps_per_call:
+            if not pending:
+                item = next(batches, None)
+                if item is None:
+                    break
+                pending.append(item)
+            if chunk and not _same_shapes(chunk[0], pending[0]):
+                break
+            chunk.append(pending.pop(0))
+        return chunk
+
+    def _run(self, chunk: list[Batch], rates: list[float]) -> list[float | None]:
+        """The losses of the first steps of ``chunk`` (None: a skipped step); all of them
+        unless a step of a ``train_steps`` call failed, in which case the steps before it ran
+        again in one call and the failing batch ran alone, as :meth:`_single` runs it, and
+        the result stops there (the caller runs the rest with their rates recomputed)."""
+        if len(chunk) == 1:
+            return [self._single(chunk[0], rates[0])]
+        stacked = {k: np.stack([xs[k] for xs, _ in chunk]) for k in chunk[0][0]}
+        stacked[self.steps_label] = np.stack([y for _, y in chunk])  # type: ignore[misc]
+        stacked[self.steps_lr] = np.asarray(rates, dtype=self.lr_dtype)
+        try:
+            out = self.model.run("train_steps", **stacked)
+        except (NonFiniteError, InputError) as e:
+            done = getattr(e, "completed_steps", 0)
+            head = self._run(chunk[:done], rates[:done]) if done else []
+            return head + [self._single(chunk[done], rates[done])]
+        return [float(v) for v in np.asarray(out[self.steps_loss]).reshape(-1)]
+
+    def _single(self, batch: Batch, rate: float) -> float | None:
+        """One ``train`` step; a non-finite one raises, or is skipped (None)."""
+        xs, y = batch
+        feeds = {**xs, self.label: y}
+        feeds[self.lr_name] = np.asarray(rate, dtype=self.lr_dtype)
+        try:
+            out = self.model.run(self.train_sig, **feeds)
+        except NonFiniteError:
+            if self.on_nonfinite == "raise":
+                raise
+            return None
+        return float(out[self.model._loss_output(self.train_sig)])
 
     def _epoch_logs(self, loss: float) -> dict[str, float]:
         logs = {"loss": loss}
@@ -156,6 +233,26 @@ class Loop:
             found = self.model._evaluate_batches(self.validation.batches(), sigs, self.metrics)
             logs.update((f"val_{k}", v) for k, v in found.items())
         return logs
+
+
+def _same_shapes(a: Batch, b: Batch) -> bool:
+    """Whether two batches stack into one ``train_steps`` input (every array alike)."""
+    if a[0].keys() != b[0].keys() or a[1] is None or b[1] is None:
+        return False
+    return a[1].shape == b[1].shape and all(
+        v.shape == b[0][k].shape and v.dtype == b[0][k].dtype for k, v in a[0].items())
+
+
+def multi_step_allowed(callback: Any) -> bool:
+    """Whether ``callback`` lets ``fit`` run several steps per call (see :class:`Loop`)."""
+    declared = getattr(callback, "allows_multi_step", None)
+    if declared is not None:
+        return bool(declared)
+    from ..callbacks import Callback
+
+    cls = type(callback)
+    return all(getattr(cls, hook, None) is getattr(Callback, hook)
+               for hook in ("on_batch_begin", "on_batch_end"))
 
 
 def _wants_progress(progress: bool | None) -> bool:
