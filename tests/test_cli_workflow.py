@@ -5,6 +5,7 @@ an image folder; weights from another optimizer's checkpoint; quiet output when 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -241,3 +242,28 @@ def test_federated_simulation_is_quiet_without_verbose(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stderr == "", r.stderr
     assert "global accuracy" in r.stdout
+
+
+def test_validation_file_cosine_schedule_and_metrics(folder: Path, tmp_path: Path) -> None:
+    """--val-data in CSV form is what the model is judged on after every epoch (the last
+    epoch's val_accuracy is what infer then reports on the same file), --schedule cosine
+    lowers the rate every epoch, and --metrics adds their val_ columns."""
+    model = str(tmp_path / "model.onnx")
+    ok(cli("compile", str(folder / "base.onnx"), "-o", model, "--lr", "0.05", "--momentum",
+           "0.9"))
+    out = ok(cli("train", model, "--data", str(folder / "data.csv"), "--target", "label",
+                 "--val-data", str(folder / "test.csv"), "--schedule", "cosine", "--epochs",
+                 "4", "--metrics", "f1", "top_3_accuracy"))
+    rows = epochs_of(out)
+    assert len(rows) == 4
+    assert all({"val_loss", "val_accuracy", "val_f1", "val_top_3_accuracy", "lr"} <= set(r)
+               for r in rows), out
+    rates = [r["lr"] for r in rows]
+    assert all(a > b for a, b in itertools.pairwise(rates)) and rates[0] < 0.05, rates
+    assert all(r["val_top_3_accuracy"] >= r["val_accuracy"] for r in rows)
+    out = ok(cli("infer", model, "--data", str(folder / "test.csv"), "--target", "label"))
+    accuracy = float(re.search(r"accuracy: (\d\.\d+)", out).group(1))  # type: ignore[union-attr]
+    assert abs(accuracy - rows[-1]["val_accuracy"]) < 1e-4, (accuracy, rows[-1])
+    r = cli("train", model, "--data", str(folder / "data.csv"), "--target", "label",
+            "--val-data", str(folder / "test.csv"), "--val-split", "0.2")
+    assert r.returncode == 2 and "not both" in r.stderr, r.stderr
