@@ -147,7 +147,8 @@ def test_metadata_lists_signatures_and_state() -> None:
     meta = json.loads(raw)
     assert meta == tm.meta
     assert meta["format_version"] == fmt.FORMAT_VERSION
-    assert set(meta["signatures"]) == {"train", "infer", "eval", "save", "restore"}
+    assert set(meta["signatures"]) == {"train", "train_steps", "infer", "eval", "save",
+                                       "restore"}
     assert meta["trainable"] == ["fc2.weight", "fc2.bias"]
     assert meta["frozen"] == ["fc1.weight", "fc1.bias"]
     assert set(meta["state"]) == {fmt.STEP_NAME} | {
@@ -165,6 +166,10 @@ def test_metadata_lists_signatures_and_state() -> None:
     assert [o["name"] for o in sigs["train"]["outputs"]] == ["loss"]
     assert [o["name"] for o in sigs["eval"]["outputs"]] == ["loss", "accuracy"]
     assert sigs["save"]["kind"] == sigs["restore"]["kind"] == "builtin"
+    steps = sigs["train_steps"]  # K stacked batches, one rate per step, one loss per step
+    assert [(s["name"], s["shape"][0]) for s in steps["inputs"]] == [
+        ("x", "steps"), ("y", "steps"), ("lr", "steps")]
+    assert steps["outputs"][0]["shape"] == ["steps"] and steps["outputs"][0]["role"] == "loss"
     assert sigs["save"]["inputs"][0]["name"] == "checkpoint_path"
     assert et.optim.from_config(meta["optimizer"]) == opt
     assert et.losses.from_config(meta["loss"]) == loss
