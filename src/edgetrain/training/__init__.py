@@ -62,6 +62,11 @@ class Model(_RuntimeModel):
         ``cache_features`` (models compiled with ``split_features=True``): run the frozen
         backbone once per example and train the head on the cached features.
         ``initial_epoch``: the number of epochs trained before (callbacks count from it).
+
+        Files with ``train_steps`` run full-size batches :attr:`steps_per_call` at a time in
+        one call, with the same result as one step per call; a callback that overrides a
+        batch hook without ``allows_multi_step = True`` gets one step per call (the rule:
+        :class:`edgetrain.training.Loop`).
         """
         if on_nonfinite not in ("raise", "skip"):
             raise EdgetrainError("on_nonfinite must be 'raise' or 'skip'")
