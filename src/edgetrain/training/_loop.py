@@ -206,6 +206,8 @@ class Loop:
         except (NonFiniteError, InputError) as e:
             done = getattr(e, "completed_steps", 0)
             head = self._run(chunk[:done], rates[:done]) if done else []
+            if len(head) < done:  # the re-run failed sooner (a nondeterministic backend)
+                return head
             return head + [self._single(chunk[done], rates[done])]
         return [float(v) for v in np.asarray(out[self.steps_loss]).reshape(-1)]
 
