@@ -20,6 +20,9 @@ import pytest
 from edgetrain.demos._data import digits
 from edgetrain.demos._models import seed_mlp
 
+# the command line end to end: each test compiles, trains and writes files
+pytestmark = pytest.mark.slow
+
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -232,7 +235,6 @@ def test_demo_text_takes_out_like_the_others() -> None:
     assert len(ignored.stdout.split()) == 6, ignored.stdout
 
 
-@pytest.mark.slow
 def test_federated_simulation_is_quiet_without_verbose(tmp_path: Path) -> None:
     """Flower's deprecation notice, Ray's FutureWarning and TensorFlow's start-up log (Flower
     imports TensorFlow when it is installed) stay behind --verbose."""
