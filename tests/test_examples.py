@@ -71,3 +71,12 @@ def test_text_personalization(tmp_path: Path) -> None:
               "48", "--out", "out"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr  # the merged export equals the adapter model
     assert "plain onnxruntime runs" in r.stdout
+
+
+@pytest.mark.slow
+def test_federated_simulation(tmp_path: Path) -> None:
+    pytest.importorskip("flwr")
+    r = _run([str(ROOT / "examples" / "federated.py"), "--out", "out"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    acc = re.search(r"restored global model: held-out accuracy (\d\.\d+)", r.stdout)
+    assert acc and float(acc.group(1)) > 0.85, r.stdout[-2000:]
