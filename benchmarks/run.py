@@ -762,13 +762,19 @@ def write_report(report: dict[str, Any], out: str, docs: str | None) -> str:
 
 
 def update_docs(path: str, report: dict[str, Any], out: str) -> None:
-    """Replace the results section of a markdown file (charts linked relative to it)."""
+    """Replace the results section of a markdown file; its charts are copied into
+    ``img/benchmarks/`` beside it, so the docs site holds every file it shows."""
     with open(path) as f:
         text = f.read()
     if DOCS_BEGIN not in text or DOCS_END not in text:
         raise SystemExit(f"{path} has no {DOCS_BEGIN} ... {DOCS_END} section")
-    rel = os.path.relpath(out, os.path.dirname(os.path.abspath(path)))
-    body = markdown(report, images=f"{rel}/", level=3)
+    img = os.path.join(os.path.dirname(os.path.abspath(path)), "img", "benchmarks")
+    os.makedirs(img, exist_ok=True)
+    for res in report["workloads"]:
+        chart_file = os.path.join(out, f"{res['workload']}.png")
+        if os.path.exists(chart_file):
+            shutil.copyfile(chart_file, os.path.join(img, f"{res['workload']}.png"))
+    body = markdown(report, images="img/benchmarks/", level=3)
     head, rest = text.split(DOCS_BEGIN, 1)
     tail = rest.split(DOCS_END, 1)[1]
     with open(path, "w") as f:

@@ -619,6 +619,7 @@ def _check_against_python(res: dict[str, Any], site: Path, trainable: Path,
                                sr["saved"].reshape(after.shape), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_browser_trains_like_python(site: Path, trainable: Path, tmp_path: Path) -> None:
     _require("node", "playwright", "chromium")
     res = _run_page(site, f"?autorun=1&steps={STEPS}&seed={SEED}&batch={BATCH}",
@@ -673,6 +674,7 @@ def test_browser_shows_hostile_metadata_as_text(site: Path, tmp_path: Path) -> N
     assert any(w.endswith("/ort/ort-wasm-simd-threaded.mjs") for w in res["workers"]), res
 
 
+@pytest.mark.slow
 def test_browser_onehot_sgd_image_input(tmp_path: Path) -> None:
     """The seed's set-up: one-hot labels, SGD with momentum, 8×8 input, everything trained."""
     _require("ort-web", "node", "playwright", "chromium")

@@ -14,6 +14,7 @@ and saves needs nothing of the compiler.
 
 from __future__ import annotations
 
+from ._checkpoint import PARTS as CHECKPOINT_PARTS
 from ._checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from ._constants import (
     CHECKPOINT_KIND,
@@ -39,9 +40,9 @@ from ._meta import check, default_opset, read_meta, tensor_spec, write_meta
 from ._validate import validate, validate_meta
 
 __all__ = [
-    "CHECKPOINT_KIND", "FORMAT_VERSION", "META_KEY", "STEP_NAME", "Identity", "atomic_write",
-    "check", "committed",
-    "default_opset", "fingerprint", "graph_reads", "identify", "initial_state",
+    "CHECKPOINT_KIND", "CHECKPOINT_PARTS", "FORMAT_VERSION", "META_KEY", "STEP_NAME",
+    "Identity", "atomic_write", "check", "committed", "default_opset", "fingerprint",
+    "graph_reads", "identify", "initial_state",
     "load_checkpoint", "load_model", "plain_inference", "producer_version", "read_meta",
     "read_model_bytes", "save_checkpoint", "save_model", "standalone", "tensor_spec",
     "validate", "validate_meta", "with_state", "write_meta",

@@ -157,6 +157,12 @@ def _digits(sample_shape: list[int]) -> tuple[bytes, dict[str, Any]]:
     return pixels.tobytes() + labels.tobytes(), info
 
 
+#: Signatures the browser export leaves out: ``train_steps`` repeats the whole train graph
+#: inside a Loop (twice the download) for a saving the page's one-step-per-frame loop does
+#: not need.
+NOT_EXPORTED = frozenset({"train_steps"})
+
+
 def _graphs(proto: onnx.ModelProto, meta: Mapping[str, Any], frozen: set[str]
             ) -> tuple[dict[str, bytes], dict[str, Any], bytes]:
     """The standalone graph files, the manifest's signatures and the shared frozen weights."""
@@ -165,6 +171,8 @@ def _graphs(proto: onnx.ModelProto, meta: Mapping[str, Any], frozen: set[str]
     offsets: dict[str, tuple[int, int, str]] = {}
     signatures: dict[str, Any] = {}
     for name, spec in meta["signatures"].items():
+        if name in NOT_EXPORTED:
+            continue
         entry: dict[str, Any] = {"kind": spec["kind"], "inputs": spec["inputs"],
                                  "outputs": spec["outputs"]}
         if spec["kind"] == "graph":
