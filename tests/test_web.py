@@ -581,8 +581,8 @@ def _check_against_python(res: dict[str, Any], site: Path, trainable: Path,
     # The same training, in the Python runtime from the same file.
     ref = et.load(trainable)
     probe = x[np.array(res["probe"]["indices"])]
-    name = ref.signatures["infer"].inputs[0]["name"]
-    label = ref.meta["label"]
+    name = ref.signatures["infer"].inputs[0].name
+    label = ref.meta.label
     np.testing.assert_allclose(np.array(res["probe"]["before"]).reshape(len(probe), 10),
                                ref.run("infer", **{name: probe})["logits"], rtol=1e-5, atol=1e-6)
     losses = [float(ref.run("train", **{name: x[i], label: y[i]})["loss"]) for i in idx]

@@ -17,6 +17,7 @@ from .. import losses as _losses
 from .. import optim as _optim
 from .._ir import Builder, Namer, Value
 from .._lora import LoRA, LoRAResult
+from ..format import Metadata
 from ..select import Selector
 
 Trainable = str | list[str] | Selector | LoRA | None
@@ -82,7 +83,7 @@ class Compilation:
     #: state tensor name → the train graph output that holds its new content.
     updates: dict[str, str] = field(default_factory=dict)
     bn_state: list[str] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Metadata | None = None
     result: onnx.ModelProto | None = None
 
     @property

@@ -6,11 +6,9 @@ keeps the state as ``OrtValue`` s and binds them with IOBinding; each step write
 into a second set of buffers and the two sets swap, so no state crosses into NumPy per step.
 Frozen weights are handed to every session as one shared ``OrtValue`` each.
 
-A training step commits its new state only when it advanced the step counter by exactly one:
-the step graph counts a step only when the loss, the learning rate and every value the step
-commits (new weights, optimizer slots, batch-norm running statistics) are finite. A skipped
-step leaves every state value as it was, without a per-tensor select in the graph. Any other
-change of the counter (a graph that jumps or wraps it) is not a step either.
+A training step commits its new state only by the format's commit rule,
+:func:`edgetrain.format.committed` (the step counter advanced by exactly one): a skipped step
+leaves every state value as it was, without a per-tensor select in the graph.
 """
 
 from __future__ import annotations
@@ -28,10 +26,10 @@ from .. import format as fmt
 class Backend:
     name = "backend"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         self.model = model
         self.meta = meta
-        self.step_name = str(meta.get("step", fmt.STEP_NAME))
+        self.step_name = meta.step
 
     def run(self, sig: str, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
         """Public outputs, and whether the step's state updates were committed."""
@@ -53,7 +51,7 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         super().__init__(model, meta)
         from functools import partial
 
@@ -78,7 +76,8 @@ class ReferenceBackend(Backend):
         all_feeds.update({k: self._state[k] for k in state_inputs})
         results = dict(zip(outs, sess.run(None, all_feeds)))
         step_out = updates.get(self.step_name)
-        commit = step_out is None or _advanced(self._state[self.step_name], results[step_out])
+        commit = step_out is None or fmt.committed(self._state[self.step_name],
+                                                   results[step_out])
         if commit:
             for k, out in updates.items():
                 self._state[k] = np.asarray(results[out])
@@ -101,7 +100,7 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any],
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata,
                  providers: list[str] | None = None, threads: int | None = None) -> None:
         super().__init__(model, meta)
         import onnxruntime as ort
@@ -215,7 +214,7 @@ class OrtBackend(Backend):
             result.update((o, v.numpy()) for o, v in zip(b.dynamic, values))
         front, back = self._front, self._back
         step = self.step_name
-        commit = not b.counted or _advanced(front[step].numpy(), back[step].numpy())
+        commit = not b.counted or fmt.committed(front[step].numpy(), back[step].numpy())
         if commit:
             for k in b.updated:
                 front[k], back[k] = back[k], front[k]
@@ -232,11 +231,6 @@ class OrtBackend(Backend):
             front = self._front[k]
             want = _np_type(front.data_type())
             front.update_inplace(np.require(v, dtype=want, requirements="C"))
-
-
-def _advanced(old: np.ndarray, new: np.ndarray) -> bool:
-    """The commit rule: the step graph counted this step (the counter went up by one)."""
-    return int(new) == int(old) + 1
 
 
 class _Binding(NamedTuple):

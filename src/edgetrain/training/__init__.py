@@ -92,7 +92,7 @@ class Model(_RuntimeModel):
                         bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
                 if losses:
                     hist.add("loss", float(np.average(losses, weights=weights)))
-                if "accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs}:
+                if "accuracy" in {o.name for o in self._sigs[eval_sig].outputs}:
                     hist.add("accuracy", self.evaluate(xs, y, batch_size,
                                                        signature=eval_sig)["accuracy"])
                 if validation_data is not None:
@@ -105,7 +105,7 @@ class Model(_RuntimeModel):
                 bar.close()
         hist.seconds = time.perf_counter() - t0
         if cache is not None:
-            evals = int("accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs})
+            evals = int("accuracy" in {o.name for o in self._sigs[eval_sig].outputs})
             cache.report(hist, epochs, evals, progress)
         return hist
 
@@ -143,11 +143,11 @@ class Model(_RuntimeModel):
         xs = self._as_inputs(x)
         n = len(next(iter(xs.values())))
         outs = [self.run("infer", **{k: v[s:s + batch_size] for k, v in xs.items()})
-                [self.meta["output"]] for s in range(0, n, batch_size)]
+                [self.meta.output] for s in range(0, n, batch_size)]
         return np.concatenate(outs)
 
     def _as_inputs(self, x: Any) -> dict[str, np.ndarray]:
-        names = [s["name"] for s in self._sigs["infer"].inputs]
+        names = [s.name for s in self._sigs["infer"].inputs]
         if isinstance(x, Mapping):
             return {k: np.asarray(v) for k, v in x.items()}
         if len(names) != 1:
