@@ -34,7 +34,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import FormatError
 
-__all__ = ["Items", "Node", "Props", "Range", "Str", "fail", "node_for", "quote", "schema_of"]
+__all__ = ["Def", "Items", "Node", "Props", "Range", "Str", "fail", "node_for", "quote",
+           "schema_of"]
 
 
 def fail(msg: str) -> FormatError:
@@ -69,10 +70,11 @@ class Str:
 
 @dataclass(frozen=True)
 class Range:
-    """Inclusive numeric bounds."""
+    """Inclusive numeric bounds (``ref`` names them in the schema's ``$defs``)."""
 
     lo: float
     hi: float
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,13 @@ class Props:
     max: int
     min: int = 0
     required: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Def:
+    """Name a type in the schema's ``$defs`` (a union used in several places)."""
+
+    ref: str
 
 
 #: Field metadata key: the field holds the object's other keys (a flat config's parameters).
@@ -191,9 +200,13 @@ class Number(Node):
 
     def schema(self, defs: dict[str, Any]) -> dict[str, Any]:
         lo, hi = self.bounds.lo, self.bounds.hi
-        if self.integer:
-            return {"type": "integer", "minimum": int(lo), "maximum": int(hi)}
-        return {"type": "number", "minimum": lo, "maximum": hi}
+        out: dict[str, Any] = ({"type": "integer", "minimum": int(lo), "maximum": int(hi)}
+                               if self.integer else {"type": "number", "minimum": lo,
+                                                     "maximum": hi})
+        if self.bounds.ref is None:
+            return out
+        defs.setdefault(self.bounds.ref, out)
+        return {"$ref": f"#/$defs/{self.bounds.ref}"}
 
     def check(self, v: Any, path: str) -> None:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -291,6 +304,29 @@ class AnyOf(Node):
     def encode(self, v: Any) -> Any:
         alt = self._alt(json_type(list(v) if isinstance(v, tuple) else v))
         return alt.encode(v) if alt else v
+
+
+class Named(Node):
+    """A node written once under ``$defs`` and referred to elsewhere."""
+
+    def __init__(self, node: Node, ref: str) -> None:
+        self.node, self.ref = node, ref
+        self.what, self.types = node.what, node.types
+
+    def schema(self, defs: dict[str, Any]) -> dict[str, Any]:
+        if self.ref not in defs:
+            defs[self.ref] = {}  # reserved first: the definition may refer to itself
+            defs[self.ref] = self.node.schema(defs)
+        return {"$ref": f"#/$defs/{self.ref}"}
+
+    def check(self, v: Any, path: str) -> None:
+        self.node.check(v, path)
+
+    def decode(self, v: Any) -> Any:
+        return self.node.decode(v)
+
+    def encode(self, v: Any) -> Any:
+        return self.node.encode(v)
 
 
 class Array(Node):
@@ -483,6 +519,8 @@ _OBJECTS: dict[type[Any], Object] = {}
 
 def _annotated(base: Any, meta: tuple[Any, ...]) -> Node:
     for m in meta:
+        if isinstance(m, Def):
+            return Named(node_for(base), m.ref)
         if isinstance(m, Str):
             return String(m)
         if isinstance(m, Range):

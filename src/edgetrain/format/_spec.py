@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 
 from ._constants import FORMAT_VERSION
-from ._jsontypes import DOC, EXTRA, Items, Object, Props, Range, Str, node_for, schema_of
+from ._jsontypes import DOC, EXTRA, Def, Items, Object, Props, Range, Str, node_for, schema_of
 
 MAX_NAME = 256
 MAX_TEXT = 1024
@@ -84,8 +84,8 @@ Text = Annotated[str, Str(
 GraphRef = Annotated[str, Str(
     "'main' or 'training_info/<n>'", "GraphRef", pattern=GRAPH_REF,
     description="The main graph, or the algorithm of training_info[n].")]
-Float = Annotated[float, Range(-MAX_FLOAT, MAX_FLOAT)]
-Dim = Annotated[int, Range(0, MAX_ELEMENTS - 1)] | Name | None
+Float = Annotated[float, Range(-MAX_FLOAT, MAX_FLOAT, "Float")]
+Dim = Annotated[int, Range(0, MAX_ELEMENTS - 1, "Size")] | Name | None
 Shape = Annotated[tuple[Dim, ...], Items(16)]
 Names = Annotated[tuple[Name, ...], Items(1 << 20, unique=True)]
 DType = Literal["float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool", "str"]
@@ -93,8 +93,9 @@ Role = Literal["data", "label", "lr", "features", "prediction", "output", "loss"
 Task = Literal["multiclass", "binary", "regression"]
 IdentScalar = None | bool | Float | Ident
 TextScalar = None | bool | Float | Text
-IdentParam = IdentScalar | Annotated[tuple[IdentScalar, ...], Items(64)]
-TextParam = TextScalar | Annotated[tuple[TextScalar, ...], Items(64)]
+IdentParam = Annotated[IdentScalar | Annotated[tuple[IdentScalar, ...], Items(64)],
+                       Def("IdentParam")]
+TextParam = Annotated[TextScalar | Annotated[tuple[TextScalar, ...], Items(64)], Def("TextParam")]
 
 
 class Record:
