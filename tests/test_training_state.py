@@ -178,12 +178,12 @@ def test_every_committed_tensor_guards_the_step_counter(config: str) -> None:
     outs = [o.name for o in step.graph.output]
     state = fmt.initial_state(tm.proto, tm.meta)
     x, y = data(8)
-    feeds = {"x": x, "y": y, "lr": np.array(tm.meta["optimizer"]["lr"], np.float32)}
+    feeds = {"x": x, "y": y, "lr": np.array(tm.meta.optimizer.lr, np.float32)}
     res = dict(zip(outs, sess.run(None, {**feeds, **{k: state[k] for k in state_inputs}})))
     assert int(res[updates[fmt.STEP_NAME]]) == 1
     state.update({k: res[out] for k, out in updates.items()})  # a real, trained state
     committed = [k for k in updates if k != fmt.STEP_NAME]
-    assert len(committed) > len(tm.meta["trainable"]) or config.startswith("sgd")
+    assert len(committed) > len(tm.meta.trainable) or config.startswith("sgd")
     for k in committed:
         for bad in (np.inf, np.nan):
             forged = dict(state)

@@ -117,7 +117,8 @@ def test_export_layout(site: Path) -> None:
               "ort/ort-wasm-simd-threaded.wasm"):
         assert (site / f).is_file(), f
     assert not (site / "ort/ort.webgpu.min.mjs").exists()  # webgpu=False
-    assert set(manifest["signatures"]) == {"infer", "train", "eval", "save", "restore"}
+    assert set(manifest["signatures"]) == {"infer", "train", "train_steps", "eval", "save",
+                                           "restore"}
     assert manifest["frozen"] == ["fc1.w", "fc1.b"]
     # The frozen weight is stored once, outside the graphs that use it.
     train = onnx.load(site / "train.onnx", load_external_data=False)
@@ -581,8 +582,8 @@ def _check_against_python(res: dict[str, Any], site: Path, trainable: Path,
     # The same training, in the Python runtime from the same file.
     ref = et.load(trainable)
     probe = x[np.array(res["probe"]["indices"])]
-    name = ref.signatures["infer"].inputs[0]["name"]
-    label = ref.meta["label"]
+    name = ref.signatures["infer"].inputs[0].name
+    label = ref.meta.label
     np.testing.assert_allclose(np.array(res["probe"]["before"]).reshape(len(probe), 10),
                                ref.run("infer", **{name: probe})["logits"], rtol=1e-5, atol=1e-6)
     losses = [float(ref.run("train", **{name: x[i], label: y[i]})["loss"]) for i in idx]

@@ -15,18 +15,20 @@ import numpy as np
 from .._io import read_regular_file
 from ..errors import CheckpointError
 from . import _integrity as _ckpt
-from ._constants import CHECKPOINT_KIND, FORMAT_VERSION, STEP_NAME, producer_version
+from ._constants import CHECKPOINT_KIND, FORMAT_VERSION, producer_version
 from ._files import atomic_write
 from ._integrity import Identity
+from ._spec import Metadata
 
 
-def fingerprint(meta: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Names, dtypes and shapes: what a checkpoint must agree on with any model restoring it."""
+def fingerprint(meta: object, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Names, dtypes and shapes: what a checkpoint must agree on with any model restoring it
+    (``meta`` is not read; it stays for callers that pass it)."""
     return {name: [str(np.asarray(v).dtype), list(np.asarray(v).shape)]
             for name, v in sorted(state.items())}
 
 
-def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
+def save_checkpoint(path: str | os.PathLike[str], meta: Metadata,
                     state: Mapping[str, np.ndarray], *, identity: Identity | None = None,
                     key: bytes | None = None) -> str:
     """Write ``state`` as a checkpoint, atomically.
@@ -40,8 +42,7 @@ def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
 
     path = os.fspath(path)
     tensors = {k: np.require(v, requirements="C") for k, v in state.items()}
-    _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
-                       identity.nonnegative if identity else (),
+    _ckpt.check_values(tensors, meta.step, identity.nonnegative if identity else (),
                        f"refusing to save checkpoint {path!r}")
     info = {
         "kind": CHECKPOINT_KIND,
@@ -61,7 +62,7 @@ def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
         raise CheckpointError(f"cannot write checkpoint {path!r}: {e.strerror or e}") from e
 
 
-def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
+def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
                     expected: Mapping[str, np.ndarray], *, identity: Identity | None = None,
                     key: bytes | None = None) -> dict[str, np.ndarray]:
     """Read and verify a checkpoint for a model whose current state is ``expected``.
@@ -108,8 +109,7 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
         raise CheckpointError(f"{where} belongs to another model: its tensors have the same "
                               "names and shapes, but the network architecture or the optimizer "
                               "configuration differs")
-    _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
-                       identity.nonnegative if identity else (), where)
+    _ckpt.check_values(tensors, meta.step, identity.nonnegative if identity else (), where)
     return tensors
 
 

@@ -72,7 +72,7 @@ class Model(_RuntimeModel):
                                                     hist, bar, epoch)
                 if losses:
                     hist.add("loss", float(np.average(losses, weights=weights)))
-                if "accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs}:
+                if "accuracy" in {o.name for o in self._sigs[eval_sig].outputs}:
                     hist.add("accuracy", self.evaluate(xs, y, batch_size,
                                                        signature=eval_sig)["accuracy"])
                 if validation_data is not None:
@@ -85,7 +85,7 @@ class Model(_RuntimeModel):
                 bar.close()
         hist.seconds = time.perf_counter() - t0
         if cache is not None:
-            evals = int("accuracy" in {o["name"] for o in self._sigs[eval_sig].outputs})
+            evals = int("accuracy" in {o.name for o in self._sigs[eval_sig].outputs})
             cache.report(hist, epochs, evals, progress)
         return hist
 
@@ -154,8 +154,7 @@ class Model(_RuntimeModel):
             rest = chunk[done + 1:]
             return head + failed + (self._run_steps(xs, y, rest, lr, sig, on_nonfinite)
                                     if rest else [])
-        loss_name = next(o["name"] for o in self._sigs["train_steps"].outputs
-                         if o.get("role") == "loss")
+        loss_name = self._sigs["train_steps"].output("loss") or "loss"
         return [float(v) for v in np.asarray(out[loss_name]).reshape(-1)]
 
     def _rate(self, lr: float | None) -> float:
@@ -199,11 +198,11 @@ class Model(_RuntimeModel):
         xs = self._as_inputs(x)
         n = len(next(iter(xs.values())))
         outs = [self.run("infer", **{k: v[s:s + batch_size] for k, v in xs.items()})
-                [self.meta["output"]] for s in range(0, n, batch_size)]
+                [self.meta.output] for s in range(0, n, batch_size)]
         return np.concatenate(outs)
 
     def _as_inputs(self, x: Any) -> dict[str, np.ndarray]:
-        names = [s["name"] for s in self._sigs["infer"].inputs]
+        names = [s.name for s in self._sigs["infer"].inputs]
         if isinstance(x, Mapping):
             return {k: np.asarray(v) for k, v in x.items()}
         if len(names) != 1:

@@ -118,19 +118,17 @@ def _externalize(model: onnx.ModelProto, names: set[str], blob: bytearray,
             t.external_data.add(key=k, value=v)
 
 
-def _dataset_for(meta: Mapping[str, Any]) -> tuple[list[int], int] | None:
+def _dataset_for(meta: fmt.Metadata) -> tuple[list[int], int] | None:
     """Per-sample input shape and class count when the digits demo data fits the model."""
-    sig = meta["signatures"]["infer"]
-    if len(sig["inputs"]) != 1 or not meta.get("classification") or \
-            meta.get("labels") not in ("index", "onehot"):
+    sig = meta.signatures["infer"]
+    if len(sig.inputs) != 1 or not meta.classification:
         return None
-    x = sig["inputs"][0]
-    sample = list(x["shape"][1:])
-    if x["dtype"] != "float32" or not all(isinstance(d, int) and d > 0 for d in sample) or \
-            int(np.prod(sample)) != 64:
+    x = sig.inputs[0]
+    sample = [d for d in x.shape[1:] if isinstance(d, int) and d > 0]
+    if x.dtype != "float32" or len(sample) != len(x.shape) - 1 or int(np.prod(sample)) != 64:
         return None
-    out = next((o for o in sig["outputs"] if o["name"] == meta["output"]), None)
-    if out is None or len(out["shape"]) != 2 or out["shape"][1] != 10:
+    out = next((o for o in sig.outputs if o.name == meta.output), None)
+    if out is None or len(out.shape) != 2 or out.shape[1] != 10:
         return None
     return sample, 10
 
@@ -157,17 +155,18 @@ def _digits(sample_shape: list[int]) -> tuple[bytes, dict[str, Any]]:
     return pixels.tobytes() + labels.tobytes(), info
 
 
-def _graphs(proto: onnx.ModelProto, meta: Mapping[str, Any], frozen: set[str]
+def _graphs(proto: onnx.ModelProto, meta: fmt.Metadata, frozen: set[str]
             ) -> tuple[dict[str, bytes], dict[str, Any], bytes]:
     """The standalone graph files, the manifest's signatures and the shared frozen weights."""
     files: dict[str, bytes] = {}
     blob = bytearray()
     offsets: dict[str, tuple[int, int, str]] = {}
     signatures: dict[str, Any] = {}
-    for name, spec in meta["signatures"].items():
-        entry: dict[str, Any] = {"kind": spec["kind"], "inputs": spec["inputs"],
-                                 "outputs": spec["outputs"]}
-        if spec["kind"] == "graph":
+    for name, spec in meta.signatures.items():
+        entry: dict[str, Any] = {"kind": spec.kind,
+                                 "inputs": [s.to_json() for s in spec.inputs],
+                                 "outputs": [s.to_json() for s in spec.outputs]}
+        if spec.kind == "graph":
             m, state_inputs, updates = fmt.standalone(proto, meta, name)
             _externalize(m, frozen, blob, offsets)
             # The lowest IR version the opsets allow: onnxruntime-web may lag behind onnx.
@@ -184,7 +183,7 @@ def _graphs(proto: onnx.ModelProto, meta: Mapping[str, Any], frozen: set[str]
     return files, signatures, bytes(blob)
 
 
-def _state_bytes(meta: Mapping[str, Any], state: Mapping[str, np.ndarray],
+def _state_bytes(meta: fmt.Metadata, state: Mapping[str, np.ndarray],
                  identity: Any) -> bytes:
     """The initial state as an edgetrain checkpoint (carrying the model's architecture, which
     the browser driver compares on restore), written where no one else can see it."""
@@ -208,7 +207,7 @@ def _vendor(dist: Path, webgpu: bool) -> tuple[dict[str, bytes | Path], str, lis
     return files, version, builds
 
 
-def _manifest(meta: Mapping[str, Any], signatures: dict[str, Any],
+def _manifest(meta: fmt.Metadata, signatures: dict[str, Any],
               state: Mapping[str, np.ndarray], version: str, builds: list[str],
               batch_size: int, data: dict[str, Any] | None) -> dict[str, Any]:
     """What the driver and the page read: signatures, state specs, names, hyper-parameters."""
@@ -223,15 +222,15 @@ def _manifest(meta: Mapping[str, Any], signatures: dict[str, Any],
                   "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)}
                               for k, v in sorted(state.items())}},
         "external_data": FROZEN_FILE,
-        "trainable": meta["trainable"],
-        "frozen": meta["frozen"],
-        "step": meta.get("step", fmt.STEP_NAME),
-        "output": meta["output"],
-        "label": meta.get("label", "y"),
-        "labels": meta.get("labels"),
-        "classification": bool(meta.get("classification")),
-        "loss": meta.get("loss"),
-        "optimizer": meta.get("optimizer"),
+        "trainable": list(meta.trainable),
+        "frozen": list(meta.frozen),
+        "step": meta.step,
+        "output": meta.output,
+        "label": meta.label,
+        "labels": meta.labels,
+        "classification": meta.classification,
+        "loss": meta.loss.to_json(),
+        "optimizer": meta.optimizer.to_json(),
         "batch_size": batch_size,
         "dataset": data,
     }
@@ -254,7 +253,7 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
     if dataset not in ("auto", "digits", None):
         raise EdgetrainError(f"dataset must be 'auto', 'digits' or None, got {dataset!r}")
     proto = fmt.load_model(file if not isinstance(file, os.PathLike) else os.fspath(file))
-    meta = fmt.read_meta(proto)
+    meta = fmt.read_metadata(proto)
     check_meta(meta)  # the strings the manifest copies, before anything is built or written
     validate(proto, meta)  # and the file's own consistency, as edgetrain.load checks it
     dist = find_ort_web(ort_web)

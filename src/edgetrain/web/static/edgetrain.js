@@ -15,7 +15,7 @@
 export const VERSION = '0.1.0';
 const MANIFEST = 'edgetrain-web.json';
 const CHECKPOINT_KIND = 'edgetrain-checkpoint';
-const FORMAT_VERSION = 1;
+const FORMAT_VERSION = 2;
 const IDB_NAME = 'edgetrain';
 const IDB_STORE = 'checkpoints';
 
@@ -596,8 +596,9 @@ export class Model {
     // The graph counts a step only when its loss, rate and gradients are finite; the new state
     // is committed only then, so a skipped step leaves every weight as it was.
     const stepOut = sig.updates[this.manifest.step];
-    const commit = stepOut === undefined || Number(results[stepOut].data[0]) >
-      Number(this.state.get(this.manifest.step).data[0]);
+    // The commit rule: the counter advanced by exactly one (this driver runs one step a call).
+    const commit = stepOut === undefined || Number(results[stepOut].data[0]) ===
+      Number(this.state.get(this.manifest.step).data[0]) + 1;
     for (const [k, out] of Object.entries(sig.updates)) {
       if (!commit) {
         results[out].dispose();
