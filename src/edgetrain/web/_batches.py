@@ -72,6 +72,6 @@ def read_dataset(out_dir: str | os.PathLike[str]
     x = (pixels.astype(np.float32) * np.float32(info["scale"])).reshape(
         [n, *info["sample_shape"]])
     y: np.ndarray = labels.astype(np.int64)
-    if manifest.get("labels") == "onehot":
+    if manifest["meta"].get("labels") == "onehot":
         y = np.eye(int(info["classes"]), dtype=np.float32)[y]
     return x, y, info
