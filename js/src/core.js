@@ -31,6 +31,7 @@ export const PRODUCER = `edgetrain-js ${VERSION}`;
 export const MANIFEST = 'edgetrain-web.json';
 const MAX_MANIFEST_BYTES = 16 << 20;
 export const MAX_FILE_BYTES = 2 ** 31;  // a graph, the state, frozen weights: protobuf's limit
+const SCAN_UP_FRONT = 4096;  // float inputs of a training step up to this size are checked first
 
 export class InputError extends EdgetrainError {
   constructor(message) { super(message); this.name = 'InputError'; }
@@ -448,7 +449,49 @@ export class Model {
       }
       feeds[spec.name] = t;
     }
+    this._checkValues(name, sig, feeds, inputs);
     return feeds;
+  }
+
+  /**
+   * As Python's runtime checks them: a learning rate finite and >= 0 (the file's default too: a
+   * file may be hostile), small float inputs finite, class indices in range. A training step's
+   * large inputs are not scanned up front: non-finite data makes the step not count.
+   */
+  _checkValues(name, sig, feeds, given) {
+    const updating = Object.keys(sig.updates || {}).length > 0;
+    let lr = null;
+    try {
+      lr = this.inputName(name, 'lr');
+    } catch { /* no rate input */ }
+    if (updating && lr && feeds[lr]) {
+      const t = feeds[lr];
+      const v = t.data.length === 1 ? Number(t.data[0]) : NaN;
+      if (!(Number.isFinite(v) && v >= 0)) {
+        const source = lr in given ? '' : " (the model file's default)";
+        throw new InputError(`${name}: the learning rate '${lr}'${source} must be finite and ≥ 0, got ${v}`);
+      }
+    }
+    if (!updating && name !== 'eval') return;
+    for (const [k, t] of Object.entries(feeds)) {
+      if (!(k in given) || !t.type.startsWith('float') || t.type === 'float16') continue;
+      if ((!updating || t.data.length <= SCAN_UP_FRONT) && !t.data.every(Number.isFinite)) {
+        throw new InputError(`${name}: input ${k} contains NaN or infinity`);
+      }
+    }
+    const label = feeds[this.meta.label];
+    if (label && this.meta.labels === 'index' && /int/.test(label.type) && label.data.length) {
+      const out = this.signatures.infer.outputs.find((o) => o.name === this.meta.output);
+      const n = out && out.shape.length > 1 && Number.isInteger(out.shape[1]) && out.shape[1] > 0
+        ? out.shape[1] : null;
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (const v of label.data) { const x = Number(v); if (x < lo) lo = x; if (x > hi) hi = x; }
+      if (lo < 0 || (n !== null && hi >= n)) {
+        throw new InputError(`${name}: labels in '${this.meta.label}' must lie in [0, ${n}); got ` +
+          `min ${lo}, max ${hi}`);
+      }
+    }
   }
 
   async _run(name, sig, inputs) {

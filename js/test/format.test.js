@@ -81,8 +81,11 @@ describe('mlp', () => {
     await refusedUnchanged(() => m.train(huge, y), NonFiniteError, /loss is (NaN|Infinity)/);
   });
 
-  test('a NaN learning rate is the input at fault (InputError), nothing changes', async () => {
-    await refusedUnchanged(() => m.train(x, y, { lr: NaN }), InputError, /input lr contains NaN/);
+  test('a bad learning rate or label is the input at fault (InputError), nothing changes', async () => {
+    await refusedUnchanged(() => m.train(x, y, { lr: NaN }), InputError, /learning rate 'lr' must be finite and ≥ 0, got NaN/);
+    await refusedUnchanged(() => m.train(x, y, { lr: -1 }), InputError, /must be finite and ≥ 0, got -1/);
+    const bad = new ort.Tensor('int64', y.data.map((v, i) => (i ? v : 10n)), y.dims);
+    await refusedUnchanged(() => m.train(x, bad), InputError, /labels in 'y' must lie in \[0, 10\); got min \d+, max 10/);
   });
 
   test('a checkpoint with a flipped byte fails its checksum', async () => {
