@@ -23,16 +23,17 @@ SHIM = (b"// The edgetrain driver of this page: the browser entry of the edgetra
 def find_js_driver(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The ``src`` folder of the edgetrain JS package.
 
-    Looked up in ``explicit``, ``$EDGETRAIN_JS``, ``js/`` of the source tree, then
-    ``node_modules/edgetrain`` of the working directory.
+    ``explicit`` if given (nothing else); otherwise ``$EDGETRAIN_JS``, ``js/`` of the source
+    tree, then ``node_modules/edgetrain`` of the working directory.
     """
     here = Path(__file__).resolve()
     candidates: list[Path] = []
     if explicit is not None:
         candidates.append(Path(explicit))
-    if os.environ.get("EDGETRAIN_JS"):
-        candidates.append(Path(os.environ["EDGETRAIN_JS"]))
-    candidates += [here.parents[3] / "js", Path.cwd() / "node_modules" / "edgetrain"]
+    else:
+        if os.environ.get("EDGETRAIN_JS"):
+            candidates.append(Path(os.environ["EDGETRAIN_JS"]))
+        candidates += [here.parents[3] / "js", Path.cwd() / "node_modules" / "edgetrain"]
     for c in candidates:
         src = c / "src" if (c / "src").is_dir() else c
         if all((src / f).is_file() for f in JS_FILES):
