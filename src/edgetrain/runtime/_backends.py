@@ -7,8 +7,8 @@ into a second set of buffers and the two sets swap, so no state crosses into Num
 Frozen weights are handed to every session as one shared ``OrtValue`` each.
 
 A training step commits its new state only by the format's commit rule,
-:func:`edgetrain.format.committed` (the step counter advanced by exactly one): a skipped step
-leaves every state value as it was, without a per-tensor select in the graph.
+:func:`edgetrain.format.committed` (the step counter advanced by exactly the number of steps
+the call ran): a skipped step leaves every state value as it was, without a per-tensor select in the graph.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import os
 import stat
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,16 @@ from .. import format as fmt
 from ..errors import EdgetrainError
 from ..format import validate
 from ._files import Folder, is_entry_name
+from ._inputs import input_info
+from ._jsdriver import driver_files
 from ._manifest import check_manifest, check_meta
 
 #: The onnxruntime-web release the export vendors (pinned in web/package.json).
 ORT_WEB_VERSION = "1.30.0"
 WEB_FORMAT = "edgetrain-web"
-WEB_FORMAT_VERSION = 1
+#: The manifest's version (js/schema/web-manifest.schema.json holds the same constant).
+#: 2: the file's metadata as ``meta``, the graph files under ``graphs``, ``input``.
+WEB_FORMAT_VERSION = 2
 MANIFEST = "edgetrain-web.json"
 FROZEN_FILE = "frozen.bin"
 STATE_FILE = "state.safetensors"
@@ -43,6 +47,8 @@ MARKER = ".edgetrain-export.json"
 MARKER_KIND = "edgetrain-web-export"
 MAX_MARKER_BYTES = 1 << 20
 GRAPH_SIGNATURES = ("infer", "train", "eval")
+#: Metadata fields the manifest leaves out: free text the driver never reads.
+META_LEFT_OUT = ("producer", "selection", "lora", "lora_merge")
 #: Frozen initializers at least this big move to the shared external-data file.
 EXTERNAL_MIN_BYTES = 1024
 STATIC = Path(__file__).with_name("static")
@@ -157,30 +163,27 @@ def _digits(sample_shape: list[int]) -> tuple[bytes, dict[str, Any]]:
 
 def _graphs(proto: onnx.ModelProto, meta: fmt.Metadata, frozen: set[str]
             ) -> tuple[dict[str, bytes], dict[str, Any], bytes]:
-    """The standalone graph files, the manifest's signatures and the shared frozen weights."""
+    """The standalone graph files, the manifest's ``graphs`` and the shared frozen weights."""
+    missing = [s for s in GRAPH_SIGNATURES if s not in meta.signatures]
+    if missing:
+        raise EdgetrainError(f"the file lacks signatures {missing}; recompile it")
     files: dict[str, bytes] = {}
     blob = bytearray()
     offsets: dict[str, tuple[int, int, str]] = {}
-    signatures: dict[str, Any] = {}
+    graphs: dict[str, Any] = {}
     for name, spec in meta.signatures.items():
-        entry: dict[str, Any] = {"kind": spec.kind,
-                                 "inputs": [s.to_json() for s in spec.inputs],
-                                 "outputs": [s.to_json() for s in spec.outputs]}
-        if spec.kind == "graph":
-            m, state_inputs, updates = fmt.standalone(proto, meta, name)
-            _externalize(m, frozen, blob, offsets)
-            # The lowest IR version the opsets allow: onnxruntime-web may lag behind onnx.
-            m.ir_version = min(m.ir_version,
-                               onnx.helper.find_min_ir_version_for(list(m.opset_import)))
-            graph_file = f"{name}.onnx"
-            files[graph_file] = m.SerializeToString()
-            entry.update(graph=graph_file, state_inputs=state_inputs, updates=updates,
-                         graph_outputs=[o.name for o in m.graph.output])
-        signatures[name] = entry
-    missing = [s for s in GRAPH_SIGNATURES if s not in signatures]
-    if missing:
-        raise EdgetrainError(f"the file lacks signatures {missing}; recompile it")
-    return files, signatures, bytes(blob)
+        if spec.kind != "graph":
+            continue
+        m, state_inputs, updates = fmt.standalone(proto, meta, name)
+        _externalize(m, frozen, blob, offsets)
+        # The lowest IR version the opsets allow: onnxruntime-web may lag behind onnx.
+        m.ir_version = min(m.ir_version,
+                           onnx.helper.find_min_ir_version_for(list(m.opset_import)))
+        graph_file = f"{name}.onnx"
+        files[graph_file] = m.SerializeToString()
+        graphs[name] = {"file": graph_file, "state_inputs": state_inputs, "updates": updates,
+                        "outputs": [o.name for o in m.graph.output]}
+    return files, graphs, bytes(blob)
 
 
 def _state_bytes(meta: fmt.Metadata, state: Mapping[str, np.ndarray],
@@ -207,32 +210,29 @@ def _vendor(dist: Path, webgpu: bool) -> tuple[dict[str, bytes | Path], str, lis
     return files, version, builds
 
 
-def _manifest(meta: fmt.Metadata, signatures: dict[str, Any],
-              state: Mapping[str, np.ndarray], version: str, builds: list[str],
-              batch_size: int, data: dict[str, Any] | None) -> dict[str, Any]:
-    """What the driver and the page read: signatures, state specs, names, hyper-parameters."""
+def _manifest(meta: fmt.Metadata, graphs: dict[str, Any],
+              state: Mapping[str, np.ndarray], identity: fmt.Identity,
+              vendored: tuple[str, list[str]], batch_size: int, data: dict[str, Any] | None,
+              inputs: dict[str, Any]) -> dict[str, Any]:
+    """What the driver and the page read (js/schema/web-manifest.schema.json): the file's
+    metadata, the graph files, the state's specs, the vendored runtime, the data input."""
+    version, builds = vendored
     return {
         "format": WEB_FORMAT,
         "format_version": WEB_FORMAT_VERSION,
         "producer": f"edgetrain {fmt.producer_version()}",
-        "onnxruntime_web": {"version": version,
-                            "builds": {b: f"{VENDOR_DIR}/{ORT_FILES[b][0]}" for b in builds}},
-        "signatures": signatures,
+        "meta": {k: v for k, v in meta.to_json().items() if k not in META_LEFT_OUT},
+        "graphs": graphs,
         "state": {"file": STATE_FILE,
                   "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)}
                               for k, v in sorted(state.items())}},
+        "nonnegative": sorted(identity.nonnegative),
         "external_data": FROZEN_FILE,
-        "trainable": list(meta.trainable),
-        "frozen": list(meta.frozen),
-        "step": meta.step,
-        "output": meta.output,
-        "label": meta.label,
-        "labels": meta.labels,
-        "classification": meta.classification,
-        "loss": meta.loss.to_json(),
-        "optimizer": meta.optimizer.to_json(),
+        "onnxruntime_web": {"version": version,
+                            "builds": {b: f"{VENDOR_DIR}/{ORT_FILES[b][0]}" for b in builds}},
         "batch_size": batch_size,
         "dataset": data,
+        "input": inputs,
     }
 
 
@@ -240,33 +240,41 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
                checkpoint: str | os.PathLike[str] | None = None, *,
                dataset: str | None = "auto", webgpu: bool = True,
                ort_web: str | os.PathLike[str] | None = None,
-               batch_size: int = 32, force: bool = False) -> Path:
+               batch_size: int = 32, force: bool = False,
+               image_mean: Sequence[float] | None = None,
+               image_std: Sequence[float] | None = None) -> Path:
     """Write a self-contained web folder that trains ``file`` in the browser.
 
     ``checkpoint`` (an edgetrain checkpoint) becomes the initial state. ``dataset`` "auto"
     embeds scikit-learn's digits when the model takes 64 floats and predicts 10 classes
     ("digits" requires it, None never embeds). ``webgpu`` also vendors the WebGPU build of
-    onnxruntime-web. ``out_dir`` must be new, empty or an earlier export (whose files are
+    onnxruntime-web. ``image_mean`` / ``image_std`` (one value, or one per channel) record the
+    normalization an image model expects after pixels are scaled to [0, 1], for the page's
+    own-images path. ``out_dir`` must be new, empty or an earlier export (whose files are
     replaced); ``force`` writes into any other folder, touching only the export's own files.
     Returns the output folder, which ``serve`` can serve.
     """
     if dataset not in ("auto", "digits", None):
         raise EdgetrainError(f"dataset must be 'auto', 'digits' or None, got {dataset!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or \
+            not 1 <= batch_size <= 65536:
+        raise EdgetrainError(f"batch_size must be an integer in [1, 65536], got {batch_size!r}")
     proto = fmt.load_model(file if not isinstance(file, os.PathLike) else os.fspath(file))
     meta = fmt.read_metadata(proto)
     check_meta(meta)  # the strings the manifest copies, before anything is built or written
     validate(proto, meta)  # and the file's own consistency, as edgetrain.load checks it
+    inputs = input_info(meta, image_mean, image_std)
     dist = find_ort_web(ort_web)
+    driver = driver_files()
 
     state = fmt.initial_state(proto, meta)
     identity = fmt.identify(proto, meta)
     if checkpoint is not None:
         state = fmt.load_checkpoint(checkpoint, meta, state, identity=identity)
-    graphs, signatures, blob = _graphs(proto, meta, {t.name for t in proto.graph.initializer}
-                                       - set(state))
+    graph_files, graphs, blob = _graphs(proto, meta, {t.name for t in proto.graph.initializer}
+                                        - set(state))
     files: dict[str, bytes | Path] = {STATE_FILE: _state_bytes(meta, state, identity),
-                                      FROZEN_FILE: blob,
-                                      **graphs}
+                                      FROZEN_FILE: blob, **graph_files}
     data = None
     fit = _dataset_for(meta)
     if dataset == "digits" and fit is None:
@@ -277,7 +285,9 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
     vendored, version, builds = _vendor(dist, webgpu)
     files.update(vendored)
     files.update({f.name: f for f in sorted(STATIC.iterdir()) if f.is_file()})
-    manifest = _manifest(meta, signatures, state, version, builds, batch_size, data)
+    files.update(driver)
+    manifest = _manifest(meta, graphs, state, identity, (version, builds), batch_size, data,
+                         inputs)
     check_manifest(manifest)
     files[MANIFEST] = json.dumps(manifest, indent=1, allow_nan=False).encode()
     out = Path(out_dir)
