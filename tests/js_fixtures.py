@@ -129,7 +129,7 @@ def write_model(name: str, out: Path) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     model = where / "model.onnx"
     _compile(name).save(model)
-    _export(model, where / "site")
+    _export(model, where / "site", "--multi-step")  # the Node tests run train_steps too
     x, y, probe = _data(name)
     (where / "data.bin").write_bytes(x.tobytes() + y.tobytes() + probe.tobytes())
     info = _python_run(model, x, y, probe, where / "python.safetensors")
@@ -141,13 +141,13 @@ def write_model(name: str, out: Path) -> Path:
     return where
 
 
-def _export(model: Path, site: Path) -> None:
+def _export(model: Path, site: Path, *flags: str) -> None:
     """``edgetrain export-web`` as a user runs it (this source tree's edgetrain)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     subprocess.run([sys.executable, "-m", "edgetrain.cli", "export-web", str(model), str(site),
-                    "--no-webgpu", "--no-dataset"], check=True, env=env, capture_output=True,
-                   timeout=300)
+                    "--no-webgpu", "--no-dataset", *flags], check=True, env=env,
+                   capture_output=True, timeout=300)
 
 
 def write_v1(out: Path) -> Path:

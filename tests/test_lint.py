@@ -29,3 +29,59 @@ def test_ruff_clean() -> None:
 def test_mypy_clean() -> None:
     r = subprocess.run(_tool("mypy"), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+#: Layers, lowest first: a module may import its own layer and those below, never above.
+#: format ← IR/autodiff ← compiler ← runtime ← training ← compile API ← front-ends ← apps.
+LAYERS = [
+    {"errors", "_io"},
+    {"format"},
+    {"_ir"},
+    {"autodiff", "losses", "optim", "select", "_lora"},
+    {"compiler"},
+    {"runtime"},
+    {"training", "data", "callbacks"},
+    {"_api"},
+    {"frontends", "iree_export"},
+    {"cli", "web", "federated", "demos", "bench", "_args", "_cli_files", "_datafile",
+     "_torch_nets"},
+    {"__init__"},
+]
+
+
+def _imports(path: str, package: list[str]) -> list[tuple[str, int]]:
+    """The edgetrain modules a file imports (at any depth, lazy imports included)."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package[:len(package) - node.level + 1]
+            names = [node.module] if node.module else [a.name for a in node.names]
+            found += [(".".join([*base, n]), node.lineno) for n in names]
+        elif node.module and node.module.split(".")[0] == "edgetrain":
+            found.append((node.module.partition(".")[2] or "__init__", node.lineno))
+    return found
+
+
+def test_layers_import_downward_only() -> None:
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    src = os.path.join(ROOT, "src", "edgetrain")
+    wrong, unplaced = [], set()
+    for folder, _, files in os.walk(src):
+        for file in files:
+            if not file.endswith(".py"):
+                continue
+            rel = os.path.relpath(os.path.join(folder, file), src)[:-3].split(os.sep)
+            me = rel[0]
+            unplaced |= {me} - set(rank)
+            for target, line in _imports(os.path.join(folder, file), rel[:-1]):
+                top = target.split(".")[0] or "__init__"
+                if top != me and rank.get(top, -1) > rank.get(me, len(LAYERS)):
+                    wrong.append(f"{'/'.join(rel)}.py:{line} imports {target}")
+    assert not unplaced, f"modules with no layer (add them to LAYERS): {sorted(unplaced)}"
+    assert not wrong, wrong

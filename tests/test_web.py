@@ -110,6 +110,18 @@ def site(trainable: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # -- the export, in Python ------------------------------------------------------------------
 
+def test_export_multi_step_adds_train_steps(trainable: Path, tmp_path: Path) -> None:
+    """Asked for, the export carries train_steps (for drivers that batch calls) as a graph
+    whose state updates are the train graph's."""
+    _require("ort-web")
+    site = export_web(trainable, tmp_path / "site", webgpu=False, dataset=None, multi_step=True)
+    manifest = json.loads((site / "edgetrain-web.json").read_text())
+    steps, train = manifest["graphs"]["train_steps"], manifest["graphs"]["train"]
+    assert steps["file"] == "train_steps.onnx" and (site / "train_steps.onnx").is_file()
+    assert set(steps["updates"]) == set(train["updates"])
+    assert manifest["meta"]["signatures"]["train_steps"]["inputs"][-1]["shape"] == ["steps"]
+
+
 def test_export_layout(site: Path) -> None:
     manifest = json.loads((site / "edgetrain-web.json").read_text())
     for f in ("index.html", "edgetrain.js", "demo.js", "state.safetensors", "frozen.bin",
@@ -117,10 +129,10 @@ def test_export_layout(site: Path) -> None:
               "ort/ort-wasm-simd-threaded.wasm"):
         assert (site / f).is_file(), f
     assert not (site / "ort/ort.webgpu.min.mjs").exists()  # webgpu=False
-    assert set(manifest["meta"]["signatures"]) == {"infer", "train", "train_steps", "eval",
-                                                   "save", "restore"}
-    assert set(manifest["graphs"]) == {"infer", "train", "train_steps", "eval"}
-    assert (site / "train_steps.onnx").is_file()  # K steps per call: a plain ONNX Loop
+    # train_steps (K steps per call) is left out: the page steps once per call.
+    assert set(manifest["meta"]["signatures"]) == {"infer", "train", "eval", "save", "restore"}
+    assert set(manifest["graphs"]) == {"infer", "train", "eval"}
+    assert not (site / "train_steps.onnx").exists()
     assert manifest["meta"]["frozen"] == ["fc1.w", "fc1.b"]
     assert manifest["nonnegative"] == sorted(f"{p}.exp_avg_sq"
                                              for p in manifest["meta"]["trainable"])

@@ -26,11 +26,14 @@ class EdgetrainPeer(Peer):
 
     def build(self, spec: dict[str, Any], weights: dict[str, np.ndarray],
               batches: list[tuple[np.ndarray, np.ndarray]], outdir: str) -> list[str]:
-        from edgetrain.bench import optimizer_from_spec
+        from edgetrain.bench import optimizer_from_spec, trainable_from_spec
 
+        # W6: select.lora with the workload's seed makes the same adapters as the other peers'
         tm = self.et.compile(os.path.join(os.path.dirname(outdir), "model.onnx"),
                              loss="cross_entropy", optimizer=optimizer_from_spec(spec["optimizer"]),
-                             trainable=spec.get("trainable"))
+                             trainable=trainable_from_spec(spec.get("trainable"),
+                                                           spec.get("lora")),
+                             batch_norm=spec.get("batch_norm", "frozen"))
         path = os.path.join(outdir, "model.et.onnx")
         tm.save(path)
         return [path]
@@ -40,9 +43,12 @@ class EdgetrainPeer(Peer):
         self.model = self.et.load(os.path.join(outdir, "model.et.onnx"), backend=self.backend,
                                   **options)
 
+    def prepare(self, batches: list[tuple[Any, np.ndarray]]) -> list[Any]:
+        return [(x if isinstance(x, dict) else {"x": x}, y) for x, y in batches]
+
     def step(self, batch: Any) -> float:
         x, y = batch
-        return float(self.model.run("train", x=x, y=y)["loss"])
+        return float(self.model.run("train", **x, y=y)["loss"])
 
 
 def runtime_version(backend: str) -> str:

@@ -506,7 +506,12 @@ export class Model {
   }
 
   async _run(name, sig, inputs) {
-    const graph = this.graphs[name];
+    const graph = Object.prototype.hasOwnProperty.call(this.graphs, name) ? this.graphs[name]
+      : undefined;
+    if (!graph) {
+      throw new InputError(`${name} is not in this export (its graph was not exported; ` +
+        `this export runs ${Object.keys(this.graphs).sort().join(', ')})`);
+    }
     const feeds = this._feeds(name, sig, inputs);
     const own = new Set(Object.values(feeds));
     for (const k of graph.state_inputs) feeds[k] = this.state.get(k);

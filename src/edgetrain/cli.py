@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time edgetrain's training step on the benchmark workloads")
     b.add_argument("--workloads", nargs="*", type=workload_name, default=["W1", "W2", "W3"],
-                   help="workloads to time: W1 W2 W3 W4 (default W1 W2 W3)")
+                   help="workloads to time: W1 ... W8 (default W1 W2 W3)")
     b.add_argument("--steps", type=positive_int, default=200,
                    help="timed steps per workload (default 200)")
     b.add_argument("--json", default=None, help="also write the results to this JSON file")

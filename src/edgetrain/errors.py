@@ -41,3 +41,7 @@ class NonFiniteError(EdgetrainError, FloatingPointError):
 
 class BackendError(EdgetrainError):
     """A runtime backend is not installed, or refuses or fails to build a signature's graph."""
+
+
+__all__ = ["BackendError", "CheckpointError", "EdgetrainError", "FormatError", "InputError",
+           "NonFiniteError", "UnsupportedOpError"]

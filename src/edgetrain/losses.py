@@ -207,3 +207,6 @@ def from_config(cfg: dict[str, Any]) -> Loss:
     cls = _BY_NAME[cfg.pop("name")]
     return cls(**cfg)
 
+
+
+__all__ = ["L1", "MSE", "BCEWithLogits", "CrossEntropy", "Huber", "Loss", "from_config", "get"]

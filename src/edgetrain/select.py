@@ -223,3 +223,7 @@ def lora(rank: int = 8, alpha: float = 16.0, targets: Sequence[str] | str = ("*q
 
 def _ranks(graph: ir.Graph) -> dict[str, int]:
     return {k: len(v.shape) if v.shape is not None else 0 for k, v in graph.initializers.items()}
+
+
+__all__ = ["Selector", "bias_only", "candidate_parameters", "head", "last", "layers", "lora",
+           "resolve", "running_statistics"]

@@ -117,38 +117,14 @@ def balanced_split(labels: np.ndarray, n_train: int, n_test: int, seed: int = 0
 
 def torch_classifier(n_classes: int = len(LABELS), seed: int = 0, dtype: Any = None) -> Any:
     """all-MiniLM-L6-v2 (transformers' BertModel) + mean pooling + Linear, in eval mode."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        import torch
-        from transformers import BertModel
-        from transformers.utils import logging as hf_logging
+        import transformers  # noqa: F401
+
+        from .._torch_nets import bert_classifier
     except ImportError as e:
         raise EdgetrainError("the text demo needs torch and transformers: "
                              "pip install 'edgetrain[text]'") from e
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-    class SentenceClassifier(torch.nn.Module):
-        """Mean of the token embeddings under the attention mask (the model's own pooling),
-        then a linear layer."""
-
-        def __init__(self, encoder: Any, n: int) -> None:
-            super().__init__()
-            self.encoder = encoder
-            self.head = torch.nn.Linear(HIDDEN, n)
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            h = self.encoder(input_ids=input_ids, attention_mask=attention_mask
-                             ).last_hidden_state
-            m = attention_mask.unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return self.head(pooled)
-
-    encoder = BertModel.from_pretrained(str(minilm_dir()), add_pooling_layer=False)
-    torch.manual_seed(seed)
-    model = SentenceClassifier(encoder, n_classes)
+    model = bert_classifier(str(minilm_dir()), n_classes, seed)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

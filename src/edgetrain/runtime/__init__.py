@@ -89,6 +89,8 @@ class Model:
     # -- introspection ---------------------------------------------------------------------
     @property
     def signatures(self) -> dict[str, Signature]:
+        """The file's signatures by name (``train``, ``train_steps``, ``infer``, ``eval``,
+        ``save``, ``restore``, …), each with its inputs and outputs."""
         return dict(self._sigs)
 
     def input_name(self, signature: str, role: str) -> str:
@@ -106,6 +108,7 @@ class Model:
 
     @property
     def trainable(self) -> list[str]:
+        """Names of the weights the training step updates (LoRA: the adapters)."""
         return list(self.meta.trainable)
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -148,6 +151,8 @@ class Model:
 
     @property
     def step(self) -> int:
+        """Training steps counted so far (a skipped step does not count); saved and restored
+        with the checkpoint."""
         return int(self.state()[self.meta.step])
 
     # -- calling ---------------------------------------------------------------------------
@@ -321,7 +326,7 @@ class Model:
         for name, arr in feeds.items():
             if arr.dtype.kind == "f" and (not sig.updates or arr.size <= _SCAN_UP_FRONT) \
                     and not _all_finite(arr):
-                raise InputError(f"{sig.name}: input {name!r} contains NaN or infinity")
+                raise _nonfinite_input(sig, name, arr)
         y = feeds.get(label)
         if y is not None and y.size and self.meta.labels == "index" \
                 and y.dtype.kind in "iu":
@@ -352,6 +357,17 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model(backend={self.backend_name!r}, signatures={sorted(self._sigs)}, "
                 f"trainable={len(self.meta.trainable)})")
+
+
+def _nonfinite_input(sig: Signature, name: str, arr: np.ndarray) -> InputError:
+    """The error for non-finite data found before running; of a multi-step call, it names the
+    first step whose batch holds it (the steps before it would have counted)."""
+    spec = next((s for s in sig.inputs if s.name == name), None)
+    if spec is None or not spec.shape or spec.shape[0] != "steps" or arr.ndim == 0:
+        return InputError(f"{sig.name}: input {name!r} contains NaN or infinity")
+    done = next(i for i in range(len(arr)) if not _all_finite(arr[i]))
+    return InputError(f"{sig.name}: input {name!r} contains NaN or infinity (step {done + 1} of "
+                      f"{len(arr)}; no step of this call was kept)", completed_steps=done)
 
 
 def _first_line(e: BaseException) -> str:

@@ -8,7 +8,8 @@ Frozen weights are handed to every session as one shared ``OrtValue`` each.
 
 A training step commits its new state only by the format's commit rule,
 :func:`edgetrain.format.committed` (the step counter advanced by exactly the number of steps
-the call ran): a skipped step leaves every state value as it was, without a per-tensor select in the graph.
+the call ran): a skipped step leaves every state value as it was, without a per-tensor select
+in the graph.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = export_web(args.file, args.out_dir, checkpoint=args.checkpoint, dataset=dataset,
                      webgpu=not args.no_webgpu, force=args.force,
                      image_mean=_floats(args.image_mean, "--image-mean"),
-                     image_std=_floats(args.image_std, "--image-std"))
+                     image_std=_floats(args.image_std, "--image-std"),
+                     multi_step=args.multi_step)
     print(f"edgetrain: wrote the web export to {out}; serve it with "
           f"`edgetrain serve-web {out}`")
     return 0
@@ -72,6 +73,9 @@ def add_cli(subparsers: Any) -> None:
                    "you give it")
     p.add_argument("--image-std", metavar="S[,S,S]",
                    help="per-channel standard deviation, as --image-mean")
+    p.add_argument("--multi-step", action="store_true",
+                   help="also export train_steps (K training steps per call, one ONNX Loop) for "
+                   "drivers that batch calls, such as Node.js; the page steps once per call")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder that is not an earlier export: only the "
                    "export's own files are replaced, nothing else is touched")

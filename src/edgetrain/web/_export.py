@@ -9,6 +9,7 @@ holds them once; the variable state goes to an ordinary edgetrain checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -161,6 +162,21 @@ def _digits(sample_shape: list[int]) -> tuple[bytes, dict[str, Any]]:
     return pixels.tobytes() + labels.tobytes(), info
 
 
+#: Signatures the browser export leaves out unless asked for: ``train_steps`` repeats the whole
+#: train graph inside a Loop (twice the download) for a saving the page's one-step-per-frame
+#: loop does not need; a driver that batches calls (Node.js) may ask for it (``multi_step``).
+NOT_EXPORTED = frozenset({"train_steps"})
+
+
+def _exported(meta: fmt.Metadata, multi_step: bool) -> fmt.Metadata:
+    """The metadata as the manifest carries it: without the signatures left out, so a driver
+    lists only what it can run (an optional signature's absence keeps the metadata valid)."""
+    if multi_step:
+        return meta
+    return dataclasses.replace(meta, signatures={k: v for k, v in meta.signatures.items()
+                                                 if k not in NOT_EXPORTED})
+
+
 def _graphs(proto: onnx.ModelProto, meta: fmt.Metadata, frozen: set[str]
             ) -> tuple[dict[str, bytes], dict[str, Any], bytes]:
     """The standalone graph files, the manifest's ``graphs`` and the shared frozen weights."""
@@ -242,7 +258,7 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
                ort_web: str | os.PathLike[str] | None = None,
                batch_size: int = 32, force: bool = False,
                image_mean: Sequence[float] | None = None,
-               image_std: Sequence[float] | None = None) -> Path:
+               image_std: Sequence[float] | None = None, multi_step: bool = False) -> Path:
     """Write a self-contained web folder that trains ``file`` in the browser.
 
     ``checkpoint`` (an edgetrain checkpoint) becomes the initial state. ``dataset`` "auto"
@@ -252,6 +268,7 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
     normalization an image model expects after pixels are scaled to [0, 1], for the page's
     own-images path. ``out_dir`` must be new, empty or an earlier export (whose files are
     replaced); ``force`` writes into any other folder, touching only the export's own files.
+    ``multi_step`` also exports ``train_steps`` (K steps per call) for drivers that batch calls.
     Returns the output folder, which ``serve`` can serve.
     """
     if dataset not in ("auto", "digits", None):
@@ -271,7 +288,8 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
     identity = fmt.identify(proto, meta)
     if checkpoint is not None:
         state = fmt.load_checkpoint(checkpoint, meta, state, identity=identity)
-    graph_files, graphs, blob = _graphs(proto, meta, {t.name for t in proto.graph.initializer}
+    shown = _exported(meta, multi_step)
+    graph_files, graphs, blob = _graphs(proto, shown, {t.name for t in proto.graph.initializer}
                                         - set(state))
     files: dict[str, bytes | Path] = {STATE_FILE: _state_bytes(meta, state, identity),
                                       FROZEN_FILE: blob, **graph_files}
@@ -286,7 +304,7 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
     files.update(vendored)
     files.update({f.name: f for f in sorted(STATIC.iterdir()) if f.is_file()})
     files.update(driver)
-    manifest = _manifest(meta, graphs, state, identity, (version, builds), batch_size, data,
+    manifest = _manifest(shown, graphs, state, identity, (version, builds), batch_size, data,
                          inputs)
     check_manifest(manifest)
     files[MANIFEST] = json.dumps(manifest, indent=1, allow_nan=False).encode()
