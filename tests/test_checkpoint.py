@@ -60,6 +60,7 @@ FRESH_PROCESS = """
 """
 
 
+@pytest.mark.slow
 def test_restore_in_a_fresh_process_is_bit_identical(tmp_path: Path) -> None:
     m, path = _trained(tmp_path, optimizer=et.optim.SGD(lr=0.05, momentum=0.9, nesterov=True))
     ck = m.run("save", checkpoint_path=str(tmp_path / "ck" / "a.safetensors"))["checkpoint_path"]
@@ -180,6 +181,7 @@ SAVE_LOOP = """
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_never_loses_the_previous_checkpoint(tmp_path: Path) -> None:
     """Children save in a loop and are killed at random moments: each time, the file at the
     path is a whole checkpoint of one version, and it restores."""

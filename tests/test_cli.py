@@ -27,6 +27,9 @@ import pytest
 from edgetrain.demos._data import digits
 from edgetrain.demos._models import seed_mlp
 
+# the command line end to end: each test compiles, trains and writes files
+pytestmark = pytest.mark.slow
+
 
 def cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgetrain.cli", *args], capture_output=True,

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_MODULES = ["edgetrain", "edgetrain.losses", "edgetrain.optim", "edgetrain.select",
                   "edgetrain.errors", "edgetrain.format", "edgetrain.runtime",
                   "edgetrain.training", "edgetrain.frontends", "edgetrain.web",
-                  "edgetrain.federated"]
+                  "edgetrain.federated", "edgetrain.callbacks", "edgetrain.data",
+                  "edgetrain.training.metrics"]
 
 
 @pytest.mark.slow

@@ -32,6 +32,9 @@ from edgetrain.federated import (
 )
 from edgetrain.federated._client import ClientSettings
 
+# runs Flower rounds
+pytestmark = pytest.mark.slow
+
 CLIENTS = 5
 BAD = 4          # partition of the bad client; the honest run uses partitions 0-3 only
 ROUNDS = 2

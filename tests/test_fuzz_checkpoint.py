@@ -36,6 +36,9 @@ from _models import data, mlp
 from edgetrain import format as fmt
 from edgetrain.format import _integrity as ckpt
 
+# fuzz suites run thousands of cases
+pytestmark = pytest.mark.slow
+
 KEY = b"fuzzing-key-0123456789"
 BUDGET = [pytest.param(1, id="default"), pytest.param(10, id="x10", marks=pytest.mark.slow)]
 

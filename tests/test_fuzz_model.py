@@ -36,6 +36,9 @@ from edgetrain import format as fmt
 from edgetrain.demos._models import seed_mlp
 from edgetrain.format._validate import iter_graphs, iter_tensors
 
+# fuzz suites run thousands of cases
+pytestmark = pytest.mark.slow
+
 X = np.random.default_rng(0).random((3, 8, 8), dtype=np.float32)
 Y = np.array([1, 2, 3], dtype=np.int64)
 CASE_SECONDS = 30

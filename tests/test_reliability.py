@@ -18,6 +18,9 @@ from edgetrain import format as fmt
 from edgetrain.demos._models import seed_mlp
 from edgetrain.format import _files as fmt_files
 
+# kills and races processes
+pytestmark = pytest.mark.slow
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 

@@ -3,6 +3,7 @@ graph guards against non-finite updates, fit() trains, Dropout trains and infers
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import edgetrain as et
 from _models import CLASSES, data, forward, mlp
 from edgetrain import format as fmt
+from edgetrain.data import DataConversionWarning
 
 BACKENDS = ["onnxruntime", "reference"]
 
@@ -141,9 +143,16 @@ def _bad_calls(x: np.ndarray, y: np.ndarray) -> list[tuple[str, dict[str, Any], 
         ("train", {"x": x, "y": y, "z": y}, et.InputError, "unknown input(s) ['z']"),
         ("train", {"x": x}, et.InputError, "missing input 'y'"),
         ("infer", {}, et.InputError, "missing input 'x'"),
-        ("train", {"x": x.astype(np.float64), "y": y}, et.InputError, "'x' has dtype float64"),
-        ("train", {"x": x, "y": y.astype(np.int32)}, et.InputError, "'y' has dtype int32"),
-        ("train", {"x": x, "y": y.astype(np.float32)}, et.InputError, "'y' has dtype float32"),
+        ("train", {"x": x.astype(str), "y": y}, et.InputError, "'x' holds strings"),
+        ("train", {"x": x.astype(np.float64) * 1e300, "y": y}, et.InputError,
+         "'x' holds values beyond float32's range"),
+        ("train", {"x": (x * 2 ** 30).astype(np.int64), "y": y}, et.InputError,
+         "'x' holds integers beyond 16777216"),
+        ("train", {"x": x, "y": y + 0.5}, et.InputError, "'y' holds non-integer values (e.g. "),
+        ("train", {"x": x, "y": y.astype(np.uint64) + np.uint64(2 ** 63)}, et.InputError,
+         "'y' holds values outside int64's range"),
+        ("train", {"x": x, "y": np.eye(10, dtype=np.float32)[y] * 0.9}, et.InputError,
+         "rows that are not exactly one-hot"),
         ("train", {"x": x.reshape(len(x), 64), "y": y}, et.InputError, "'x' has shape [8, 64]"),
         ("train", {"x": x[:, :, :7], "y": y}, et.InputError, "dim 2 must be 8"),
         ("infer", {"x": x[0]}, et.InputError, "input 'x' has shape [8, 8] (rank 2)"),
@@ -180,6 +189,33 @@ def test_bad_input_is_refused_and_changes_nothing(backend: str) -> None:
         assert text in str(info.value), (sig, str(info.value))
         _same_state(before, m.state())
     assert m.run("train", x=x, y=y)["loss"].shape == ()  # still works afterwards
+
+
+def test_safe_conversions_train_exactly_like_converted_data() -> None:
+    """float64 x, int32 / (N, 1) / one-hot y, Python lists and torch tensors are converted
+    (one warning per call, naming every conversion, and only the first time) and train
+    bit-for-bit like the same data given in the file's dtypes."""
+    torch = pytest.importorskip("torch")
+    ref, m = _model(), _model()
+    x, y = data(8)
+    calls = [
+        ({"x": x.astype(np.float64), "y": y.astype(np.int32)},
+         ["x float64 → float32", "y int32 → int64"]),
+        ({"x": x, "y": y.reshape(-1, 1)}, ["y (N, 1) → (N,)"]),
+        ({"x": x.tolist(), "y": np.eye(10)[y]}, ["y one-hot rows → class indices"]),
+        ({"x": torch.from_numpy(x), "y": torch.from_numpy(y).to(torch.int32)}, []),
+        ({"x": x.astype(np.float64), "y": y.astype(np.int32)}, []),  # reported already
+    ]
+    for inputs, notes in calls:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = m.run("train", **inputs)["loss"]
+        conversions = [w for w in caught if issubclass(w.category, DataConversionWarning)]
+        assert len(conversions) == (1 if notes else 0), [str(w.message) for w in caught]
+        for n in notes:
+            assert n in str(conversions[0].message)
+        assert loss == ref.run("train", x=x, y=y)["loss"]
+    _same_state(ref.state(), m.state())
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")

@@ -37,6 +37,9 @@ import edgetrain as et  # noqa: E402
 from edgetrain.demos import text as T  # noqa: E402
 from edgetrain.runtime._reference_ops import EXACT_OPS  # noqa: E402
 
+# the real MiniLM encoder and torch: minutes, not seconds
+pytestmark = pytest.mark.slow
+
 SEQ = 16
 F = torch.nn.functional
 

@@ -616,3 +616,84 @@ def test_the_browser_driver_computes_the_same_checksums(tmp_path: Path) -> None:
     m.run("train", x=data(16)[0], y=data(16)[1])
     m.restore(out)
     _same_state(m.state(), saved)
+
+
+# -- weights-only restore --------------------------------------------------------------------
+
+def _bn(optimizer: Any, steps: int = 3, **kw: Any) -> et.Model:
+    """The BN MLP trained a few steps with batch statistics (so its running stats moved)."""
+    m = et.compile(_bn_mlp(), optimizer=optimizer, batch_norm="train", **kw).load()
+    x, y = data(32)
+    for _ in range(steps):
+        m.run("train", x=x, y=y)
+    return m
+
+
+def test_weights_restore_across_optimizers_keeps_batch_norm_statistics(tmp_path: Path) -> None:
+    """An SGD checkpoint into the same network compiled with Adam: refused as a whole (the
+    optimizer state differs), and its weights — batch-norm running statistics included —
+    restore with a fresh optimizer state; the model then predicts exactly as the source.
+    Loading only the trainable tensors leaves the statistics behind and predicts otherwise."""
+    src = _bn(et.optim.SGD(lr=0.1, momentum=0.9), steps=20)
+    ck = src.save(tmp_path / "sgd.safetensors")
+    dst = _bn(et.optim.Adam(lr=1e-3), steps=2)
+    _refused(dst, ck, r"belongs to another model.*parts=\('weights',\)")
+    assert dst.weight_names() == [*dst.trainable, "bn.mean", "bn.var"]
+    x, _ = data(64, seed=5)
+    partial = _bn(et.optim.Adam(lr=1e-3), steps=0)
+    partial.set_parameters(src.parameters())
+    assert not np.array_equal(partial.predict(x), src.predict(x))  # stale statistics
+
+    dst.restore(ck, parts=("weights",))
+    _same_state(dst.weights(), src.weights())
+    np.testing.assert_array_equal(dst.predict(x), src.predict(x))
+    fresh = fmt.initial_state(dst.proto, dst.meta)
+    for k, v in dst.state().items():
+        if k not in dst.weight_names():
+            assert v.tobytes() == fresh[k].tobytes(), k  # Adam's slots and the step: initial
+    assert dst.step == 0
+    dst.run("train", x=x, y=data(64, seed=5)[1])  # and it trains on
+    partial.set_parameters(src.weights())  # set_parameters takes the statistics too
+    np.testing.assert_array_equal(partial.predict(x), src.predict(x))
+
+
+def test_weights_restore_refuses_foreign_networks_and_impossible_values(tmp_path: Path) -> None:
+    m = _model(optimizer=et.optim.SGD(lr=0.1))
+    # Same tensor names and shapes, another activation: still another network.
+    tanh = _model(proto=_with_activation("Tanh"), optimizer=et.optim.Adam(lr=1e-3))
+    _refused(m, tanh.save(tmp_path / "tanh.safetensors"), "network differs",
+             parts=("weights",))
+    # A value no training run writes, in a tensor that would not even be restored.
+    adam = _model(optimizer=et.optim.Adam(lr=1e-3))
+    state = adam.state()
+    state["fc1.bias.exp_avg"] = np.full_like(state["fc1.bias.exp_avg"], np.nan)
+    forged = _forge(tmp_path / "nan.safetensors", state,
+                    architecture=adam.identity.architecture,
+                    weights_architecture=adam.identity.weights)
+    _refused(m, forged, "NaN or infinity", parts=("weights",))
+    # A tensor the checkpoint trained but this model keeps frozen: refused, not dropped.
+    head = _model(steps=0, optimizer=et.optim.SGD(lr=0.1), trainable=["fc2.*"])
+    _refused(head, adam.save(tmp_path / "adam.safetensors"), "keeps frozen",
+             parts=("weights",))
+    head_adam = _model(optimizer=et.optim.Adam(lr=1e-3), trainable=["fc2.*"])
+    head.restore(head_adam.save(tmp_path / "head.safetensors"), parts=("weights",))
+    _same_state(head.weights(), head_adam.weights())
+    with pytest.raises(et.InputError, match="parts must be"):
+        m.restore(tmp_path / "adam.safetensors", parts=("optimizer",))
+
+
+def test_weights_restore_of_older_checkpoints(tmp_path: Path) -> None:
+    """A checkpoint written before the weights architecture was recorded restores its weights
+    only into the model that wrote it (its full architecture); one with no architecture at
+    all restores on names, dtypes and shapes, as a full restore does."""
+    sgd = _model(optimizer=et.optim.SGD(lr=0.1, momentum=0.9))
+    state = sgd.state()
+    older = _forge(tmp_path / "older.safetensors", state,
+                   architecture=sgd.identity.architecture)
+    adam = _model(optimizer=et.optim.Adam(lr=1e-3))
+    _refused(adam, older, "predates weights-only restore", parts=("weights",))
+    same = _model(steps=0, optimizer=et.optim.SGD(lr=0.1, momentum=0.9))
+    same.restore(older, parts=("weights",))
+    _same_state(same.weights(), sgd.weights())
+    adam.restore(_forge(tmp_path / "oldest.safetensors", state), parts=("weights",))
+    _same_state(adam.weights(), sgd.weights())

@@ -13,6 +13,9 @@ import torch
 import edgetrain as et
 from _vision_nets import Backbone, TinyResNet
 
+# the pretrained EfficientNet-Lite0
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():  # type: ignore[no-untyped-def]

@@ -16,6 +16,9 @@ import edgetrain as et
 from _vision_nets import Backbone, TinyMobileNetV2, TinyResNet
 from edgetrain.frontends import torch_to_onnx
 
+# full CNNs against torch in float64
+pytestmark = pytest.mark.slow
+
 STEPS = 20
 
 

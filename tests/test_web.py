@@ -646,6 +646,7 @@ def _check_against_python(res: dict[str, Any], site: Path, trainable: Path,
                                sr["saved"].reshape(after.shape), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_browser_trains_like_python(site: Path, trainable: Path, tmp_path: Path) -> None:
     _require("node", "playwright", "chromium")
     res = _run_page(site, f"?autorun=1&steps={STEPS}&seed={SEED}&batch={BATCH}",
@@ -712,6 +713,7 @@ def test_browser_refuses_hostile_metadata(site: Path, tmp_path: Path) -> None:
         assert out.startswith("FormatError: invalid") and "does not match" in out, (edit, out)
 
 
+@pytest.mark.slow
 def test_browser_onehot_sgd_image_input(tmp_path: Path) -> None:
     """The seed's set-up: one-hot labels, SGD with momentum, 8×8 input, everything trained."""
     _require("ort-web", "node", "playwright", "chromium")

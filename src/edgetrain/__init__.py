@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import losses, optim, select
+from . import callbacks, data, losses, optim, select
 from ._api import TrainableModel, compile
 from .errors import (
     CheckpointError,
@@ -23,10 +23,11 @@ from .errors import (
 )
 from .frontends import from_keras, from_torch
 from .runtime import Signature
-from .training import History, Model, load
+from .training import History, Model, load, metrics
 
 __all__ = [
     "CheckpointError", "EdgetrainError", "FormatError", "History", "InputError", "Model",
     "NonFiniteError", "Signature", "TrainableModel", "UnsupportedOpError", "__version__",
-    "compile", "from_keras", "from_torch", "load", "losses", "optim", "select",
+    "callbacks", "compile", "data", "from_keras", "from_torch", "load", "losses", "metrics",
+    "optim", "select",
 ]

@@ -15,16 +15,19 @@ from . import losses as _losses
 from . import optim as _optim
 from . import select as _select
 from ._lora import LoRA
-from .compiler import compile_model
+from .compiler import Options, run_pipeline
 from .training import Model
 
 
 class TrainableModel:
     """A compiled trainable file in memory: ``save`` it, or ``load`` it into a runtime."""
 
-    def __init__(self, proto: onnx.ModelProto) -> None:
+    def __init__(self, proto: onnx.ModelProto, notes: Iterable[str] = ()) -> None:
         self.proto = proto
         self.meta: fmt.Metadata = fmt.read_metadata(proto)
+        #: What the compiler decided that the caller should know (e.g. that the loss reads
+        #: the logits before the model's final Softmax).
+        self.notes: list[str] = list(notes)
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write the single trainable file (atomically); returns the path."""
@@ -73,7 +76,10 @@ def compile(  # noqa: A001 - the public name the API promises
             pattern (``"head.*"``) or a list of them; a selector: ``et.select.last(n)``,
             ``et.select.bias_only()``, ``et.select.head()``; or LoRA adapters,
             ``et.select.lora(rank=8, alpha=16, targets=["*query*", "*value*"])``.
-        output: the model output the loss reads (default: the first output).
+        output: the model output the loss is on (default: the first output). When it is
+            the result of a final Softmax / LogSoftmax (``cross_entropy``) or Sigmoid
+            (``bce_with_logits``), the loss reads the logits before it and ``infer`` keeps
+            returning the probabilities; ``notes`` says so.
         labels: ``"index"`` (int64 class indices ``[B]``) or ``"onehot"`` (rows like the
             output) for cross-entropy; other losses take targets shaped like the output.
         lr: the learning rate when ``optimizer`` is a name.
@@ -89,9 +95,12 @@ def compile(  # noqa: A001 - the public name the API promises
     Returns:
         A :class:`TrainableModel`; ``.save(path)`` writes the file, ``.load()`` runs it.
     """
-    return TrainableModel(compile_model(
-        model, loss, optimizer, trainable, output, labels, lr=lr, batch_norm=batch_norm,
+    c = run_pipeline(Options(
+        source=model, loss=_losses.get(loss), optimizer=_optim.get(optimizer, lr),
+        trainable=trainable, output=output, labels=labels, batch_norm=batch_norm,
         split_features=split_features, multi_step=multi_step))
+    assert c.result is not None
+    return TrainableModel(c.result, c.notes)
 
 
 __all__ = ["TrainableModel", "compile"]

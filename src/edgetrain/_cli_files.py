@@ -16,24 +16,47 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from . import format as fmt
 from ._io import read_regular_file
 from .errors import EdgetrainError
 
-__all__ = ["default_checkpoint", "keep_backup", "progress_path", "read_progress",
-           "refuse_folder_holding", "refuse_overwrite", "same_file", "writable", "write_progress",
-           "writing"]
+__all__ = ["best_checkpoint", "default_checkpoint", "keep_backup", "progress_path",
+           "read_classes", "read_progress", "read_progress_doc", "refuse_folder_holding",
+           "refuse_overwrite", "same_file", "say", "writable", "write_progress", "writing"]
 
 _PROGRESS_KIND = "edgetrain-progress"
+#: Largest progress file read: class names make it grow, but never beyond this.
+_MAX_PROGRESS = 8 << 20
 _SUFFIX = ".safetensors"
+
+
+def say(text: object) -> None:
+    """``print``, except that a reader that went away (``| head``) does not stop the command.
+
+    A closed pipe would otherwise raise in the middle of ``train`` and skip the checkpoint
+    save that follows; the rest of the output goes to /dev/null instead.
+    """
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def default_checkpoint(model_path: str) -> str:
     """Where ``train`` keeps its training: ``model.onnx`` → ``model.ckpt.safetensors``."""
     return os.path.splitext(model_path)[0] + ".ckpt" + _SUFFIX
+
+
+def best_checkpoint(model_path: str) -> str:
+    """Where ``train --save-best`` keeps the best checkpoint: ``model.best.safetensors``."""
+    return os.path.splitext(model_path)[0] + ".best" + _SUFFIX
 
 
 def progress_path(checkpoint: str) -> str:
@@ -44,26 +67,45 @@ def progress_path(checkpoint: str) -> str:
 
 def read_progress(checkpoint: str, step: int) -> int | None:
     """The epoch count recorded for ``checkpoint`` at ``step``, or None if there is none."""
+    doc = read_progress_doc(checkpoint, step)
+    epoch = doc.get("epoch") if doc else None
+    return epoch if isinstance(epoch, int) and epoch >= 0 else None
+
+
+def read_progress_doc(checkpoint: str, step: int | None) -> dict[str, Any] | None:
+    """The progress file of ``checkpoint`` if it is one and (``step`` given) agrees with the
+    checkpoint's step; else None (a stale or unreadable record is no record)."""
     path = progress_path(checkpoint)
     if not os.path.isfile(path):
         return None
     try:
-        doc = json.loads(read_regular_file(path, "progress file", max_bytes=1 << 16))
+        doc = json.loads(read_regular_file(path, "progress file", max_bytes=_MAX_PROGRESS))
     except (EdgetrainError, ValueError, RecursionError):
         return None  # unreadable: the epoch count is estimated instead
     if not isinstance(doc, dict) or doc.get("kind") != _PROGRESS_KIND:
         return None
-    epoch = doc.get("epoch")
-    if doc.get("step") != step or not isinstance(epoch, int) or epoch < 0:
+    if step is not None and doc.get("step") != step:
         return None
-    return epoch
+    return doc
 
 
-def write_progress(checkpoint: str, step: int, epoch: int) -> str:
-    """Record the step and epoch count of ``checkpoint`` (atomically, after the checkpoint)."""
+def read_classes(doc: Mapping[str, Any] | None) -> list[str] | None:
+    """The class names a progress record keeps (a list of short strings), else None."""
+    classes = doc.get("classes") if doc else None
+    if isinstance(classes, list) and 0 < len(classes) <= 100_000 and all(
+            isinstance(c, str) and 0 < len(c) <= 256 for c in classes) \
+            and len(set(classes)) == len(classes):
+        return list(classes)
+    return None
+
+
+def write_progress(checkpoint: str, step: int, epoch: int,
+                   extra: Mapping[str, Any] | None = None) -> str:
+    """Record the step and epoch count of ``checkpoint`` (atomically, after the checkpoint),
+    and ``extra`` facts about it (the class names, the best value of a monitored metric)."""
     path = progress_path(checkpoint)
-    doc = {"kind": _PROGRESS_KIND, "checkpoint": os.path.basename(checkpoint), "step": step,
-           "epoch": epoch}
+    doc = {**(extra or {}), "kind": _PROGRESS_KIND, "checkpoint": os.path.basename(checkpoint),
+           "step": step, "epoch": epoch}
     with writing(path, "progress file"):
         fmt.atomic_write(path, (json.dumps(doc, indent=1) + "\n").encode())
     return path

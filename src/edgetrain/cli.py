@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,27 +27,15 @@ from ._args import (
     Parser,
     fraction,
     non_negative_float,
-    non_negative_int,
     positive_float,
     positive_int,
 )
-from ._datafile import load_arrays
+from ._casting import DataConversionWarning
+from ._cli_train import add_train, cmd_train, read_data
 from ._io import read_regular_file
 from .errors import CheckpointError, EdgetrainError, FormatError
 
-
-def _say(text: object) -> None:
-    """``print``, except that a reader that went away (``| head``) does not stop the command.
-
-    A closed pipe would otherwise raise in the middle of ``train`` and skip the checkpoint
-    save that follows; the rest of the output goes to /dev/null instead.
-    """
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+_say = files.say
 
 
 def _optimizer(args: argparse.Namespace) -> Any:
@@ -87,6 +76,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
                     labels=args.labels)
     with files.writing(args.out, "-o"):
         path = tm.save(args.out)
+    for note in tm.notes:
+        _say(f"note: {note}")
     _say(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
           f"{len(tm.meta.trainable)} trainable, {len(tm.meta.frozen)} frozen tensors; "
           f"signatures {', '.join(sorted(tm.meta.signatures))}")
@@ -201,109 +192,34 @@ def _epoch_note(ckpt: str, step: int) -> str:
     return "" if epoch is None else f", epoch {epoch}"
 
 
-def _model(args: argparse.Namespace) -> Any:
-    """Load FILE with the checkpoint :func:`_checkpoint_to_read` picks, and say which."""
+def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """Load FILE with the checkpoint :func:`_checkpoint_to_read` picks, and say which; with
+    the checkpoint's progress record (its class names).
+
+    A checkpoint of the same network written with another optimizer (FILE recompiled) gives
+    its weights: inference needs no optimizer state.
+    """
     from .training import load
 
     ckpt, by_default = _checkpoint_to_read(args)
     m = load(args.file, backend=args.backend)
     if ckpt is None:
         _say(f"no checkpoint: using the weights stored in {args.file}")
-        return m
-    m.run("restore", checkpoint_path=ckpt)
+        return m, None
     how = "the default checkpoint" if by_default else "checkpoint"
     hint = "; --no-checkpoint uses the weights stored in FILE" if by_default else ""
-    _say(f"using {how} {ckpt} (step {m.step}{_epoch_note(ckpt, m.step)}){hint}")
-    return m
-
-
-def _xy(arrays: dict[str, np.ndarray], path: str, keys: Sequence[str]) -> None:
-    """Refuse arrays that hold no samples, or whose sample counts disagree."""
-    x = arrays["x"]
-    if x.ndim == 0 or len(x) == 0:
-        raise EdgetrainError(f"{path!r}: array 'x' holds no samples (shape {list(x.shape)})")
-    for k in keys:
-        v = arrays.get(k)
-        if v is not None and (v.ndim == 0 or len(v) != len(x)):
-            raise EdgetrainError(f"{path!r}: array {k!r} has shape {list(v.shape)} but 'x' "
-                                 f"has {len(x)} samples")
-
-
-def _restore_for_training(m: Any, ckpt: str, n: int, batch_size: int) -> int:
-    """Restore ``ckpt`` into ``m``; the number of epochs it already holds."""
     try:
         m.run("restore", checkpoint_path=ckpt)
     except CheckpointError as e:
-        raise CheckpointError(f"{e}; pass --fresh to start over (the old checkpoint is kept "
-                              "as a backup)") from e
-    epoch = files.read_progress(ckpt, m.step)
-    note = ""
-    if epoch is None:  # no progress file, or a stale one: estimate from the step count
-        epoch = m.step // max(1, -(-n // batch_size))
-        note = ", estimated from the step count"
-    _say(f"resuming from {ckpt} (step {m.step}, epoch {epoch}{note}); --fresh starts over")
-    return epoch
-
-
-def _train_paths(args: argparse.Namespace) -> str:
-    """The checkpoint ``train`` writes, after checking every output it will write."""
-    if args.plot:
         try:
-            import matplotlib  # noqa: F401
-        except ImportError as e:
-            raise EdgetrainError("--plot needs matplotlib: pip install 'edgetrain[plot]'") from e
-    default = files.default_checkpoint(args.file)
-    ckpt = args.checkpoint or default
-    protected = {"FILE": args.file, "--data": args.data}
-    if not files.same_file(ckpt, default):
-        protected.update({"the default checkpoint": default,
-                          "the progress file": files.progress_path(default)})
-    outputs = {"the checkpoint": ckpt, "its progress file": files.progress_path(ckpt),
-               "--plot": args.plot}
-    files.refuse_overwrite(outputs, protected)
-    for label, path in outputs.items():
-        if path:
-            files.writable(path, label)
-    return ckpt
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .training import load
-
-    ckpt = _train_paths(args)
-    data = load_arrays(args.data, ["x", "y"])
-    _xy(data, args.data, ["y"])
-    m = load(args.file, backend=args.backend)
-    resume = os.path.lexists(ckpt) and not args.fresh
-    if resume:
-        start = _restore_for_training(m, ckpt, len(data["x"]), args.batch_size)
-    else:
-        start = 0
-        _say(f"starting from the weights stored in {args.file}"
-              + (" (--fresh)" if args.fresh and os.path.lexists(ckpt) else ""))
-        default = files.default_checkpoint(args.file)
-        if args.checkpoint and not args.fresh and os.path.lexists(default):
-            _say(f"note: --checkpoint {args.checkpoint} does not exist yet: training starts "
-                  f"from FILE's weights, not from its default checkpoint {default}")
-    hist = m.fit(data["x"], data["y"], epochs=args.epochs, batch_size=args.batch_size,
-                 lr=args.lr, seed=args.seed, progress=not args.no_progress,
-                 on_nonfinite="skip" if args.skip_nonfinite else "raise")
-    for e in range(args.epochs):
-        _say(f"epoch {start + e + 1}: " + "  ".join(f"{k} {v[e]:.4f}"
-                                                    for k, v in hist.history.items()
-                                                    if e < len(v)))
-    if hist.skipped_steps:
-        _say(f"skipped {hist.skipped_steps} non-finite step(s)")
-    if not resume and os.path.lexists(ckpt):
-        _say(f"kept the previous checkpoint as {files.keep_backup(ckpt)}")
-    with files.writing(ckpt, "checkpoint"):
-        m.run("save", checkpoint_path=ckpt)
-    files.write_progress(ckpt, m.step, start + args.epochs)
-    _say(f"saved {ckpt} (step {m.step}, epoch {start + args.epochs})")
-    if args.plot:
-        with files.writing(args.plot, "plot"):
-            _say(f"wrote {hist.plot(args.plot)}")
-    return 0
+            m.restore(ckpt, parts=("weights",))
+        except CheckpointError:
+            raise e from None
+        _say(f"using the weights of {how} {ckpt} (written with another optimizer or "
+             f"selection of trainable weights){hint}")
+        return m, files.read_progress_doc(ckpt, None)
+    _say(f"using {how} {ckpt} (step {m.step}{_epoch_note(ckpt, m.step)}){hint}")
+    return m, files.read_progress_doc(ckpt, m.step)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -313,10 +229,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     files.refuse_overwrite({"-o": out_path}, _protected(args))
     if out_path:
         files.writable(out_path, "-o")
-    data = load_arrays(args.data, ["x"], ["y"])
-    _xy(data, args.data, ["y"])
-    m = _model(args)
-    out = m.predict(data["x"], batch_size=args.batch_size)
+    m, doc = _model(args)
+    classes = files.read_classes(doc)
+    data = read_data(m, args.data, args.target, classes, need_y=False)
+    classes = classes or data.classes
+    out = m.predict(data.x, batch_size=args.batch_size)
     if out_path:
         buf = io.BytesIO()
         np.savez(buf, **{m.meta.output: out})
@@ -325,9 +242,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         _say(f"wrote {out_path} ({m.meta.output}: {out.shape})")
     if m.meta.classification:
         pred = np.argmax(out, axis=1)
-        _say(f"predictions: {pred[:20].tolist()}{' …' if len(pred) > 20 else ''}")
-        if "y" in data:
-            y = data["y"] if data["y"].ndim == 1 else np.argmax(data["y"], axis=1)
+        shown = [classes[p] if classes and p < len(classes) else int(p) for p in pred[:20]]
+        _say(f"predictions: {shown}{' …' if len(pred) > 20 else ''}")
+        if data.y is not None:
+            y = data.y if data.y.ndim == 1 else np.argmax(data.y, axis=1)
             _say(f"accuracy: {float(np.mean(pred == y)):.4f}")
     elif not out_path:
         _say(out)
@@ -337,7 +255,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     files.refuse_overwrite({"-o": args.out}, _protected(args))
     files.writable(args.out, "-o")
-    m = _model(args)
+    m, _ = _model(args)
     with files.writing(args.out, "-o"):
         path = m.export(args.out)
     _say(f"wrote {path}: plain inference ONNX with the current weights")
@@ -394,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the details as JSON")
     i.set_defaults(func=cmd_info)
 
-    _add_train(sub)
+    add_train(sub).set_defaults(func=cmd_train)
     _add_infer_export(sub)
 
     d = sub.add_parser("demo", help="run a demo end to end (default: the seed walkthrough)")
@@ -428,10 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_infer_export(sub: Any) -> None:
-    n = sub.add_parser("infer", help="run the infer signature on an .npz with array x")
+    n = sub.add_parser("infer", help="run the infer signature on data (.npz, .npy, CSV, "
+                       "Parquet, an image folder)")
     n.add_argument("file", help="trainable edgetrain file (.onnx)")
     n.add_argument("--data", required=True, help="an .npz with array x (and y for the "
-                   "accuracy), or an .npy holding x")
+                   "accuracy), an .npy holding x, a .csv/.tsv/.parquet table, or a folder of "
+                   "class folders of images")
+    n.add_argument("--target", metavar="COLUMN", default=None,
+                   help="the label column of a table, for the accuracy (the other columns "
+                   "are the features)")
     n.add_argument("--batch-size", type=positive_int, default=256,
                    help="samples per inference call (default 256)")
     n.add_argument("-o", "--out", default=None, help="write outputs to this .npz")
@@ -476,28 +399,6 @@ def _add_compile(sub: Any) -> None:
     c.set_defaults(func=cmd_compile)
 
 
-def _add_train(sub: Any) -> None:
-    t = sub.add_parser("train", help="train a file on an .npz with arrays x and y; resumes from "
-                       "its checkpoint")
-    t.add_argument("file", help="trainable edgetrain file (.onnx); it is never modified")
-    t.add_argument("--data", required=True, help="an .npz with arrays x and y")
-    t.add_argument("--epochs", type=positive_int, default=1, help="epochs to train (default 1)")
-    t.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
-    t.add_argument("--lr", type=positive_float, default=None,
-                   help="learning rate (default: the one compiled into FILE)")
-    t.add_argument("--seed", type=non_negative_int, default=0, help="shuffling seed")
-    t.add_argument("--checkpoint", default=None,
-                   help="restored first if it exists; written after training "
-                   "(default: FILE.ckpt.safetensors next to FILE)")
-    t.add_argument("--fresh", action="store_true",
-                   help="start from FILE's weights; the old checkpoint is kept as a backup")
-    t.add_argument("--plot", default=None, help="write a loss/accuracy PNG here")
-    t.add_argument("--skip-nonfinite", action="store_true",
-                   help="skip steps with a non-finite loss or gradient instead of stopping")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.set_defaults(func=cmd_train)
-
-
 def _version() -> str:
     from . import __version__
 
@@ -520,8 +421,29 @@ def _named_demo(argv: list[str]) -> Any:
     return None
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Data conversions as one ``note:`` line on stdout (stderr is for the one error line);
+    other warnings as Python shows them."""
+    if issubclass(category, DataConversionWarning):
+        _say(f"note: {message}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv: list[str]) -> int:
     try:
         demo = _named_demo(argv)
         if demo is not None:

@@ -8,6 +8,7 @@ domain.
                         into the IR
     apply_lora          LoRA adapters (when trainable=select.lora(...))
     select_trainables   which weights train; the prediction and the label's type
+    loss_on_logits      a final Softmax / Sigmoid: the loss reads the logits before it
     train_graph         a copy of the inference graph: Dropout on, batch statistics, lr input
     train_loss          the loss (with its closed-form gradient where it has one)
     differentiate       the backward pass, pruned to what reaches the selected weights
@@ -34,6 +35,7 @@ from .. import select as _select
 from .._lora import LoRA
 from ._finish import eval_graph, finish_train, fuse_gemm_updates, split_features
 from ._import import MIN_OPSET, TARGET_OPSET, import_model, normalize, read_model
+from ._logits import loss_on_logits
 from ._package import package
 from ._select import apply_lora, select_trainables
 from ._state import Compilation, Options
@@ -43,9 +45,9 @@ from ._steps import train_steps
 Pass = Callable[[Compilation], None]
 
 PIPELINE: tuple[Pass, ...] = (
-    import_model, apply_lora, select_trainables, train_graph, train_loss, differentiate,
-    apply_optimizer, guard, fuse_gemm_updates, finish_train, train_steps, eval_graph,
-    split_features, package,
+    import_model, apply_lora, select_trainables, loss_on_logits, train_graph, train_loss,
+    differentiate, apply_optimizer, guard, fuse_gemm_updates, finish_train, train_steps,
+    eval_graph, split_features, package,
 )
 
 
@@ -67,12 +69,18 @@ def compile_model(
                       trainable=trainable, output=output, labels=labels,
                       batch_norm=batch_norm, split_features=split_features,
                       multi_step=multi_step)
-    c = Compilation(options)
-    for p in PIPELINE:
-        p(c)
+    c = run_pipeline(options)
     assert c.result is not None
     return c.result
 
 
+def run_pipeline(options: Options) -> Compilation:
+    """Every pass in order over one :class:`Compilation` (its ``result`` and ``notes``)."""
+    c = Compilation(options)
+    for p in PIPELINE:
+        p(c)
+    return c
+
+
 __all__ = ["MIN_OPSET", "PIPELINE", "TARGET_OPSET", "Compilation", "Options", "Pass",
-           "compile_model", "normalize", "read_model"]
+           "compile_model", "normalize", "read_model", "run_pipeline"]

@@ -65,7 +65,12 @@ class Compilation:
     opset: int = 18
     namer: Namer = field(default_factory=Namer)
     names: PublicNames = field(default_factory=PublicNames)
-    prediction: Value | None = None  # the inference output the loss reads
+    prediction: Value | None = None  # the inference output the loss is on
+    #: The value the loss reads when it is not the prediction itself: the logits before a
+    #: final Softmax / Sigmoid (see ``_logits``).
+    loss_input: Value | None = None
+    #: What the compiler decided for the caller that the caller should hear about.
+    notes: list[str] = field(default_factory=list)
     label_type: ir.DataType = ir.DataType.INT64
     label_shape: list[Any] = field(default_factory=list)
     lora: LoRAResult | None = None

@@ -61,7 +61,7 @@ def _dropout_on(op: Builder, node: ir.Node) -> None:
 def add_loss(c: Compilation, step: StepGraph) -> None:
     """Pass (train and eval): the loss of the prediction against the label, as ``loss``."""
     assert c.prediction is not None
-    pred = find(step.graph, str(c.prediction.name))
+    pred = find(step.graph, str((c.loss_input or c.prediction).name))
     assert pred is not None
     loss, c.pred_gradient = c.options.loss.build_with_gradient(
         step.op, pred, step.inputs["label"], c.options.labels)

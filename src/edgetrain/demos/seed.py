@@ -27,7 +27,7 @@ from ._models import seed_mlp
 
 def run(out_dir: str = "edgetrain-demo", epochs: int = 10, batch_size: int = 32,
         lr: float = 0.05, backend: str = "onnxruntime", seed: int = 0,
-        progress: bool = True) -> dict[str, float]:
+        progress: bool | None = None) -> dict[str, float]:
     os.makedirs(out_dir, exist_ok=True)
     x_train, y_train, x_test, y_test = digits(seed=seed)
     print(f"data: scikit-learn digits, {len(y_train)} train / {len(y_test)} held-out images "
@@ -39,7 +39,7 @@ def run(out_dir: str = "edgetrain-demo", epochs: int = 10, batch_size: int = 32,
     onnx.save(base, base_path)
 
     # 2. One trainable file: train / infer / eval / save / restore.
-    tm = et_compile(base_path, loss="cross_entropy", labels="onehot",
+    tm = et_compile(base_path, loss="cross_entropy",  # labels: int64 class indices [B]
                     optimizer=optim.SGD(lr=lr, momentum=0.9))
     model_path = os.path.join(out_dir, "model.onnx")
     tm.save(model_path)
@@ -48,11 +48,11 @@ def run(out_dir: str = "edgetrain-demo", epochs: int = 10, batch_size: int = 32,
     for sig in m.signatures.values():
         print(f"  {sig!r}")
 
-    # 3. Train on the device (one-hot labels, as in the tutorial).
-    onehot = np.eye(10, dtype=np.float32)
+    # 3. Train on the device: x float32 [B, 8, 8], y int64 class indices [B], as in the
+    # README's quick start (one-hot rows would be converted, with a warning).
     t0 = time.perf_counter()
-    hist = m.fit(x_train, onehot[y_train], epochs=epochs, batch_size=batch_size, seed=seed,
-                 validation_data=(x_test, onehot[y_test]), progress=progress)
+    hist = m.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
+                 validation_data=(x_test, y_test), progress=progress)
     train_s = time.perf_counter() - t0
     for e, (loss, acc) in enumerate(zip(hist["loss"], hist["val_accuracy"]), 1):
         print(f"epoch {e:2d}: loss {loss:.4f}  held-out accuracy {acc:.4f}")
@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the runtime that executes the graphs (default onnxruntime)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the data split and the weights")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: only on a terminal)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -101,5 +102,5 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise EdgetrainError("the demo needs matplotlib: pip install 'edgetrain[demo]'") from e
     res = run(args.out, args.epochs, args.batch_size, args.lr, args.backend, args.seed,
-              progress=not args.no_progress)
+              progress=args.progress)
     return 0 if res["test_accuracy"] > 0 else 1

@@ -28,6 +28,7 @@ import importlib.util
 import io
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -202,15 +203,18 @@ def _mib(n: float) -> str:
 
 def train(m: Any, x: dict[str, np.ndarray], y: np.ndarray, epochs: int, batch_size: int,
           seed: int, x_test: dict[str, np.ndarray], y_test: np.ndarray,
-          progress: bool = True) -> tuple[list[tuple[float, float]], float]:
+          progress: bool | None = None) -> tuple[list[tuple[float, float]], float]:
     """The on-device loop: ``run("train")`` per mini-batch, held-out accuracy per epoch.
 
     Returns [(mean train loss, held-out accuracy)] per epoch and the mean seconds per step
-    (training steps only, evaluation excluded).
+    (training steps only, evaluation excluded). The step line is redrawn at most twice a
+    second, and only on a terminal unless ``progress`` says otherwise.
     """
     rng = np.random.default_rng(seed)
     n = len(y)
     history, step_seconds, steps = [], 0.0, 0
+    show = sys.stdout.isatty() if progress is None else progress
+    shown = 0.0
     for epoch in range(epochs):
         order = rng.permutation(n)
         losses = []
@@ -221,7 +225,8 @@ def train(m: Any, x: dict[str, np.ndarray], y: np.ndarray, epochs: int, batch_si
             step_seconds += time.perf_counter() - t0
             steps += 1
             losses.append(float(out["loss"]))
-            if progress:
+            if show and time.perf_counter() - shown > 0.5:
+                shown = time.perf_counter()
                 print(f"\r  epoch {epoch + 1}: step {start // batch_size + 1}, "
                       f"loss {losses[-1]:.4f}", end="", flush=True)
         acc = m.evaluate(x_test, y_test, batch_size=64)["accuracy"]
@@ -233,7 +238,7 @@ def train(m: Any, x: dict[str, np.ndarray], y: np.ndarray, epochs: int, batch_si
 
 def run(out_dir: str = "edgetrain-text-demo", n_train: int = 100, n_test: int = 100,
         epochs: int = 3, batch_size: int = 16, seq_len: int = 32, lr_head: float = 3e-3,
-        lr_lora: float = 1e-3, rank: int = 8, seed: int = 0, progress: bool = True,
+        lr_lora: float = 1e-3, rank: int = 8, seed: int = 0, progress: bool | None = None,
         base: onnx.ModelProto | None = None) -> dict[str, dict[str, float]]:
     """The demo; ``base`` is an already exported classifier (of ``seq_len`` tokens) to reuse."""
     from .. import compile as et_compile
@@ -306,7 +311,8 @@ def run(out_dir: str = "edgetrain-text-demo", n_train: int = 100, n_test: int = 
 def parser() -> argparse.ArgumentParser:
     """``edgetrain demo text``'s arguments."""
     p = Parser(prog="edgetrain demo text", description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", default="edgetrain-text-demo", help="output folder")
+    p.add_argument("--out", "--out-dir", dest="out", default="edgetrain-text-demo",
+                   help="output folder (default edgetrain-text-demo)")
     p.add_argument("--train", type=positive_int, default=100, help="training tweets per class")
     p.add_argument("--test", type=positive_int, default=100, help="held-out tweets per class")
     p.add_argument("--epochs", type=positive_int, default=3, help="epochs (default 3)")
@@ -316,7 +322,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the sample and the new weights")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show training progress (default: only on a terminal)")
     return p
 
 
@@ -330,6 +337,6 @@ def _seq_len(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    run(a.out_dir, a.train, a.test, a.epochs, a.batch_size, a.seq_len, rank=a.rank,
-        seed=a.seed, progress=not a.no_progress)
+    run(a.out, a.train, a.test, a.epochs, a.batch_size, a.seq_len, rank=a.rank,
+        seed=a.seed, progress=a.progress)
     return 0

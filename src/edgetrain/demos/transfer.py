@@ -77,7 +77,8 @@ def digit_images(image_size: int, limit: int | None = None, seed: int = 0
 
 def run(out_dir: str = "edgetrain-transfer", epochs: int = 30, image_size: int = 64,
         batch_size: int = 32, lr: float = 5e-3, limit: int | None = None,
-        compare_epochs: int = 1, seed: int = 0, progress: bool = True) -> dict[str, float]:
+        compare_epochs: int = 1, seed: int = 0, progress: bool | None = None
+        ) -> dict[str, float]:
     """The whole demo; returns its numbers (accuracies, seconds per epoch)."""
     import torch
 
@@ -158,7 +159,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=5e-3, help="SGD rate (default 5e-3)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="use only this many training images (quick runs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: only on a terminal)")
     return p
 
 
@@ -173,7 +175,7 @@ def _image_size(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(list(argv) if argv is not None else None)
     run(a.out, a.epochs, a.image_size, a.batch_size, a.lr, a.limit,
-        progress=not a.no_progress)
+        progress=a.progress)
     return 0
 
 

@@ -7,11 +7,13 @@ simulated client reads its share exactly as a device would.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -136,7 +138,8 @@ def simulate(model: str | None = None, *, data: str | None = None, clients: int 
 
             run_inline(server_app, client_app, clients)
         else:
-            from flwr.simulation import run_simulation
+            with _without_tensorflow():
+                from flwr.simulation import run_simulation
 
             cpus = cpus or os.cpu_count() or 1
             backend_config: dict[str, Any] = {
@@ -214,19 +217,48 @@ def plot_history(history: list[dict[str, Any]], path: str, title: str = "") -> s
 
 
 class _quiet:
-    """Keeps Flower's INFO chatter off the console unless asked for (--verbose)."""
+    """Keeps Flower's chatter off the console unless asked for (--verbose): its INFO log, the
+    deprecation notice of ``run_simulation`` (a WARNING) and Ray's FutureWarnings. Errors
+    still show."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._levels: dict[str, int] = {}
+        self._warnings = warnings.catch_warnings()
 
     def __enter__(self) -> None:
         if self.enabled:
             for name in ("flwr",):
                 lg = logging.getLogger(name)
                 self._levels[name] = lg.level
-                lg.setLevel(logging.WARNING)
+                lg.setLevel(logging.ERROR)
+            self._warnings.__enter__()
+            for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+                warnings.simplefilter("ignore", category)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
+        if self.enabled:
+            self._warnings.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def _without_tensorflow() -> Iterator[None]:
+    """Import Flower's simulation without TensorFlow.
+
+    ``flwr.simulation`` imports TensorFlow when it is installed, only to offer TensorFlow
+    clients GPU memory growth; edgetrain's clients never use it, and the import costs seconds
+    and prints TensorFlow's start-up log. A ``None`` entry in ``sys.modules`` makes that
+    import fail as if TensorFlow were absent, which Flower handles; the entry is removed
+    afterwards, so TensorFlow stays importable.
+    """
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "tensorflow" in sys.modules and sys.modules["tensorflow"] is None:
+            del sys.modules["tensorflow"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from ._checkpoint import PARTS as CHECKPOINT_PARTS
 from ._checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from ._constants import (
     CHECKPOINT_KIND,
@@ -57,11 +58,12 @@ from ._validate import validate, validate_meta
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema.json")
 
 __all__ = [
-    "CHECKPOINT_KIND", "FORMAT_VERSION", "META_KEY", "SCHEMA_PATH", "STEP_NAME", "FeatureSpec",
-    "Identity", "LoraAdapter", "LoraSite", "LossConfig", "Metadata", "OptimizerConfig",
-    "SignatureSpec", "TensorSpec", "atomic_write", "check", "committed", "default_opset",
-    "fingerprint", "graph_reads", "identify", "initial_state", "load_checkpoint",
-    "load_model", "metadata_schema", "plain_inference", "producer_version", "read_meta",
-    "read_metadata", "read_model_bytes", "save_checkpoint", "save_model", "standalone",
+    "CHECKPOINT_KIND", "CHECKPOINT_PARTS", "FORMAT_VERSION", "META_KEY", "SCHEMA_PATH",
+    "STEP_NAME", "FeatureSpec", "Identity", "LoraAdapter", "LoraSite", "LossConfig", "Metadata",
+    "OptimizerConfig", "SignatureSpec", "TensorSpec", "atomic_write", "check", "committed",
+    "default_opset", "fingerprint", "graph_reads", "identify", "initial_state",
+    "load_checkpoint", "load_model", "metadata_schema", "plain_inference", "producer_version",
+    "read_meta", "read_metadata", "read_model_bytes", "save_checkpoint", "save_model",
+    "standalone",
     "validate", "validate_meta", "with_state", "write_meta",
 ]

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from .._io import read_regular_file
 from ..errors import CheckpointError
@@ -53,6 +55,8 @@ def save_checkpoint(path: str | os.PathLike[str], meta: Metadata,
     }
     if identity is not None:
         info["architecture"] = identity.architecture
+        if identity.weights:
+            info["weights_architecture"] = identity.weights
     info["checksum"] = _ckpt.checksum(tensors, info)
     if key is not None:
         info["mac"] = _ckpt.mac(key, info)
@@ -62,9 +66,16 @@ def save_checkpoint(path: str | os.PathLike[str], meta: Metadata,
         raise CheckpointError(f"cannot write checkpoint {path!r}: {e.strerror or e}") from e
 
 
+#: What a checkpoint holds, for ``load_checkpoint(parts=…)``: the weights (trainable tensors
+#: and batch-norm running statistics) and the optimizer's state (its slots and the step count).
+PARTS = ("weights", "optimizer")
+
+
 def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
                     expected: Mapping[str, np.ndarray], *, identity: Identity | None = None,
-                    key: bytes | None = None) -> dict[str, np.ndarray]:
+                    key: bytes | None = None, parts: Iterable[str] = PARTS,
+                    frozen: Mapping[str, onnx.TensorProto] | None = None
+                    ) -> dict[str, np.ndarray]:
     """Read and verify a checkpoint for a model whose current state is ``expected``.
 
     Verified, in order: the header's size and syntax, the kind and versions, the MAC (when a
@@ -72,6 +83,12 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
     names, dtypes and shapes, the architecture (when both sides know it; checkpoints written
     before it was recorded restore on the other checks), and the values (finite, a step count
     in range). Any failure is a :class:`CheckpointError`.
+
+    ``parts=("weights",)``: ``expected`` holds only the model's weights, and only those are
+    read, from a checkpoint of the same network written with any optimizer or trainable
+    selection: its other tensors (optimizer slots, step) are ignored, and the network is
+    matched by the weights architecture. A checkpoint tensor that the model keeps frozen
+    (``frozen``: its initializers by name) must hold the model's value.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load
@@ -100,17 +117,57 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
     if not hmac.compare_digest(_ckpt.checksum(tensors, info, checksum_version).encode(),
                                info.get("checksum", "").encode("utf-8", "replace")):
         raise CheckpointError(f"{where} fails its checksum: the file is corrupt or was modified")
+    parts = tuple(parts)
+    if set(parts) == {"weights"}:
+        # Every tensor must be possible state, also those not restored: a file holding NaN
+        # anywhere is not a checkpoint any training run wrote.
+        _ckpt.check_values(tensors, meta.step,
+                           identity.nonnegative if identity else (), where)
+        tensors = _weights_only(tensors, info, expected, identity, frozen or {}, where)
+    elif set(parts) != set(PARTS):
+        raise CheckpointError(f"parts must be ('weights',) or {PARTS}, got {parts}")
     want = fingerprint(meta, expected)
     got = fingerprint(meta, tensors)
     if want != got:
-        raise CheckpointError(f"{where} belongs to another model: {_describe_diff(want, got)}")
+        weights_agree = all(want.get(k) == got.get(k) for k in meta.trainable)
+        hint = ("; its weights fit: restore(parts=('weights',)) takes them with a fresh "
+                "optimizer state") if weights_agree and set(parts) == set(PARTS) else ""
+        raise CheckpointError(f"{where} belongs to another model: "
+                              f"{_describe_diff(want, got)}{hint}")
     arch = info.get("architecture")
-    if identity is not None and arch is not None and arch != identity.architecture:
+    if identity is not None and arch is not None and arch != identity.architecture \
+            and set(parts) == set(PARTS):
         raise CheckpointError(f"{where} belongs to another model: its tensors have the same "
                               "names and shapes, but the network architecture or the optimizer "
-                              "configuration differs")
+                              "configuration differs (restore(parts=('weights',)) takes the "
+                              "weights of the same network trained with another optimizer)")
     _ckpt.check_values(tensors, meta.step, identity.nonnegative if identity else (), where)
     return tensors
+
+
+def _weights_only(tensors: Mapping[str, np.ndarray], info: Mapping[str, str],
+                  expected: Mapping[str, np.ndarray], identity: Identity | None,
+                  frozen: Mapping[str, onnx.TensorProto], where: str) -> dict[str, np.ndarray]:
+    """The weights of a verified checkpoint, after checking that its network is the model's.
+
+    The weights architecture decides; a checkpoint written before it was recorded must match
+    the full architecture (the model that wrote it), and one with neither restores on names,
+    dtypes and shapes, as a full restore does.
+    """
+    if identity is not None:
+        weights, arch = info.get("weights_architecture"), info.get("architecture")
+        if weights is not None and weights != identity.weights:
+            raise CheckpointError(f"{where} belongs to another model: its network differs from "
+                                  "this model's (weights-only restore needs the same network)")
+        if weights is None and arch is not None and arch != identity.architecture:
+            raise CheckpointError(f"{where} predates weights-only restore across optimizers; "
+                                  "restore it fully into the model that wrote it and save it "
+                                  "again with this edgetrain")
+    for name in sorted(set(tensors) & set(frozen)):
+        if not np.array_equal(tensors[name], numpy_helper.to_array(frozen[name])):
+            raise CheckpointError(f"{where} holds trained values of {name!r}, which this model "
+                                  "keeps frozen; compile it with that tensor trainable")
+    return {k: tensors[k] for k in expected if k in tensors}
 
 
 def _version(info: Mapping[str, str], name: str, where: str, default: int | None) -> int:

@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import CheckpointError, InputError
+from ._files import graph_reads
 from ._spec import Metadata
 
 #: ``checksum_version`` written by this release: the canonical encoding of ``checksum_v2``.
@@ -36,6 +37,7 @@ MAX_STEP = 2 ** 53
 _CHECKSUM_TAG = b"edgetrain-checkpoint-checksum-v2\x00"
 _MAC_TAG = b"edgetrain-checkpoint-mac-v1\x00"
 _ARCH_TAG = b"edgetrain-architecture-v1\x00"
+_WEIGHTS_TAG = b"edgetrain-weights-architecture-v1\x00"
 
 #: numpy dtype name → the safetensors dtype code the canonical bytes name it by.
 ST_DTYPES = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "uint16": "U16", "int16": "I16",
@@ -155,14 +157,18 @@ class Identity:
     ``architecture``: hex SHA-256 over the model's structure (see :func:`architecture`).
     ``nonnegative``: state tensors that are nonnegative by construction (Adam's second
     moments, batch-norm running variances), so a negative value is a forged one.
+    ``weights``: hex SHA-256 over the inference network alone (see
+    :func:`weights_architecture`), what a weights-only restore must match.
     """
 
     architecture: str
     nonnegative: frozenset[str] = frozenset()
+    weights: str = ""
 
 
 def identify(model: onnx.ModelProto, meta: Metadata) -> Identity:
-    return Identity(architecture(model, meta), nonnegative(model, meta))
+    return Identity(architecture(model, meta), nonnegative(model, meta),
+                    weights_architecture(model))
 
 
 def architecture(model: onnx.ModelProto, meta: Metadata) -> str:
@@ -183,6 +189,21 @@ def architecture(model: onnx.ModelProto, meta: Metadata) -> str:
     opt = {k: v for k, v in meta.optimizer.to_json().items() if k != "lr"}
     h.update(canonical({"trainable": sorted(meta.trainable), "state": sorted(meta.state),
                         "step": meta.step, "optimizer": opt}))
+    return h.hexdigest()
+
+
+def weights_architecture(model: onnx.ModelProto) -> str:
+    """Hex SHA-256 of the inference network as it reads its weights: the opsets and the infer
+    graph's structure as :func:`architecture` hashes them, but only the initializers that its
+    nodes read. Optimizer slots, the step counter, the trainable selection and the optimizer
+    are left out, so the same network compiled with another optimizer (or other trainable
+    weights) matches, and any other network does not."""
+    h = hashlib.sha256(_WEIGHTS_TAG)
+    ops = sorted((o.domain, int(o.version)) for o in model.opset_import)
+    h.update(_u64(len(ops)))
+    for domain, version in ops:
+        h.update(_text(domain) + struct.pack("<q", version))
+    _graph(h, model.graph, only=graph_reads(model.graph))
     return h.hexdigest()
 
 
@@ -213,12 +234,14 @@ def canonical(value: Any) -> bytes:
     raise TypeError(f"no canonical encoding for {type(value).__name__}")
 
 
-def _graph(h: Any, g: onnx.GraphProto) -> None:
+def _graph(h: Any, g: onnx.GraphProto, only: set[str] | None = None) -> None:
+    """The structure of ``g``; ``only`` limits its own initializers to these names."""
     h.update(b"G")
-    inits = sorted(((t.name, t.data_type, list(t.dims)) for t in g.initializer),
-                   key=lambda t: t[0].encode("utf-8"))
+    inits = sorted(((t.name, t.data_type, list(t.dims)) for t in g.initializer
+                    if only is None or t.name in only), key=lambda t: t[0].encode("utf-8"))
     inits += sorted(((s.values.name, s.values.data_type, list(s.dims))
-                     for s in g.sparse_initializer), key=lambda t: t[0].encode("utf-8"))
+                     for s in g.sparse_initializer if only is None or s.values.name in only),
+                    key=lambda t: t[0].encode("utf-8"))
     h.update(_u64(len(inits)))
     for name, dtype, dims in inits:
         h.update(_text(name) + _u64(dtype) + _dims(dims))

@@ -87,7 +87,27 @@ def keras_to_onnx(model: Any, input_names: Sequence[str] | None = None,
     outs = list(output_names) if output_names else (
         ["logits"] if len(g.output) == 1 else [f"output{i}" for i in range(len(g.output))])
     _rename_outputs(proto, outs)
+    _name_batch_dims(proto)
     return proto, [v.path for v in tv if v.path in used]
+
+
+def _name_batch_dims(proto: onnx.ModelProto) -> None:
+    """Call the first dim of every input and output ``batch``, as ``from_torch`` does.
+
+    tf2onnx names Keras' unknown batch dims ``unk__626`` and the like, a fresh name per value,
+    which then shows in signatures and error messages; one shared name also tells a runtime
+    that the inputs, the outputs and the labels share the batch size.
+    """
+    g = proto.graph
+    rename = {}
+    for vi in [*g.input, *g.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and dims[0].dim_param.startswith("unk__"):
+            rename[dims[0].dim_param] = "batch"
+    for vi in [*g.input, *g.output, *g.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
 
 
 def _rename_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> None:

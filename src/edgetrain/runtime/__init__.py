@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -13,6 +14,7 @@ import numpy as np
 import onnx
 
 from .. import format as fmt
+from .._casting import DataConversionWarning, conform, to_numpy
 from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
 from ..format import _integrity as _ckpt
 from ..format import validate
@@ -58,6 +60,7 @@ class _InputSpec(NamedTuple):
     shape: list[Any]
     optional: bool
     default: np.ndarray | None
+    role: str | None = None
 
 
 class Model:
@@ -82,6 +85,7 @@ class Model:
         self._lock = threading.RLock()
         self._identity: fmt.Identity | None = None
         self._plans: dict[str, dict[str, _InputSpec]] = {}
+        self._conversions: set[str] = set()  # casting-policy conversions already reported
         self._sigs = {name: Signature(name, spec.kind, spec.inputs, spec.outputs,
                                       tuple(spec.updates))
                       for name, spec in self.meta.signatures.items()}
@@ -117,15 +121,32 @@ class Model:
             state = self._backend.get_state()
         return {k: state[k] for k in self.meta.trainable}
 
+    def weight_names(self) -> list[str]:
+        """The trainable tensors and the state the inference graph reads (batch-norm running
+        statistics in training mode): what the network computes with, without the optimizer's
+        slots and step count. A weights-only restore and :meth:`set_parameters` take these."""
+        if not hasattr(self, "_weight_names"):
+            reads = fmt.graph_reads(self.proto.graph)
+            self._weight_names = [*self.meta.trainable,
+                                  *(s for s in self.meta.state if s in reads)]
+        return list(self._weight_names)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Current values of :meth:`weight_names` (copies)."""
+        with self._lock:
+            state = self._backend.get_state()
+        return {k: state[k] for k in self.weight_names()}
+
     def set_parameters(self, params: Mapping[str, Any], strict: bool = True) -> None:
         """Replace trainable values (e.g. from a federated server); shapes and dtypes must match.
 
-        With ``strict`` every trainable must be given. Nothing changes if any value is refused.
+        Batch-norm running statistics (see :meth:`weight_names`) may be given too. With
+        ``strict`` every trainable must be given. Nothing changes if any value is refused.
         """
         with self._lock:
             current = self._backend.get_state()
             trainable = set(self.meta.trainable)
-            unknown = sorted(set(params) - trainable)
+            unknown = sorted(set(params) - set(self.weight_names()))
             if unknown:
                 raise InputError(f"set_parameters: not trainable parameters of this model: "
                                  f"{unknown[:5]}")
@@ -141,6 +162,10 @@ class Model:
                                      f"expected {want.dtype}{list(want.shape)}")
                 if arr.dtype.kind == "f" and not _all_finite(arr):
                     raise InputError(f"set_parameters: {k!r} contains NaN or infinity")
+                if k not in trainable and k in self.identity.nonnegative and arr.size \
+                        and float(arr.min()) < 0:
+                    raise InputError(f"set_parameters: {k!r} is a running variance and "
+                                     "cannot be negative")
                 new[k] = arr
             self._backend.set_state(new)
 
@@ -210,9 +235,11 @@ class Model:
                               "skipped and the weights are unchanged", completed_steps=done)
 
     def _builtin(self, sig: Signature, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(inputs) - {"checkpoint_path", "key"}
+        allowed = {"checkpoint_path", "key"} | ({"parts"} if sig.name == "restore" else set())
+        unknown = set(inputs) - allowed
         if unknown or "checkpoint_path" not in inputs:
-            raise InputError(f"{sig.name} takes checkpoint_path and optionally key; got "
+            raise InputError(f"{sig.name} takes checkpoint_path and optionally "
+                             f"{' and '.join(sorted(allowed - {'checkpoint_path'}))}; got "
                              f"{sorted(inputs)}")
         path = os.fspath(inputs["checkpoint_path"])
         key = inputs.get("key")
@@ -223,14 +250,30 @@ class Model:
                 state = self._backend.get_state()
             fmt.save_checkpoint(path, self.meta, state, identity=self.identity, key=key)
         elif sig.name == "restore":
-            with self._lock:  # verified in full before anything changes
-                current = self._backend.get_state()
-                loaded = fmt.load_checkpoint(path, self.meta, current, identity=self.identity,
-                                             key=key)
-                self._backend.set_state(loaded)
+            self._restore(path, key, inputs.get("parts"))
         else:
             raise EdgetrainError(f"unknown builtin signature {sig.name!r}")
         return {"checkpoint_path": path}
+
+    def _restore(self, path: str, key: bytes | None, parts: Any) -> None:
+        """A full restore, or (``parts=("weights",)``) the weights alone with the optimizer
+        state (slots, step count) started afresh: verified in full before anything changes."""
+        parts = _parts(parts)
+        with self._lock:
+            current = self._backend.get_state()
+            if parts == ("weights",):
+                frozen_names = set(self.meta.frozen)
+                frozen = {t.name: t for t in self.proto.graph.initializer
+                          if t.name in frozen_names}
+                expected = {k: current[k] for k in self.weight_names()}
+                loaded = fmt.load_checkpoint(path, self.meta, expected, identity=self.identity,
+                                             key=key, parts=parts, frozen=frozen)
+                fresh = fmt.initial_state(self.proto, self.meta)
+                loaded = {**{k: v for k, v in fresh.items() if k not in expected}, **loaded}
+            else:
+                loaded = fmt.load_checkpoint(path, self.meta, current, identity=self.identity,
+                                             key=key)
+            self._backend.set_state(loaded)
 
     @property
     def identity(self) -> fmt.Identity:
@@ -246,14 +289,20 @@ class Model:
         return str(self.run("save", checkpoint_path=checkpoint_path, **keyed)["checkpoint_path"])
 
     def restore(self, checkpoint_path: str | os.PathLike[str], *,
-                key: bytes | None = None) -> str:
+                key: bytes | None = None, parts: tuple[str, ...] | None = None) -> str:
         """Load a checkpoint, verified in full first; on any failure the state is unchanged.
 
         Without ``key`` the checksum proves integrity only (anyone can write a valid file);
         with ``key`` a checkpoint without a valid MAC made with that key is refused.
+        ``parts=("weights",)`` restores only the weights (:meth:`weight_names`) and starts the
+        optimizer afresh: the checkpoint may come from the same network trained with another
+        optimizer or other trainable weights (a weight this model keeps frozen must hold its
+        frozen value). The default restores everything, from this very model's checkpoints.
         """
-        keyed = {} if key is None else {"key": key}
-        return str(self.run("restore", checkpoint_path=checkpoint_path, **keyed)
+        extra: dict[str, Any] = {} if key is None else {"key": key}
+        if parts is not None:
+            extra["parts"] = parts
+        return str(self.run("restore", checkpoint_path=checkpoint_path, **extra)
                    ["checkpoint_path"])
 
     def _input_plan(self, sig: Signature) -> dict[str, _InputSpec]:
@@ -264,7 +313,7 @@ class Model:
             for s in sig.inputs:
                 dtype = np.dtype(s.dtype)
                 default = np.asarray(s.default, dtype=dtype) if s.optional else None
-                plan[s.name] = _InputSpec(dtype, list(s.shape), s.optional, default)
+                plan[s.name] = _InputSpec(dtype, list(s.shape), s.optional, default, s.role)
             self._plans[sig.name] = plan
         return plan
 
@@ -276,6 +325,7 @@ class Model:
                              f"{list(specs)}")
         feeds: dict[str, np.ndarray] = {}
         dims: dict[str, tuple[int, str]] = {}
+        converted: list[str] = []
         for name, spec in specs.items():
             shape = spec.shape
             if name not in inputs:
@@ -285,12 +335,11 @@ class Model:
                 raise InputError(f"{sig.name}: missing input {name!r} "
                                  f"({spec.dtype}{shape})")
             value = inputs[name]
-            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-            if spec.optional and arr.ndim == 0 and arr.dtype.kind in "fi":
-                arr = arr.astype(spec.dtype)
-            if arr.dtype != spec.dtype:
-                raise InputError(f"{sig.name}: input {name!r} has dtype {arr.dtype}, expected "
-                                 f"{spec.dtype} (convert with .astype(np.{spec.dtype}))")
+            if isinstance(value, np.ndarray) and value.dtype == spec.dtype \
+                    and value.ndim == len(shape):
+                arr = value
+            else:
+                arr = self._conform(sig.name, name, value, spec, converted)
             if arr.ndim != len(shape):
                 raise InputError(f"{sig.name}: input {name!r} has shape {list(arr.shape)} "
                                  f"(rank {arr.ndim}), expected rank {len(shape)}: {shape}")
@@ -307,6 +356,7 @@ class Model:
             if arr.ndim and arr.shape[0] == 0:
                 raise InputError(f"{sig.name}: input {name!r} is an empty batch")
             feeds[name] = arr
+        self._report_conversions(sig.name, converted)
         lr = sig.input("lr")
         # The file's default too: a file may be hostile.
         if sig.updates and lr is not None and lr in feeds:
@@ -314,6 +364,33 @@ class Model:
         if sig.updates or sig.name == "eval":  # defaults are valid: check what was given
             self._check_values(sig, {k: feeds[k] for k in inputs})
         return feeds
+
+    def _conform(self, where: str, name: str, value: Any, spec: _InputSpec,
+                 converted: list[str]) -> np.ndarray:
+        """``value`` under the casting policy (``edgetrain._casting``); what was converted is
+        added to ``converted``."""
+        if spec.optional:  # the rate: any real scalar
+            arr = to_numpy(value, f"{where}: input {name!r}")
+            if arr.ndim == 0 and arr.dtype.kind in "fi":
+                return arr.astype(spec.dtype)
+        labels = self.meta.labels if spec.role == "label" \
+            and self.meta.classification else None
+        try:
+            arr, notes = conform(value, spec.dtype, spec.shape, name, labels=labels)
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from e
+        converted.extend(notes)
+        return arr
+
+    def _report_conversions(self, where: str, notes: list[str]) -> None:
+        """One warning per call naming the conversions not reported before: a loop over
+        float64 batches warns once, not once per step."""
+        new = [n for n in notes if n not in self._conversions]
+        if new:
+            self._conversions.update(new)
+            warnings.warn(f"{where}: converted {', '.join(new)} (edgetrain's casting policy; "
+                          "see the edgetrain.data documentation)", DataConversionWarning,
+                          stacklevel=4)
 
     def _check_values(self, sig: Signature, feeds: Mapping[str, np.ndarray]) -> None:
         """Training data must be finite and labels in range: bad data must not reach weights.
@@ -357,6 +434,24 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model(backend={self.backend_name!r}, signatures={sorted(self._sigs)}, "
                 f"trainable={len(self.meta.trainable)})")
+
+
+def _parts(parts: Any) -> tuple[str, ...]:
+    """``restore``'s parts: ``("weights",)`` or everything (None, or both parts)."""
+    if parts is None:
+        return fmt.CHECKPOINT_PARTS
+    if isinstance(parts, str):
+        parts = (parts,)
+    try:
+        found = tuple(dict.fromkeys(str(p) for p in parts))
+    except TypeError:
+        found = ()
+    if set(found) == {"weights"}:
+        return ("weights",)
+    if set(found) == set(fmt.CHECKPOINT_PARTS):
+        return fmt.CHECKPOINT_PARTS
+    raise InputError(f"restore: parts must be ('weights',) or {fmt.CHECKPOINT_PARTS}, got "
+                     f"{parts!r}")
 
 
 def _nonfinite_input(sig: Signature, name: str, arr: np.ndarray) -> InputError:

@@ -21,6 +21,16 @@ class History:
     #: estimated backbone seconds that recomputing them every epoch would have cost on top.
     feature_seconds: float = 0.0
     saved_seconds: float = 0.0
+    #: The epoch (0-based, counting ``initial_epoch``) after which a callback stopped
+    #: training early, else None.
+    stopped_epoch: int | None = None
+    #: What callbacks did that a reader should know ("restored the weights of epoch 4 …").
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs actually trained (fewer than asked for when stopped early)."""
+        return len(self.epoch_seconds)
 
     def add(self, key: str, value: float) -> None:
         self.history.setdefault(key, []).append(float(value))
