@@ -117,7 +117,7 @@ def read_data(m: Any, path: str, target: str | None, classes: list[str] | None,
     from .data import read
 
     inputs = m.signatures["infer"].inputs
-    shape = list(inputs[0]["shape"][1:]) if len(inputs) == 1 else None
+    shape = list(inputs[0].shape[1:]) if len(inputs) == 1 else None
     ds = read(path, target, input_shape=shape, classes=classes, need_y=need_y)
     if ds.x.ndim == 0 or len(ds.x) == 0:
         raise EdgetrainError(f"{path!r}: array 'x' holds no samples (shape {list(ds.x.shape)})")
