@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_loop import Loop as _Loop
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -71,5 +72,20 @@ class MaxUnpool(OpRun):
         return (out.reshape(tuple(int(d) for d in output_shape)),)
 
 
+class Loop(_Loop):
+    op_domain = ""
+
+    def _run(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        out = list(super()._run(*args, **kwargs))
+        body = self.onnx_node.attribute[0].g if self.onnx_node.attribute else None
+        scans = list(body.output)[len(body.output) - self.K:] if body is not None else []
+        for k, vi in enumerate(scans):
+            i = len(out) - self.K + k
+            scalar = vi.type.tensor_type.HasField("shape") and not vi.type.tensor_type.shape.dim
+            if scalar and out[i].ndim == 2 and out[i].shape[1] == 1:
+                out[i] = out[i].reshape(-1)
+        return tuple(out)
+
+
 #: Pass as ``ReferenceEvaluator(model, new_ops=EXACT_OPS)``.
-EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, MaxUnpool]
+EXACT_OPS: list[type[OpRun]] = [Erf, Gelu, GatherElements, MaxUnpool, Loop]
