@@ -1,8 +1,11 @@
 #!/bin/sh
-# Install what the browser test (tests/test_web.py) needs on a fresh Debian machine:
-# Debian's Chromium, Node.js with npm, and the pinned npm packages in web/ (onnxruntime-web,
-# vendored into web exports, and playwright-core, which drives the system Chromium; no browser
-# download from playwright).
+# Install what the browser and JS driver tests (tests/test_web*.py, tests/test_js.py) need on a
+# fresh Debian machine: Debian's Chromium, Node.js with npm, the pinned npm packages in web/
+# (onnxruntime-web, vendored into web exports, and playwright-core, which drives the system
+# Chromium; no browser download from playwright), and those of the JS driver package in js/
+# (onnxruntime-node, typescript). onnxruntime-node's install script would download GPU files
+# from a host outside the npm registry; ONNXRUNTIME_NODE_INSTALL=skip keeps the CPU build that
+# the npm package itself carries.
 set -eu
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -17,4 +20,5 @@ if [ -n "$need" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y $need
 fi
 npm ci --prefix web --no-audit --no-fund
+ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix js --no-audit --no-fund
 echo "web-setup: chromium $(chromium --version 2>/dev/null | sed 's/^Chromium //'), node $(node --version)"

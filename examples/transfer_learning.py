@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     tm = et.from_torch(net, torch.zeros(2, 3, args.size, args.size), loss="cross_entropy",
                        optimizer=et.optim.Adam(lr=5e-3), trainable=et.select.head(),
                        split_features=True)
-    print(f"trainable: {tm.meta['trainable']}; the backbone ends at "
-          f"{tm.meta['features']['tensor']} {tm.meta['features']['shape']}")
+    features = tm.meta.features  # where the frozen backbone ends (split_features=True)
+    assert features is not None
+    print(f"trainable: {list(tm.meta.trainable)}; the backbone ends at "
+          f"{features.tensor} {list(features.shape)}")
     path = os.path.join(args.out, "trainable.onnx")
     tm.save(path)
 

@@ -93,7 +93,7 @@ def test_restore_across_backends_and_after_more_training(tmp_path: Path) -> None
     _same_state(ref.state(), saved)
     np.testing.assert_allclose(ref.run("infer", x=x)["logits"], m.run("infer", x=x)["logits"],
                                rtol=1e-5, atol=1e-6)
-    assert fmt.read_meta(et.load(path).proto) == m.meta  # the model file itself is unchanged
+    assert fmt.read_metadata(et.load(path).proto) == m.meta  # the model file itself is unchanged
 
 
 @pytest.mark.parametrize("other, message", [

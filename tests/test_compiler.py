@@ -100,7 +100,7 @@ def test_public_names_clear_of_the_models_own_train_and_infer() -> None:
     tm = et.compile(model)
     m = tm.load()
     sig = m.signatures["train"]
-    roles = {s["role"]: s["name"] for s in sig.inputs if "role" in s}
+    roles = {s.role: s.name for s in sig.inputs if s.role}
     x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1, 2])
     before = m.parameters()["lr"].copy()
@@ -139,7 +139,7 @@ def _if_model() -> onnx.ModelProto:
 @pytest.mark.parametrize("backend", ["onnxruntime", "reference"])
 def test_frozen_weight_read_only_inside_an_if_branch_infers_and_trains(backend: str) -> None:
     tm = et.compile(_if_model(), trainable=["W2", "b2"])
-    assert "W_inner" in tm.meta["frozen"]
+    assert "W_inner" in tm.meta.frozen
     m = tm.load(backend=backend)
     x = np.abs(np.random.default_rng(3).standard_normal((5, 4))).astype(np.float32)
     want = (x @ np.full((4, 4), 0.25, np.float32)) @ m.parameters()["W2"]

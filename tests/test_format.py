@@ -145,7 +145,7 @@ def test_metadata_lists_signatures_and_state() -> None:
     tm = et.compile(mlp(), loss=loss, optimizer=opt, trainable=["fc2.*"])
     raw = next(p.value for p in tm.proto.metadata_props if p.key == "edgetrain")
     meta = json.loads(raw)
-    assert meta == tm.meta
+    assert meta == tm.meta.to_json()
     assert meta["format_version"] == fmt.FORMAT_VERSION
     assert set(meta["signatures"]) == {"train", "train_steps", "infer", "eval", "save",
                                        "restore"}
@@ -167,8 +167,8 @@ def test_metadata_lists_signatures_and_state() -> None:
     assert [o["name"] for o in sigs["eval"]["outputs"]] == ["loss", "accuracy"]
     assert sigs["save"]["kind"] == sigs["restore"]["kind"] == "builtin"
     steps = sigs["train_steps"]  # K stacked batches, one rate per step, one loss per step
-    assert [(s["name"], s["shape"][0]) for s in steps["inputs"]] == [
-        ("x", "steps"), ("y", "steps"), ("lr", "steps")]
+    assert [(s["name"], s["shape"][0], s["role"]) for s in steps["inputs"]] == [
+        ("x", "steps", "data"), ("y", "steps", "label"), ("lr", "steps", "lr")]
     assert steps["outputs"][0]["shape"] == ["steps"] and steps["outputs"][0]["role"] == "loss"
     assert sigs["save"]["inputs"][0]["name"] == "checkpoint_path"
     assert et.optim.from_config(meta["optimizer"]) == opt
@@ -178,15 +178,15 @@ def test_metadata_lists_signatures_and_state() -> None:
     # The runtime shows the same signatures.
     m = tm.load()
     assert set(m.signatures) == set(sigs)
-    assert [s["name"] for s in m.signatures["train"].inputs] == ["x", "y", "lr"]
+    assert [s.name for s in m.signatures["train"].inputs] == ["x", "y", "lr"]
     assert "train(" in repr(m.signatures["train"])
 
 
 def test_regression_loss_has_no_accuracy_and_float_labels() -> None:
     meta = et.compile(mlp(), loss="huber").meta
-    assert [o["name"] for o in meta["signatures"]["eval"]["outputs"]] == ["loss"]
-    y = meta["signatures"]["train"]["inputs"][1]
-    assert y["dtype"] == "float32" and y["shape"] == ["batch", 10]
+    assert [o.name for o in meta.signatures["eval"].outputs] == ["loss"]
+    y = meta.signatures["train"].inputs[1]
+    assert y.dtype == "float32" and y.shape == ("batch", 10) and y.role == "label"
 
 
 def test_frozen_weights_stay_initializers_of_the_step_graph() -> None:
@@ -208,7 +208,7 @@ def test_model_file_errors(tmp_path: Any) -> None:
     tm = et.compile(source)
     newer = onnx.ModelProto()
     newer.CopyFrom(tm.proto)
-    meta = dict(tm.meta, format_version=fmt.FORMAT_VERSION + 1)
+    meta = dict(tm.meta.to_json(), format_version=fmt.FORMAT_VERSION + 1)
     fmt.write_meta(newer, meta)
     with pytest.raises(et.FormatError, match=f"version {fmt.FORMAT_VERSION + 1}"):
         et.load(newer)

@@ -288,7 +288,7 @@ def _forge_metadata(md: dict[str, str], data: st.DataObject) -> bool:
     md[key] = value
     if not re.fullmatch(r"[0-9]{1,6}", value):
         return False
-    return int(value) <= 1 if key == "format_version" else int(value) == 2
+    return int(value) <= fmt.FORMAT_VERSION if key == "format_version" else int(value) == 2
 
 
 def _forged(target: Target, data: st.DataObject, signed: bool) -> tuple[bytes, bool]:

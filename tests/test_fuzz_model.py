@@ -127,13 +127,13 @@ def _watchdog() -> Iterator[None]:
 def _use(path: str) -> tuple[str, bytes]:
     try:
         m = et.load(path)
-        logits = m.run("infer", x=X)[m.meta["output"]]
+        logits = m.run("infer", x=X)[m.meta.output]
         assert logits.shape[0] == len(X)
         seen = logits.tobytes()
         try:
             loss = m.run("train", x=X, y=Y)["loss"]
             assert np.shape(loss) == ()
-            seen += m.run("infer", x=X)[m.meta["output"]].tobytes()
+            seen += m.run("infer", x=X)[m.meta.output].tobytes()
         except et.NonFiniteError:
             pass  # flipped weights may overflow: refused and counted as such
         seen += b"".join(v.tobytes() for v in m.state().values())

@@ -47,8 +47,8 @@ def test_one_sgd_step_matches_gradient_tape() -> None:
     lr = 0.1
     tm = et.from_keras(model, optimizer=et.optim.SGD(lr=lr))
     onnx.checker.check_model(tm.proto, full_check=True)
-    assert set(tm.meta["trainable"]) == {v.path for v in model.trainable_variables}
-    assert "batch_normalization/moving_mean" in tm.meta["frozen"]
+    assert set(tm.meta.trainable) == {v.path for v in model.trainable_variables}
+    assert "batch_normalization/moving_mean" in tm.meta.frozen
     m = tm.load()
     np.testing.assert_allclose(m.run("infer", x=x)["logits"], model(x, training=False).numpy(),
                                rtol=1e-5, atol=1e-5)
@@ -72,7 +72,7 @@ def test_frozen_keras_layers_stay_frozen() -> None:
         layer.trainable = False
     tm = et.from_keras(model)
     head = model.layers[-1]
-    assert tm.meta["trainable"] == [head.kernel.path, head.bias.path]
+    assert tm.meta.trainable == (head.kernel.path, head.bias.path)
 
 
 def test_other_backends_are_refused_with_a_clear_message() -> None:

@@ -73,19 +73,20 @@ NAMES = {"A1": "W1.lora_A", "B1": "W1.lora_B", "A2": "W2.lora_A", "B2": "W2.lora
 def test_rewrite_adds_zero_b_adapters_and_trains_only_them() -> None:
     tm = compiled()
     meta = tm.meta
-    assert set(meta["trainable"]) == {"b2", *NAMES.values()}, meta["trainable"]
-    assert {"W1", "W2", "b1"} <= set(meta["frozen"])
+    assert set(meta.trainable) == {"b2", *NAMES.values()}, meta.trainable
+    assert {"W1", "W2", "b1"} <= set(meta.frozen)
     inits = {t.name: numpy_helper.to_array(t) for t in tm.proto.graph.initializer}
     assert inits["W1.lora_A"].shape == (N_IN, RANK) and inits["W1.lora_B"].shape == (RANK, N_HID)
     assert inits["W2.lora_A"].shape == (N_HID, RANK) and inits["W2.lora_B"].shape == (RANK, N_OUT)
     assert not inits["W1.lora_B"].any() and not inits["W2.lora_B"].any()
     bound = 1 / np.sqrt(N_IN)
     assert 0 < np.abs(inits["W1.lora_A"]).max() <= bound
-    lora = meta["lora"]
+    lora = meta.lora
+    assert lora is not None
     assert lora["rank"] == RANK and lora["alpha"] == ALPHA and lora["adapted_weights"] == 2
     assert lora["adapter_parameters"] == RANK * (N_IN + N_HID) + RANK * (N_HID + N_OUT)
     assert lora["adapter_bytes"] == 8 * lora["adapter_parameters"]
-    assert meta["selection"].startswith("edgetrain.select.lora(rank=2")
+    assert meta.selection is not None and meta.selection.startswith("edgetrain.select.lora(rank=2")
 
 
 @pytest.mark.parametrize("backend", ["reference", "onnxruntime"])
@@ -234,8 +235,8 @@ def test_tied_weight_gets_one_adapter_used_twice() -> None:
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     tm = et.compile(model, loss="mse", optimizer=et.optim.SGD(lr=1.0),
                     trainable=et.select.lora(rank=2, alpha=2.0, targets=["W"]))
-    assert tm.meta["trainable"] == ["W.lora_A", "W.lora_B"]
-    assert len(tm.meta["lora_merge"][0]["sites"]) == 2
+    assert tm.meta.trainable == ("W.lora_A", "W.lora_B")
+    assert len(tm.meta.lora_merge[0].sites) == 2
     m = et.load(tm.proto, backend="reference")
     a, b = rng.standard_normal((4, 2)), rng.standard_normal((2, 4))
     m.set_parameters({"W.lora_A": a, "W.lora_B": b})
@@ -259,7 +260,7 @@ def test_tied_weight_gets_one_adapter_used_twice() -> None:
 def test_targets_match_node_names_and_errors_list_the_weights() -> None:
     model, _ = mlp()
     tm = et.compile(model, trainable=et.select.lora(rank=1, alpha=1, targets=["fc1/*"]))
-    assert tm.meta["trainable"] == ["W1.lora_A", "W1.lora_B"]
+    assert tm.meta.trainable == ("W1.lora_A", "W1.lora_B")
     with pytest.raises(EdgetrainError, match=r"match no MatMul/Gemm weight.*W1 \(node 'fc1"):
         et.compile(model, trainable=et.select.lora(rank=1, alpha=1, targets=["*query*"]))
     with pytest.raises(EdgetrainError, match="whole trainable= argument"):

@@ -391,8 +391,8 @@ RAW_EDITS: dict[str, Callable[[str], str]] = {
     "nan": lambda raw: raw.replace('"lr": 0.1', '"lr": NaN'),
     "infinity": lambda raw: raw.replace('"lr": 0.1', '"lr": Infinity'),
     "float_overflow": lambda raw: raw.replace('"lr": 0.1', '"lr": 1e999'),
-    "int_5000_digits": lambda raw: raw.replace('"format_version": 1', '"format_version": '
-                                               + "1" * 5000),
+    "int_5000_digits": lambda raw: raw.replace(f'"format_version": {fmt.FORMAT_VERSION}',
+                                               '"format_version": ' + "1" * 5000),
     "nested_1200_deep": lambda raw: raw[:-1] + ', "x": ' + "[" * 1200 + "]" * 1200 + "}",
     "nested_50000_deep": lambda raw: raw[:-1] + ', "x": ' + "[" * 50000 + "]" * 50000 + "}",
     "duplicate_key": lambda raw: raw[:-1] + ', "output": "logits"}',
@@ -442,7 +442,8 @@ def test_validate_meta_accepts_what_the_compiler_writes() -> None:
                {"trainable": et.select.lora(rank=2, targets=["fc*"])},
                {"trainable": ["fc2.*"], "split_features": True}):
         tm = et.compile(mlp(hidden=16), **kw)  # type: ignore[arg-type]
-        assert validate_meta(json.loads(json.dumps(tm.meta))) == tm.meta
+        doc = tm.meta.to_json()
+        assert validate_meta(json.loads(json.dumps(doc))) == doc
         validate(tm.proto, tm.meta)
 
 
@@ -512,20 +513,19 @@ def test_swapped_updates_are_refused(config: str) -> None:
     """Every optimizer's file loads, and swapping any two same-shaped updates is refused."""
     tm = UPDATE_CONFIGS[config]()
     m = et.load(tm.proto)  # the file as compiled: every update is recognized
-    m.run("train", **{s["name"]: np.ones([d if isinstance(d, int) else 3 for d in s["shape"]],
-                                         dtype=s["dtype"]) * 0
-                       for s in m.signatures["train"].inputs if not s.get("optional")})
+    m.run("train", **{s.name: np.ones([d if isinstance(d, int) else 3 for d in s.shape],
+                                      dtype=s.dtype) * 0
+                       for s in m.signatures["train"].inputs if not s.optional})
     inits = {t.name: t for t in tm.proto.graph.initializer}
     swaps = 0
-    for sig, spec in tm.meta["signatures"].items():
-        keys = sorted(spec.get("updates", {}))
+    for sig, spec in tm.meta.signatures.items():
+        keys = sorted(spec.updates)
         for i, a in enumerate(keys):
             for b in keys[i + 1:]:
                 ta, tb = inits[a], inits[b]
                 if ta.data_type != tb.data_type or list(ta.dims) != list(tb.dims):
                     continue
-                updates = dict(spec["updates"], **{a: spec["updates"][b],
-                                                   b: spec["updates"][a]})
+                updates = dict(spec.updates, **{a: spec.updates[b], b: spec.updates[a]})
                 bad, meta = _retarget(tm.proto, sig, updates)
                 with pytest.raises(et.FormatError, match="computes"):
                     validate(bad, meta)
@@ -564,7 +564,7 @@ def test_lora_merge_must_name_real_tensors_and_nodes() -> None:
     for edit in (lambda ad: ad.update(weight="fc1.bias"),
                  lambda ad: ad.update(A="nothing"),
                  lambda ad: ad["sites"][0]["nodes"].append("fc2")):
-        meta = json.loads(json.dumps(tm.meta))
+        meta = tm.meta.to_json()
         edit(meta["lora_merge"][0])
         with pytest.raises(et.FormatError, match="LoRA adapter 0"):
             et.load(_with_meta(tm.proto, json.dumps(meta)))

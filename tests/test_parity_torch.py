@@ -255,7 +255,7 @@ def test_from_torch_exports_the_module(digits: tuple[np.ndarray, np.ndarray]) ->
     assert params.keys() == net.state_dict().keys()
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(params[k], v.numpy())
-    assert m.signatures["infer"].inputs[0]["name"] == "x"
+    assert m.signatures["infer"].inputs[0].name == "x"
     out = m.run("infer", x=x[:50])["logits"]
     with torch.no_grad():
         want = net(torch.from_numpy(x[:50])).numpy()

@@ -172,16 +172,17 @@ def test_inference_during_training_sees_whole_weight_sets(model_bytes: bytes) ->
 
 def test_newer_format_versions_are_refused(model_bytes: bytes, ckpt_bytes: bytes,
                                            tmp_path) -> None:
-    newer = _edit_meta(model_bytes, lambda meta: meta.update(format_version=2))
-    with pytest.raises(et.FormatError, match="format version 2"):
+    newer_version = fmt.FORMAT_VERSION + 1
+    newer = _edit_meta(model_bytes, lambda meta: meta.update(format_version=newer_version))
+    with pytest.raises(et.FormatError, match=f"format version {newer_version}"):
         et.load(newer)
     n = int.from_bytes(ckpt_bytes[:8], "little")
     header = json.loads(ckpt_bytes[8:8 + n])
-    header["__metadata__"]["format_version"] = "2"
+    header["__metadata__"]["format_version"] = str(newer_version)
     raw = json.dumps(header).encode()
     path = tmp_path / "new.safetensors"
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + ckpt_bytes[8 + n:])
-    with pytest.raises(et.CheckpointError, match="format version 2"):
+    with pytest.raises(et.CheckpointError, match=f"format version {newer_version}"):
         et.load(model_bytes).restore(str(path))
 
 

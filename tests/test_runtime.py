@@ -53,7 +53,7 @@ def test_onnxruntime_and_reference_agree_over_10_steps(kw: dict[str, Any], dtype
         idx = rng.choice(80, 16, replace=False)
         feeds: dict[str, Any] = {"x": x[idx], "y": y[idx]}
         if step >= 5:
-            feeds["lr"] = 0.5 * ms["onnxruntime"].meta["optimizer"]["lr"]
+            feeds["lr"] = 0.5 * ms["onnxruntime"].meta.optimizer.lr
         losses = {b: m.run("train", **feeds)["loss"] for b, m in ms.items()}
         assert losses["onnxruntime"].dtype == dtype
         np.testing.assert_allclose(losses["onnxruntime"], losses["reference"], rtol=rtol,

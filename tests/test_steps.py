@@ -33,7 +33,7 @@ def _single_steps(m: Any, xs: np.ndarray, ys: np.ndarray, lrs: np.ndarray) -> li
 @pytest.mark.parametrize("config", sorted(STEP_CONFIGS))
 def test_k_steps_equal_k_single_steps_bit_for_bit(config: str, tmp_path: Any) -> None:
     tm = STEP_CONFIGS[config]()
-    assert "train_steps" in tm.meta["signatures"]
+    assert "train_steps" in tm.meta.signatures
     path = tmp_path / "m.onnx"
     tm.save(path)
     xs, ys = _batches()
@@ -124,8 +124,8 @@ def test_fit_keeps_the_steps_before_a_bad_batch_inside_a_chunk(tmp_path: Any) ->
 
 def test_multi_step_false_leaves_the_signature_out() -> None:
     tm = et.compile(mlp(hidden=16), optimizer=et.optim.SGD(lr=0.1), multi_step=False)
-    assert "train_steps" not in tm.meta["signatures"]
-    assert "train" in tm.meta["signatures"]
+    assert "train_steps" not in tm.meta.signatures
+    assert "train" in tm.meta.signatures
 
 
 def test_train_steps_runs_on_the_reference_backend(tmp_path: Any) -> None:

@@ -206,8 +206,8 @@ def test_lora_on_the_real_encoder(torch64: Any, onnx64: onnx.ModelProto,
                          also=["head.*"])
     tm = et.compile(onnx64, loss="cross_entropy", trainable=sel,
                     optimizer=et.optim.SGD(lr=1.0))
-    adapters = [k for k in tm.meta["trainable"] if ".lora_" in k]
-    assert len(adapters) == 24 and set(tm.meta["trainable"]) - set(adapters) == {
+    adapters = [k for k in tm.meta.trainable if ".lora_" in k]
+    assert len(adapters) == 24 and set(tm.meta.trainable) - set(adapters) == {
         "head.weight", "head.bias"}
 
     # B = 0: the adapted model is the base model, bit for bit (forward, and the first loss).
@@ -259,11 +259,11 @@ def test_lora_on_the_real_encoder(torch64: Any, onnx64: onnx.ModelProto,
     ckpt = os.path.join(tmp_path, "lora.safetensors")
     m.run("save", checkpoint_path=ckpt)
     keys = set(load_file(ckpt))
-    assert set(tm.meta["trainable"]) <= keys
+    assert set(tm.meta.trainable) <= keys
     assert all(".lora_" in k or k.startswith(("head.", "edgetrain.")) for k in keys), keys
     weight_bytes = sum(t.ByteSize() for t in onnx64.graph.initializer)
     assert os.path.getsize(ckpt) < 0.01 * weight_bytes
-    assert tm.meta["lora"]["adapter_bytes"] == 24 * RANK * 384 * 8
+    assert (tm.meta.lora or {})["adapter_bytes"] == 24 * RANK * 384 * 8
 
 
 def test_tweets_are_real_labelled_text(tweets: tuple[list[str], np.ndarray]) -> None:

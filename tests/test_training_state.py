@@ -178,12 +178,12 @@ def test_every_committed_tensor_guards_the_step_counter(config: str) -> None:
     outs = [o.name for o in step.graph.output]
     state = fmt.initial_state(tm.proto, tm.meta)
     x, y = data(8)
-    feeds = {"x": x, "y": y, "lr": np.array(tm.meta["optimizer"]["lr"], np.float32)}
+    feeds = {"x": x, "y": y, "lr": np.array(tm.meta.optimizer.lr, np.float32)}
     res = dict(zip(outs, sess.run(None, {**feeds, **{k: state[k] for k in state_inputs}})))
     assert int(res[updates[fmt.STEP_NAME]]) == 1
     state.update({k: res[out] for k, out in updates.items()})  # a real, trained state
     committed = [k for k in updates if k != fmt.STEP_NAME]
-    assert len(committed) > len(tm.meta["trainable"]) or config.startswith("sgd")
+    assert len(committed) > len(tm.meta.trainable) or config.startswith("sgd")
     for k in committed:
         for bad in (np.inf, np.nan):
             forged = dict(state)
@@ -576,8 +576,8 @@ def test_keys_must_be_bytes_of_16_or_more(tmp_path: Path) -> None:
 
 NODE_ROUND_TRIP = """
 import { readFileSync, writeFileSync } from 'fs';
-import { decodeCheckpoint, encodeCheckpoint } from './edgetrain.mjs';
-const [python, legacy, out] = process.argv.slice(2);
+const [driver, python, legacy, out] = process.argv.slice(2);
+const { decodeCheckpoint, encodeCheckpoint } = await import(driver);
 const a = await decodeCheckpoint(new Uint8Array(readFileSync(python)));
 await decodeCheckpoint(new Uint8Array(readFileSync(legacy)));  // checksum version 1
 const bad = new Uint8Array(readFileSync(python));
@@ -585,27 +585,30 @@ bad[bad.length - 1] ^= 1;
 let refused = false;
 try { await decodeCheckpoint(bad); } catch (e) { refused = /fails its checksum/.test(e.message); }
 if (!refused) throw new Error('a flipped bit was accepted');
-writeFileSync(out, await encodeCheckpoint(a.tensors, { architecture: a.metadata.architecture }));
+writeFileSync(out, await encodeCheckpoint(a.tensors,
+  { extra: { architecture: a.metadata.architecture } }));
 """
 
 
 def test_the_browser_driver_computes_the_same_checksums(tmp_path: Path) -> None:
-    """edgetrain.js verifies Python's checkpoints (checksum versions 2 and 1) and writes ones
-    that Python verifies, with the architecture carried along (node runs the same module)."""
+    """The JS driver (js/src/checkpoint.js, which pages, Node.js and React Native share) verifies
+    Python's checkpoints (checksum versions 2 and 1) and writes ones that Python verifies, with
+    the architecture carried along."""
     import shutil
 
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
-    js = Path(et.__file__).parent / "web" / "static" / "edgetrain.js"
-    shutil.copy(js, tmp_path / "edgetrain.mjs")
+    from edgetrain.web._jsdriver import find_js_driver
+
+    driver = (find_js_driver() / "checkpoint.js").as_uri()
     (tmp_path / "run.mjs").write_text(NODE_ROUND_TRIP)
     m = _model()
     ck = m.save(tmp_path / "python.safetensors")
     legacy = Path(__file__).parent / "fixtures" / "format_v1" / "checkpoint.safetensors"
     out = tmp_path / "node.safetensors"
-    subprocess.run([node, str(tmp_path / "run.mjs"), ck, str(legacy), str(out)], check=True,
-                   timeout=60, cwd=tmp_path)
+    subprocess.run([node, str(tmp_path / "run.mjs"), driver, ck, str(legacy), str(out)],
+                   check=True, timeout=60, cwd=tmp_path)
     header, _ = _header(out.read_bytes())
     assert header["__metadata__"]["checksum_version"] == "2"
     assert header["__metadata__"]["architecture"] == m.identity.architecture

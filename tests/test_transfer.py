@@ -40,11 +40,11 @@ def _data(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_split_signatures_pass_the_full_checker(tmp_path: Any) -> None:
     tm = _backbone_model(optimizer=et.optim.Adam(lr=1e-2))
-    sigs = tm.meta["signatures"]
+    sigs = tm.meta.signatures
     assert {"features", "train_features", "eval_features", "infer_features"} <= set(sigs)
-    assert sigs["train_features"]["updates"] == sigs["train"]["updates"]
-    assert [s["name"] for s in sigs["train_features"]["inputs"]] == ["features", "y", "lr"]
-    assert sigs["features"]["outputs"][0]["shape"] == ["batch", 48]
+    assert sigs["train_features"].updates == sigs["train"].updates
+    assert [s.name for s in sigs["train_features"].inputs] == ["features", "y", "lr"]
+    assert sigs["features"].outputs[0].shape == ("batch", 48)
     onnx.checker.check_model(tm.proto, full_check=True)
     path = tmp_path / "split.onnx"
     tm.save(path)

@@ -126,7 +126,7 @@ def test_batch_norm_frozen_uses_running_statistics_and_keeps_them() -> None:
     net = _net(TinyResNet, torch.float32, seed=3)
     xs, ys = _data(np.float32, seed=4)
     tm = et.from_torch(net, torch.tensor(xs[0]), optimizer=et.optim.SGD(lr=0.05))
-    assert not any(k.endswith("running_mean") for k in tm.meta["state"] + tm.meta["trainable"])
+    assert not any(k.endswith("running_mean") for k in tm.meta.state + tm.meta.trainable)
     m = tm.load()
     before = {k: v.copy() for k, v in m.state().items() if "running" in k}
     assert not before, "frozen running statistics must not be runtime state"
@@ -150,7 +150,7 @@ def test_running_statistics_in_checkpoints_and_export(tmp_path: Any) -> None:
     xs, ys = _data(np.float32, seed=6)
     tm = et.from_torch(net, torch.tensor(xs[0]), optimizer=et.optim.Adam(lr=1e-2),
                        batch_norm="train")
-    stats = [k for k in tm.meta["state"] if k.endswith(("running_mean", "running_var"))]
+    stats = [k for k in tm.meta.state if k.endswith(("running_mean", "running_var"))]
     assert len(stats) == 2 * sum(isinstance(mod, torch.nn.BatchNorm2d)
                                  for mod in net.modules())
     path = tmp_path / "mnv2.onnx"
@@ -229,7 +229,7 @@ def test_selectors_compile_to_valid_files(sel: Any, tmp_path: Any) -> None:
     before = m.parameters()
     m.run("train", x=x, y=y)
     after = m.parameters()
-    assert set(after) == set(tm.meta["trainable"])
+    assert set(after) == set(tm.meta.trainable)
     assert any(not np.array_equal(before[k], after[k]) for k in after)
 
 
@@ -267,7 +267,7 @@ def test_selector_that_selects_nothing_is_an_error() -> None:
 def test_backbone_net_compiles_with_head_selector() -> None:
     torch.manual_seed(0)
     tm = et.from_torch(Backbone(), torch.zeros(2, 3, 12, 12), trainable=et.select.head())
-    assert tm.meta["trainable"] == ["head.weight", "head.bias"]
+    assert tm.meta.trainable == ("head.weight", "head.bias")
 
 
 class _PaddedUpsampleNet(torch.nn.Module):

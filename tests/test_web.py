@@ -110,6 +110,18 @@ def site(trainable: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # -- the export, in Python ------------------------------------------------------------------
 
+def test_export_multi_step_adds_train_steps(trainable: Path, tmp_path: Path) -> None:
+    """Asked for, the export carries train_steps (for drivers that batch calls) as a graph
+    whose state updates are the train graph's."""
+    _require("ort-web")
+    site = export_web(trainable, tmp_path / "site", webgpu=False, dataset=None, multi_step=True)
+    manifest = json.loads((site / "edgetrain-web.json").read_text())
+    steps, train = manifest["graphs"]["train_steps"], manifest["graphs"]["train"]
+    assert steps["file"] == "train_steps.onnx" and (site / "train_steps.onnx").is_file()
+    assert set(steps["updates"]) == set(train["updates"])
+    assert manifest["meta"]["signatures"]["train_steps"]["inputs"][-1]["shape"] == ["steps"]
+
+
 def test_export_layout(site: Path) -> None:
     manifest = json.loads((site / "edgetrain-web.json").read_text())
     for f in ("index.html", "edgetrain.js", "demo.js", "state.safetensors", "frozen.bin",
@@ -117,8 +129,13 @@ def test_export_layout(site: Path) -> None:
               "ort/ort-wasm-simd-threaded.wasm"):
         assert (site / f).is_file(), f
     assert not (site / "ort/ort.webgpu.min.mjs").exists()  # webgpu=False
-    assert set(manifest["signatures"]) == {"infer", "train", "eval", "save", "restore"}
-    assert manifest["frozen"] == ["fc1.w", "fc1.b"]
+    # train_steps (K steps per call) is left out: the page steps once per call.
+    assert set(manifest["meta"]["signatures"]) == {"infer", "train", "eval", "save", "restore"}
+    assert set(manifest["graphs"]) == {"infer", "train", "eval"}
+    assert not (site / "train_steps.onnx").exists()
+    assert manifest["meta"]["frozen"] == ["fc1.w", "fc1.b"]
+    assert manifest["nonnegative"] == sorted(f"{p}.exp_avg_sq"
+                                             for p in manifest["meta"]["trainable"])
     # The frozen weight is stored once, outside the graphs that use it.
     train = onnx.load(site / "train.onnx", load_external_data=False)
     ext = {t.name: {e.key: e.value for e in t.external_data} for t in train.graph.initializer
@@ -144,11 +161,11 @@ def test_export_graphs_run_in_python(site: Path, trainable: Path) -> None:
     state = fmt.load_checkpoint(site / "state.safetensors", ref.meta, ref.state())
     x, y, info = read_dataset(site)
     sess = ort.InferenceSession(str(site / "train.onnx"), providers=["CPUExecutionProvider"])
-    spec = manifest["signatures"]["train"]
+    spec = manifest["graphs"]["train"]
     for idx in batch_indices(3, 3, 16, int(info["train"])):
         feeds = {"x": x[idx], "y": y[idx], "lr": np.array(0.01, dtype=np.float32)}
         feeds.update({k: state[k] for k in spec["state_inputs"]})
-        outs = dict(zip(spec["graph_outputs"], sess.run(spec["graph_outputs"], feeds)))
+        outs = dict(zip(spec["outputs"], sess.run(spec["outputs"], feeds)))
         for k, o in spec["updates"].items():
             state[k] = outs[o]
         want = ref.run("train", x=x[idx], y=y[idx])["loss"]
@@ -546,10 +563,13 @@ def test_server_closes_half_sent_requests_with_few_threads(folder: Path) -> None
 # -- the browser --------------------------------------------------------------------------
 
 def _run_page(site: Path, query: str, shot: Path, extra_args: str = "",
-              probe: str = "") -> dict[str, Any]:
+              probe: str = "", files: dict[str, Any] | None = None,
+              drop: list[str] | None = None, expect_ok: bool = True) -> dict[str, Any]:
     """Serve ``site``, open ``?query`` in headless Chromium, return window.edgetrainResult.
 
-    ``probe`` is a JavaScript expression evaluated in the page afterwards (``res["probe"]``).
+    ``probe`` is a JavaScript expression evaluated in the page afterwards (``res["probe"]``);
+    ``files`` maps file inputs (CSS selectors) to the paths a user chooses in them, ``drop``
+    lists files dropped on the page. ``expect_ok=False`` returns a page's error result.
     """
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.unlink(missing_ok=True)
@@ -558,9 +578,13 @@ def _run_page(site: Path, query: str, shot: Path, extra_args: str = "",
         proc = subprocess.run(["node", str(WEB / "run-page.mjs"), server.url + query, str(shot),
                                "120000"], capture_output=True, text=True, timeout=240,
                               env={**os.environ, "CHROMIUM": CHROMIUM,
-                                   "CHROMIUM_EXTRA_ARGS": extra_args, "RUN_PAGE_PROBE": probe})
+                                   "CHROMIUM_EXTRA_ARGS": extra_args, "RUN_PAGE_PROBE": probe,
+                                   "RUN_PAGE_FILES": json.dumps(files or {}),
+                                   "RUN_PAGE_DROP": json.dumps(drop or [])})
     assert proc.returncode == 0, f"the page run failed:\n{proc.stderr[-4000:]}"
     res: dict[str, Any] = json.loads(proc.stdout)
+    if not expect_ok:
+        return res
     assert res.get("ok"), f"the page reported an error: {res.get('error')}\n{res.get('stack')}"
     print(f"browser run: {time.perf_counter() - t0:.1f} s, {res['ms_per_step']:.1f} ms/step "
           f"({res['backend']}, {res['threads']} thread(s)), accuracy "
@@ -581,8 +605,8 @@ def _check_against_python(res: dict[str, Any], site: Path, trainable: Path,
     # The same training, in the Python runtime from the same file.
     ref = et.load(trainable)
     probe = x[np.array(res["probe"]["indices"])]
-    name = ref.signatures["infer"].inputs[0]["name"]
-    label = ref.meta["label"]
+    name = ref.signatures["infer"].inputs[0].name
+    label = ref.meta.label
     np.testing.assert_allclose(np.array(res["probe"]["before"]).reshape(len(probe), 10),
                                ref.run("infer", **{name: probe})["logits"], rtol=1e-5, atol=1e-6)
     losses = [float(ref.run("train", **{name: x[i], label: y[i]})["loss"]) for i in idx]
@@ -596,9 +620,12 @@ def _check_against_python(res: dict[str, Any], site: Path, trainable: Path,
     py_acc = ref.evaluate({name: x[test]}, y[test])["accuracy"]
     assert abs(res["accuracy"] - py_acc) <= 1.5 / int(info["test"])
 
-    # A NaN learning rate: refused with NonFiniteError, the step count and the weights kept.
+    # A NaN learning rate: refused as Python refuses it, the step count and the weights kept.
     nf = res["nonfinite"]
-    assert nf["refused"] and nf["refused"]["name"] == "NonFiniteError", nf
+    with pytest.raises(et.InputError, match="learning rate 'lr' must be finite"):
+        ref.run("train", **{name: x[idx[0]], label: y[idx[0]], "lr": np.float32("nan")})
+    assert nf["refused"] and nf["refused"]["name"] == "InputError", nf
+    assert "learning rate 'lr' must be finite" in nf["refused"]["message"], nf
     assert nf["step_before"] == nf["step_after"] == steps and nf["unchanged"], nf
 
     # Save / restore in the browser reproduces the inference outputs exactly.
@@ -628,15 +655,16 @@ def test_browser_trains_like_python(site: Path, trainable: Path, tmp_path: Path)
     assert res["crossOriginIsolated"] and res["csp_violations"] == []
     _check_against_python(res, site, trainable, tmp_path)
     assert res["accuracy"] > res["accuracy_before"] + 0.1  # it learned
+    # The header follows training: it shows the held-out accuracy reached, not the first one.
+    assert res["header"].endswith(f"held-out accuracy {100 * res['accuracy']:.1f}% after "
+                                  f"{STEPS} step(s)"), res["header"]
 
 
-#: Read back, after the page ran: did a handler run, what does the model box show, and does the
+#: Read back, after the page ran: did a handler run, what does the header show, and does the
 #: policy itself stop a handler in markup injected now?
 PAGE_PROBE = """(async () => {
   const out = { pwned: window.__pwned ?? null, images: document.images.length,
-    info: [...document.querySelectorAll('#model-info dt')].map(
-      (dt) => [dt.textContent, dt.nextElementSibling.textContent]),
-    version: document.getElementById('ort-version').textContent };
+    status: document.getElementById('status').textContent };
   document.body.insertAdjacentHTML('beforeend', '<img src="x" onerror="window.__pwned = 1">');
   await new Promise((r) => setTimeout(r, 500));
   out.injected_ran = window.__pwned ?? null;
@@ -645,33 +673,44 @@ PAGE_PROBE = """(async () => {
 
 
 @pytest.mark.slow
-def test_browser_shows_hostile_metadata_as_text(site: Path, tmp_path: Path) -> None:
-    """Markup in the manifest (written directly, past export's checks) is shown as text and
-    never runs, and onnxruntime-web's worker threads still work under the page's policy."""
+def test_browser_refuses_hostile_metadata(site: Path, tmp_path: Path) -> None:
+    """Markup in the manifest (written directly, past export's checks) is refused by the
+    driver's schema check before anything uses it; the page shows the refusal as text and no
+    handler runs. (Names from the user's own files: tests/test_web_userdata.py.)"""
     _require("node", "playwright", "chromium")
     hostile = tmp_path / "site"
     shutil.copytree(site, hostile, symlinks=True)
     manifest = json.loads((hostile / "edgetrain-web.json").read_text())
-    manifest["loss"]["name"] = "cross_entropy" + XSS
-    manifest["optimizer"]["name"] = XSS
-    manifest["signatures"][XSS] = {"kind": "builtin", "inputs": [], "outputs": []}
+    manifest["meta"]["loss"]["name"] = "cross_entropy" + XSS
+    manifest["meta"]["optimizer"]["name"] = XSS
+    manifest["meta"]["signatures"][XSS] = {"kind": "builtin", "inputs": [], "outputs": []}
     manifest["onnxruntime_web"]["version"] += XSS
     (hostile / "edgetrain-web.json").write_text(json.dumps(manifest))
-    res = _run_page(hostile, "?autorun=1&steps=3&seed=1&threads=2",
-                    ARTIFACTS / "web-demo-hostile.png", probe=PAGE_PROBE)
+    res = _run_page(hostile, "?autorun=1&steps=3&seed=1", ARTIFACTS / "web-demo-hostile.png",
+                    probe=PAGE_PROBE, expect_ok=False)
+    assert res["ok"] is False
+    assert re.fullmatch(r"invalid edgetrain metadata: (a key of )?manifest\.meta\."
+                        r"(signatures|loss|optimizer)\S* .*", res["error"]), res["error"]
     page = res["probe"]
     assert page["pwned"] is None and page["images"] == 0, page
-    info = dict(page["info"])
-    assert info["loss"] == "cross_entropy" + XSS
-    assert info["optimizer"].startswith(XSS + " (lr ")
-    assert info["signatures"].endswith(", " + XSS)
-    assert page["version"] == manifest["onnxruntime_web"]["version"]
+    assert page["status"] == f"error: {res['error']}" and "<img" in page["status"], page
     # The policy blocks a handler in markup that got in anyway (here: injected by the test).
     assert page["injected_ran"] is None
     assert res["csp_violations"] and all("script-src-attr" in v or "inline event handler" in v
                                          for v in res["csp_violations"]), res["csp_violations"]
-    assert res["threads"] == 2 and res["crossOriginIsolated"] and res["step"] == 3
-    assert any(w.endswith("/ort/ort-wasm-simd-threaded.mjs") for w in res["workers"]), res
+    # Each edit alone is refused as well, by the same driver code, run by node.
+    for edit in ("loss", "optimizer", "signature", "version"):
+        one = json.loads((site / "edgetrain-web.json").read_text())
+        {"loss": lambda m: m["meta"]["loss"].update(name=XSS),
+         "optimizer": lambda m: m["meta"]["optimizer"].update(name=XSS),
+         "signature": lambda m: m["meta"]["signatures"].update({XSS: {}}),
+         "version": lambda m: m["onnxruntime_web"].update(version=XSS)}[edit](one)
+        script = (f"import {{ validateManifest }} from {json.dumps((site / 'core.js').as_uri())};"
+                  f"try {{ validateManifest({json.dumps(one)}); }} catch (e) {{ "
+                  "process.stdout.write(e.name + ': ' + e.message); }")
+        out = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True,
+                             text=True, timeout=60).stdout
+        assert out.startswith("FormatError: invalid") and "does not match" in out, (edit, out)
 
 
 @pytest.mark.slow
@@ -683,7 +722,7 @@ def test_browser_onehot_sgd_image_input(tmp_path: Path) -> None:
     trainable = Path(tm.save(tmp_path / "onehot.onnx"))
     site = export_web(trainable, tmp_path / "site", webgpu=False)
     manifest = json.loads((site / "edgetrain-web.json").read_text())
-    assert manifest["dataset"]["sample_shape"] == [8, 8] and manifest["labels"] == "onehot"
+    assert manifest["dataset"]["sample_shape"] == [8, 8] and manifest["meta"]["labels"] == "onehot"
     assert (site / "frozen.bin").stat().st_size == 0
     res = _run_page(site, "?autorun=1&steps=20&seed=11&batch=16",
                     ARTIFACTS / "web-demo-onehot.png")

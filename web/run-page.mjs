@@ -9,6 +9,10 @@
 // securitypolicyviolation events and the browser's "Content Security Policy" console reports)
 // and, if RUN_PAGE_PROBE holds a JavaScript expression, its value in the page (result.probe);
 // result.workers lists the URLs of the page's web workers (onnxruntime-web's wasm threads).
+// RUN_PAGE_FILES (JSON: {"#input-selector": path or [paths]}) gives files to the page's file
+// inputs, as a user choosing them does, once the page sets window.edgetrainReady; a path to a
+// folder goes to an <input webkitdirectory>. RUN_PAGE_DROP (JSON: [paths]) drops those files on
+// the page (a drop event carrying them, as a user dragging files onto it).
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -53,6 +57,26 @@ try {
   page.on('pageerror', (e) => console.error(`[pageerror] ${e.message}`));
   page.on('response', (r) => { if (r.status() >= 400) console.error(`[http ${r.status()}] ${r.url()}`); });
   await page.goto(url, { timeout });
+  if (process.env.RUN_PAGE_FILES || process.env.RUN_PAGE_DROP) {
+    await page.waitForFunction(() => window.edgetrainReady || window.edgetrainResult !== undefined,
+      null, { timeout });
+    for (const [selector, files] of Object.entries(JSON.parse(process.env.RUN_PAGE_FILES || '{}'))) {
+      await page.setInputFiles(selector, files);
+    }
+    const drop = JSON.parse(process.env.RUN_PAGE_DROP || '[]').map((p) => ({
+      name: path.basename(p), b64: fs.readFileSync(p).toString('base64'),
+      type: /\.png$/i.test(p) ? 'image/png' : /\.csv$/i.test(p) ? 'text/csv' : '' }));
+    if (drop.length) {
+      await page.evaluate((files) => {
+        const dt = new DataTransfer();
+        for (const f of files) {
+          const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+          dt.items.add(new File([bytes], f.name, { type: f.type }));
+        }
+        document.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      }, drop);
+    }
+  }
   await page.waitForFunction(() => window.edgetrainResult !== undefined, null, { timeout });
   const result = await page.evaluate(() => window.edgetrainResult);
   result.crossOriginIsolated = await page.evaluate(() => window.crossOriginIsolated);

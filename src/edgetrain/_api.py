@@ -24,7 +24,7 @@ class TrainableModel:
 
     def __init__(self, proto: onnx.ModelProto, notes: Iterable[str] = ()) -> None:
         self.proto = proto
-        self.meta: dict[str, Any] = fmt.read_meta(proto)
+        self.meta: fmt.Metadata = fmt.read_metadata(proto)
         #: What the compiler decided that the caller should know (e.g. that the loss reads
         #: the logits before the model's final Softmax).
         self.notes: list[str] = list(notes)
@@ -38,14 +38,14 @@ class TrainableModel:
         return Model(self.proto, backend=backend, **backend_options)
 
     @property
-    def signatures(self) -> dict[str, Any]:
+    def signatures(self) -> dict[str, fmt.SignatureSpec]:
         """The entry points of the file by name (train, infer, eval, save, restore, …), as
         the metadata declares them."""
-        return dict(self.meta["signatures"])
+        return dict(self.meta.signatures)
 
     def __repr__(self) -> str:
-        return (f"TrainableModel(signatures={sorted(self.meta['signatures'])}, "
-                f"trainable={len(self.meta['trainable'])}, frozen={len(self.meta['frozen'])})")
+        return (f"TrainableModel(signatures={sorted(self.meta.signatures)}, "
+                f"trainable={len(self.meta.trainable)}, frozen={len(self.meta.frozen)})")
 
 
 def compile(  # noqa: A001 - the public name the API promises

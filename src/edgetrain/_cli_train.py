@@ -117,7 +117,7 @@ def read_data(m: Any, path: str, target: str | None, classes: list[str] | None,
     from .data import read
 
     inputs = m.signatures["infer"].inputs
-    shape = list(inputs[0]["shape"][1:]) if len(inputs) == 1 else None
+    shape = list(inputs[0].shape[1:]) if len(inputs) == 1 else None
     ds = read(path, target, input_shape=shape, classes=classes, need_y=need_y)
     if ds.x.ndim == 0 or len(ds.x) == 0:
         raise EdgetrainError(f"{path!r}: array 'x' holds no samples (shape {list(ds.x.shape)})")
@@ -136,10 +136,10 @@ def read_data(m: Any, path: str, target: str | None, classes: list[str] | None,
 
 def _fitted(m: Any, ds: Any, path: str, target: str | None) -> tuple[Any, Any]:
     plan = m._input_plan(m._sigs["train"])
-    name = m.signatures["infer"].inputs[0]["name"]
+    name = m.signatures["infer"].inputs[0].name
     label = m.input_name("train", "label")
     where = f"{path!r} column {target!r}" if target else f"{path!r}"
-    labels = m.meta.get("labels") if m.meta.get("classification") else None
+    labels = m.meta.labels if m.meta.classification else None
     try:
         x = conform(ds.x, plan[name].dtype, plan[name].shape, name)[0]
         y = None if ds.y is None else conform(ds.y, plan[label].dtype, plan[label].shape,

@@ -26,14 +26,18 @@ import onnx_ir as ir
 
 from ._ir import Builder, is_float, np_dtype, redirect, static_dims
 from .errors import EdgetrainError
+from .format import LoraAdapter, LoraSite
 
 
 @dataclass
 class LoRAResult:
-    """What the rewrite adds: trainable adapter names and metadata entries."""
+    """What the rewrite adds: trainable adapter names and the metadata's ``selection``,
+    ``lora`` (for people and ``edgetrain info``) and ``lora_merge`` (for the exporter)."""
 
     trainable: list[str] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
+    selection: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    adapters: list[LoraAdapter] = field(default_factory=list)
 
 
 class LoRA:
@@ -67,7 +71,7 @@ class LoRA:
         chosen = self._chosen(graph)
         rng = np.random.default_rng(self.seed)
         result = LoRAResult()
-        adapters: list[dict[str, Any]] = []
+        adapters: list[LoraAdapter] = []
         n_params = n_bytes = 0
         for w, uses in chosen.items():
             a, b, transposed = self._adapter(graph, op, w, uses, rng)
@@ -77,16 +81,15 @@ class LoRA:
                 n_params += arr.size
                 n_bytes += arr.nbytes
             sites = [_branch(op.at(after=node), node, a, b, self.scale) for node in uses]
-            adapters.append({"weight": w.name, "A": a.name, "B": b.name, "scale": self.scale,
-                             "transposed": transposed, "sites": sites})
-        result.meta = {
-            "selection": repr(self),
-            "lora": {"rank": self.rank, "alpha": self.alpha, "targets": self.targets,
-                     "adapted_weights": len(adapters), "adapter_parameters": int(n_params),
-                     "adapter_bytes": int(n_bytes), "adapter_size": _human(n_bytes),
-                     "also": self.also},
-            "lora_merge": adapters,
-        }
+            adapters.append(LoraAdapter(weight=str(w.name), A=str(a.name), B=str(b.name),
+                                        scale=self.scale, transposed=bool(transposed),
+                                        sites=tuple(sites)))
+        result.selection = repr(self)
+        result.config = {"rank": self.rank, "alpha": self.alpha, "targets": tuple(self.targets),
+                         "adapted_weights": len(adapters), "adapter_parameters": int(n_params),
+                         "adapter_bytes": int(n_bytes), "adapter_size": _human(n_bytes),
+                         "also": tuple(self.also)}
+        result.adapters = adapters
         return result
 
     def _chosen(self, graph: ir.Graph) -> dict[ir.Value, list[ir.Node]]:
@@ -143,7 +146,7 @@ def _sites(graph: ir.Graph) -> list[tuple[ir.Node, ir.Value]]:
 
 
 def _branch(op: Builder, node: ir.Node, a: ir.Value, b: ir.Value, scale: float
-            ) -> dict[str, Any]:
+            ) -> LoraSite:
     """y = y_base + s·(x·A)·B after one MatMul/Gemm node; returns the merge record."""
     y, x = node.outputs[0], node.inputs[0]
     assert x is not None
@@ -157,8 +160,8 @@ def _branch(op: Builder, node: ir.Node, a: ir.Value, b: ir.Value, scale: float
     out = op.Add(y, delta)
     out.shape = y.shape
     redirect(y, out, readers, suffix="/lora_base")
-    return {"node": node.name, "base": y.name, "output": out.name,
-            "nodes": [n.name for n in op.nodes[start:]]}
+    return LoraSite(node=node.name or "", base=str(y.name), output=str(out.name),
+                    nodes=tuple(str(n.name) for n in op.nodes[start:]))
 
 
 def _attr(node: ir.Node, name: str, default: Any) -> Any:

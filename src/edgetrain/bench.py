@@ -396,7 +396,8 @@ def _lora_rewrite(lora: Any, model: onnx.ModelProto) -> tuple[onnx.ModelProto, l
     m = ir.serde.deserialize_model(model)
     opset = m.opset_imports.get("", 18)
     result = lora.rewrite(m.graph, Builder(m.graph, opset, Namer(value_names(m.graph))))
-    return ir.serde.serialize_model(m), list(result.trainable), dict(result.meta)
+    meta = {"lora_merge": [adapter.to_json() for adapter in result.adapters]}
+    return ir.serde.serialize_model(m), list(result.trainable), meta
 
 
 def _lora_flops(net: Any, x: dict[str, np.ndarray], adapters: list[dict[str, Any]],

@@ -81,8 +81,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for note in tm.notes:
         _say(f"note: {note}")
     _say(f"wrote {path} ({os.path.getsize(path) / 1024:.1f} KiB): "
-          f"{len(tm.meta['trainable'])} trainable, {len(tm.meta['frozen'])} frozen tensors; "
-          f"signatures {', '.join(sorted(tm.meta['signatures']))}")
+          f"{len(tm.meta.trainable)} trainable, {len(tm.meta.frozen)} frozen tensors; "
+          f"signatures {', '.join(sorted(tm.meta.signatures))}")
     stale = files.default_checkpoint(args.out)
     if os.path.lexists(stale):
         _say(f"note: {stale} (from an earlier run) exists; `edgetrain train` resumes from it "
@@ -105,7 +105,7 @@ def info(path: str) -> dict[str, Any]:
 
     data = fmt.read_model_bytes(path)  # a regular file only: no FIFO, no device
     proto = fmt.load_model(data)
-    meta = fmt.read_meta(proto)
+    meta = fmt.read_metadata(proto)
     validate(proto, meta)  # what is printed was checked, as for et.load
     sizes = {t.name: (int(np.prod(t.dims)) if t.dims else 1,
                       np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
@@ -116,20 +116,20 @@ def info(path: str) -> dict[str, Any]:
         b = sum(sizes[k][0] * sizes[k][1] for k in names if k in sizes)
         return n, b
 
-    trainable, frozen, state = (count(meta["trainable"]), count(meta["frozen"]),
-                                count(meta["state"]))
+    trainable, frozen, state = count(meta.trainable), count(meta.frozen), count(meta.state)
+    extra = {"selection": meta.selection, "lora": meta.lora}
     return {
         "file": path, "file_bytes": len(data),
-        "format_version": meta["format_version"], "producer": meta.get("producer"),
-        "signatures": meta["signatures"],
-        "trainable_tensors": len(meta["trainable"]), "trainable_params": trainable[0],
+        "format_version": meta.format_version, "producer": meta.producer,
+        "signatures": {k: s.to_json() for k, s in meta.signatures.items()},
+        "trainable_tensors": len(meta.trainable), "trainable_params": trainable[0],
         "trainable_bytes": trainable[1],
-        "frozen_tensors": len(meta["frozen"]), "frozen_params": frozen[0],
+        "frozen_tensors": len(meta.frozen), "frozen_params": frozen[0],
         "frozen_bytes": frozen[1],
         "optimizer_state_bytes": state[1],
         "checkpoint_bytes_approx": trainable[1] + state[1] + 8,
-        "loss": meta.get("loss"), "optimizer": meta.get("optimizer"),
-        "extra": {k: meta[k] for k in ("selection", "batch_norm", "lora") if k in meta},
+        "loss": meta.loss.to_json(), "optimizer": meta.optimizer.to_json(),
+        "extra": {k: v for k, v in extra.items() if v is not None},
     }
 
 
@@ -238,11 +238,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     out = m.predict(data.x, batch_size=args.batch_size)
     if out_path:
         buf = io.BytesIO()
-        np.savez(buf, **{m.meta["output"]: out})
+        np.savez(buf, **{m.meta.output: out})
         with files.writing(out_path, "-o"):
             fmt.atomic_write(out_path, buf.getvalue())
-        _say(f"wrote {out_path} ({m.meta['output']}: {out.shape})")
-    if m.meta.get("classification"):
+        _say(f"wrote {out_path} ({m.meta.output}: {out.shape})")
+    if m.meta.classification:
         pred = np.argmax(out, axis=1)
         shown = [classes[p] if classes and p < len(classes) else int(p) for p in pred[:20]]
         _say(f"predictions: {shown}{' …' if len(pred) > 20 else ''}")

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from typing import Any
 
+import numpy as np
 import onnx
 
 from . import format as fmt
@@ -54,7 +55,7 @@ def export_iree(path: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | o
     if batch is None and target in _iree.STATIC_BATCH_TARGETS:
         batch = DEFAULT_STATIC_BATCH
     proto = fmt.load_model(os.fspath(path) if isinstance(path, os.PathLike) else path)
-    meta = fmt.read_meta(proto)
+    meta = fmt.read_metadata(proto)
     validate(proto, meta)
     cache = _iree.module_cache_dir()
     plane = _iree.maxpool_indices_per_plane(cache)
@@ -64,8 +65,8 @@ def export_iree(path: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | o
     demote = target in ("vulkan", "metal")
     sigs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgetrain-iree-export-") as tmp:
-        for sig, spec in meta["signatures"].items():
-            if spec.get("kind") == "builtin":
+        for sig, spec in meta.signatures.items():
+            if spec.kind == "builtin":
                 continue
             graph, state_inputs, updates = fmt.standalone(proto, meta, sig)
             graph = portable(graph, plane_indices=plane)
@@ -91,10 +92,10 @@ def export_iree(path: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | o
                         fmt.initial_state(proto, meta))
     manifest = {"kind": MANIFEST_KIND, "version": MANIFEST_VERSION, "target": target,
                 "iree_flags": _iree.TARGETS[target], "compiler": _iree.versions(),
-                "batch": batch, "step": meta.get("step", fmt.STEP_NAME),
+                "batch": batch, "step": meta.step,
                 "state": "state.safetensors", "signatures": sigs,
-                "commit_rule": "keep the new state only when the step output exceeds the "
-                               "step input"}
+                "commit_rule": "keep a call's new state only when the step output equals "
+                               "the step input plus the number of steps the call ran"}
     fmt.atomic_write(os.path.join(out_dir, "manifest.json"),
                      json.dumps(manifest, indent=2).encode())
     return manifest
@@ -140,10 +141,14 @@ def _batch_shapes(graph: onnx.ModelProto, state_inputs: list[str], batch: int
 
 
 def _io(vi: onnx.ValueInfoProto, demote: bool) -> dict[str, Any]:
-    spec = fmt.tensor_spec(vi)
-    if demote:
-        spec["dtype"] = _DEMOTED.get(spec["dtype"], spec["dtype"])
-    return spec
+    """A module input or output as the manifest lists it: name, dtype (numpy's name, float64
+    demoted where the target has none), dims (a size, a symbolic name or null)."""
+    tt = vi.type.tensor_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+             for d in tt.shape.dim]
+    return {"name": vi.name, "dtype": _DEMOTED.get(dtype, dtype) if demote else dtype,
+            "shape": shape}
 
 
 def cmd_export_iree(args: argparse.Namespace) -> int:

@@ -201,9 +201,9 @@ def _train(path: Path, f: RealFile, feeds: dict[str, np.ndarray], want: np.ndarr
     try:
         m = et.load(tm.proto)
         info["trainable"] = len(m.trainable)
-        names = {s["name"] for s in m.signatures["infer"].inputs}
+        names = {s.name for s in m.signatures["infer"].inputs}
         x = {k: v for k, v in feeds.items() if k in names}
-        out_name = f.output or m.signatures["infer"].outputs[0]["name"]
+        out_name = f.output or m.signatures["infer"].outputs[0].name
         got = np.asarray(m.run("infer", **x)[out_name])
         if got.shape != want.shape:
             return "wrong", f"infer gives shape {got.shape}, the original file {want.shape}"

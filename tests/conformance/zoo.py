@@ -544,7 +544,7 @@ def _edgetrain_step(module: Any, inputs: tuple[Any, ...], y: np.ndarray, loss: s
                            optimizer=et.optim.SGD(lr=1.0), batch_norm=mode)
     notes = [one_line(str(w.message)) for w in caught if "stay frozen" in str(w.message)]
     m = et.load(tm.proto, backend="reference")
-    names = [s["name"] for s in m.signatures["train"].inputs if s["name"] not in ("y", "lr")]
+    names = [s.name for s in m.signatures["train"].inputs if s.name not in ("y", "lr")]
     feeds = dict(zip(names, [t.numpy() for t in inputs], strict=True))
     before = m.parameters()
     value = float(np.asarray(m.run("train", **feeds, y=y)["loss"]))

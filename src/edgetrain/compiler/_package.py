@@ -7,7 +7,7 @@ and state live once, as initializers of the main graph, which the step graphs re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast
 
 import onnx
 import onnx_ir as ir
@@ -15,15 +15,21 @@ from onnx import helper
 
 from .. import format as fmt
 from .._ir import dims, dtype_name, is_float
+from ..format import (
+    FeatureSpec,
+    LossConfig,
+    Metadata,
+    OptimizerConfig,
+    SignatureSpec,
+    TensorSpec,
+)
+from ..format._spec import DType, Role, Task
 from ._state import Compilation
 
 
-def tensor_spec(v: ir.Value, role: str | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"name": v.name, "dtype": dtype_name(v.dtype or 1),
-                            "shape": list(dims(v) or [])}
-    if role is not None:
-        spec["role"] = role
-    return spec
+def tensor_spec(v: ir.Value, role: Role | None = None, **kw: Any) -> TensorSpec:
+    return TensorSpec(name=str(v.name), dtype=cast(DType, dtype_name(v.dtype or 1)),
+                      shape=tuple(dims(v) or ()), role=role, **kw)
 
 
 def _algorithm(graph: ir.Graph, main: set[str]) -> onnx.GraphProto:
@@ -36,83 +42,98 @@ def _algorithm(graph: ir.Graph, main: set[str]) -> onnx.GraphProto:
     return g
 
 
-def _signatures(c: Compilation) -> dict[str, Any]:
+def _signatures(c: Compilation) -> dict[str, SignatureSpec]:
     t, e = c.step(), c.eval
     assert e is not None and c.prediction is not None
-    data = [tensor_spec(v, "data") for v in c.main.inputs if not v.is_initializer()]
+    data = tuple(tensor_spec(v, "data") for v in c.main.inputs if not v.is_initializer())
     label = tensor_spec(t.inputs["label"], "label")
-    lr = {**tensor_spec(t.inputs["lr"], "lr"), "default": float(c.options.optimizer.lr),
-          "optional": True}
-    loss = tensor_spec(t.graph.outputs[0], "loss")
-    builtin = [{"name": "checkpoint_path", "dtype": "str", "shape": []}]
+    lr = tensor_spec(t.inputs["lr"], "lr", default=float(c.options.optimizer.lr),
+                     optional=True)
+    builtin = (TensorSpec(name="checkpoint_path", dtype="str", shape=()),)
     return {
-        "infer": {"kind": "graph", "graph": "main", "inputs": data, "updates": {},
-                  "outputs": [tensor_spec(o, "prediction" if o.name == c.prediction.name
-                                          else "output") for o in c.main.outputs]},
-        "train": {"kind": "graph", "graph": "training_info/0", "inputs": [*data, label, lr],
-                  "outputs": [loss], "updates": dict(c.updates)},
-        "eval": {"kind": "graph", "graph": "training_info/1", "inputs": [*data, label],
-                 "outputs": [tensor_spec(o, "loss" if i == 0 else "metric")
-                             for i, o in enumerate(e.graph.outputs)], "updates": {}},
-        "save": {"kind": "builtin", "inputs": builtin, "outputs": builtin},
-        "restore": {"kind": "builtin", "inputs": builtin, "outputs": builtin},
+        "infer": SignatureSpec(kind="graph", graph="main", inputs=data, outputs=tuple(
+            tensor_spec(o, "prediction" if o.name == c.prediction.name else "output")
+            for o in c.main.outputs)),
+        "train": SignatureSpec(kind="graph", graph="training_info/0",
+                               inputs=(*data, label, lr),
+                               outputs=(tensor_spec(t.graph.outputs[0], "loss"),),
+                               updates=dict(c.updates)),
+        "eval": SignatureSpec(kind="graph", graph="training_info/1", inputs=(*data, label),
+                              outputs=tuple(tensor_spec(o, "loss" if i == 0 else "metric")
+                                            for i, o in enumerate(e.graph.outputs))),
+        "save": SignatureSpec(kind="builtin", inputs=builtin, outputs=builtin),
+        "restore": SignatureSpec(kind="builtin", inputs=builtin, outputs=builtin),
     }
 
 
-def _feature_signatures(c: Compilation, sigs: dict[str, Any], base: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+_LIKE = {"features": "infer", "train_features": "train", "eval_features": "eval",
+         "infer_features": "infer"}
+
+
+def _feature_signatures(c: Compilation, sigs: dict[str, SignatureSpec], base: int
+                        ) -> dict[str, SignatureSpec]:
+    out: dict[str, SignatureSpec] = {}
     for k, (name, g) in enumerate(c.feature_graphs.items()):
-        like = {"features": "infer", "train_features": "train", "eval_features": "eval",
-                "infer_features": "infer"}[name]
-        feature = tensor_spec(g.inputs[0], "features") if name != "features" else None
-        rest = [s for s in sigs[like]["inputs"] if s["role"] not in ("data",)]
-        spec: dict[str, Any] = {"kind": "graph", "graph": f"training_info/{base + k}",
-                                "updates": dict(c.updates) if name == "train_features" else {}}
+        like = sigs[_LIKE[name]]
+        where = f"training_info/{base + k}"
         if name == "features":
-            spec["inputs"] = list(sigs["infer"]["inputs"])
-            spec["outputs"] = [tensor_spec(g.outputs[0], "features")]
-        else:
-            spec["inputs"] = [feature, *rest]
-            spec["outputs"] = list(sigs[like]["outputs"])
-        out[name] = spec
+            out[name] = SignatureSpec(kind="graph", graph=where, inputs=sigs["infer"].inputs,
+                                      outputs=(tensor_spec(g.outputs[0], "features"),))
+            continue
+        rest = tuple(s for s in like.inputs if s.role != "data")
+        out[name] = SignatureSpec(
+            kind="graph", graph=where, inputs=(tensor_spec(g.inputs[0], "features"), *rest),
+            outputs=like.outputs, updates=dict(c.updates) if name == "train_features" else {})
     return out
 
 
-def _steps_signature(c: Compilation, g: ir.Graph, index: int) -> dict[str, Any]:
-    """``train_steps``: the train signature's inputs with a leading steps dimension."""
-    roles = {c.names.label: "label", c.names.lr: "lr"}
-    inputs = [tensor_spec(v, roles.get(str(v.name), "data")) for v in g.inputs]
-    return {"kind": "graph", "graph": f"training_info/{index}", "inputs": inputs,
-            "outputs": [tensor_spec(g.outputs[0], "loss")], "updates": dict(c.steps_updates)}
+def _steps_signature(c: Compilation, g: ir.Graph, index: int) -> SignatureSpec:
+    """``train_steps``: the train signature's inputs with a leading steps dimension (the rate
+    one value per step), the losses of the steps that ran, the same state updates."""
+    roles: dict[str, Role] = {c.names.label: "label", c.names.lr: "lr"}
+    inputs = tuple(tensor_spec(v, roles.get(str(v.name), "data")) for v in g.inputs)
+    return SignatureSpec(kind="graph", graph=f"training_info/{index}", inputs=inputs,
+                         outputs=(tensor_spec(g.outputs[0], "loss"),),
+                         updates=dict(c.steps_updates))
 
 
-def _metadata(c: Compilation, sigs: dict[str, Any]) -> dict[str, Any]:
+def _metadata(c: Compilation, sigs: dict[str, SignatureSpec]) -> Metadata:
     assert c.prediction is not None
     state = [str(v.name) for v in c.state_inits] + c.bn_state
     variable = set(c.trainable) | set(state)
-    meta: dict[str, Any] = {
-        "format_version": fmt.FORMAT_VERSION,
-        "producer": f"edgetrain {fmt.producer_version()}",
-        "signatures": sigs,
-        "trainable": list(c.trainable),
-        "frozen": [k for k, v in c.main.initializers.items()
-                   if is_float(v.dtype) and k not in variable],
-        "state": state,
-        "step": c.names.step,
-        "output": c.prediction.name,
-        "label": c.names.label,
-        "labels": c.options.labels,
-        "task": c.options.loss.task,
-        "classification": c.options.loss.task == "multiclass",
-        "loss": c.options.loss.config(),
-        "optimizer": c.options.optimizer.config(),
-    }
+    features = None
     if c.feature_tensor is not None:
-        meta["features"] = {"tensor": c.feature_tensor,
-                            **tensor_spec(c.feature_graphs["train_features"].inputs[0])}
-    if c.lora is not None:
-        meta.update(c.lora.meta)
-    return meta
+        spec = tensor_spec(c.feature_graphs["train_features"].inputs[0])
+        features = FeatureSpec(tensor=c.feature_tensor, name=spec.name, dtype=spec.dtype,
+                               shape=spec.shape)
+    lora = c.lora
+    loss, opt = c.options.loss.config(), c.options.optimizer.config()
+    return Metadata(
+        format_version=fmt.FORMAT_VERSION,
+        producer=f"edgetrain {fmt.producer_version()}",
+        signatures=sigs,
+        trainable=tuple(c.trainable),
+        frozen=tuple(k for k, v in c.main.initializers.items()
+                     if is_float(v.dtype) and k not in variable),
+        state=tuple(state),
+        step=c.names.step,
+        output=str(c.prediction.name),
+        label=c.names.label,
+        labels=cast(Literal["index", "onehot"], c.options.labels),
+        task=cast(Task, c.options.loss.task),
+        classification=c.options.loss.task == "multiclass",
+        loss=LossConfig(name=loss.pop("name"), params=_params(loss)),
+        optimizer=OptimizerConfig(name=opt.pop("name"), lr=opt.pop("lr"), params=_params(opt)),
+        selection=lora.selection if lora else None,
+        lora=lora.config if lora else None,
+        lora_merge=tuple(lora.adapters) if lora else (),
+        features=features,
+    )
+
+
+def _params(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's values as the metadata holds them (lists as tuples)."""
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()}
 
 
 def package(c: Compilation) -> None:

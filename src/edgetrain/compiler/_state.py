@@ -17,6 +17,7 @@ from .. import losses as _losses
 from .. import optim as _optim
 from .._ir import Builder, Namer, Value
 from .._lora import LoRA, LoRAResult
+from ..format import Metadata
 from ..select import Selector
 
 Trainable = str | list[str] | Selector | LoRA | None
@@ -92,7 +93,7 @@ class Compilation:
     #: The ``train_steps`` graph (K steps per call) and its outputs' names per state tensor.
     steps_graph: ir.Graph | None = None
     steps_updates: dict[str, str] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Metadata | None = None
     result: onnx.ModelProto | None = None
 
     @property

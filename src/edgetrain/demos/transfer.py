@@ -106,10 +106,12 @@ def run(out_dir: str = "edgetrain-transfer", epochs: int = 30, image_size: int =
     path = os.path.join(out_dir, "efficientnet_lite0_trainable.onnx")
     tm.save(path)
     n_params = sum(int(np.prod(t.dims)) for t in tm.proto.graph.initializer
-                   if t.name in set(tm.meta["trainable"]))
-    print(f"compiled in {time.perf_counter() - t0:.1f} s: {len(tm.meta['trainable'])} trainable "
+                   if t.name in set(tm.meta.trainable))
+    features = tm.meta.features
+    assert features is not None  # split_features=True
+    print(f"compiled in {time.perf_counter() - t0:.1f} s: {len(tm.meta.trainable)} trainable "
           f"tensors ({n_params} values) after a frozen backbone; feature tensor "
-          f"{tm.meta['features']['tensor']} {tm.meta['features']['shape']}")
+          f"{features.tensor} {list(features.shape)}")
 
     majority = float(np.mean(y_test == np.bincount(y_train).argmax()))
     model = load(path)

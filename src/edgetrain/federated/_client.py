@@ -78,8 +78,9 @@ def local_fit(model: Model, data: Dataset, global_params: Mapping[str, np.ndarra
     set_global(model, global_params)
     xs = model_inputs(model, data.x)
     y = data.y
-    label = model.meta.get("label", "y")
-    step_lr = float(lr) if lr is not None else float(model.meta["optimizer"]["lr"])
+    label = model.input_name("train", "label")
+    lr_name = model.input_name("train", "lr")
+    step_lr = float(lr) if lr is not None else float(model.meta.optimizer.lr)
     anchor = {k: np.array(v) for k, v in model.parameters().items()} if proximal_mu else None
     rng = np.random.default_rng(seed)
     n = len(y)
@@ -94,7 +95,7 @@ def local_fit(model: Model, data: Dataset, global_params: Mapping[str, np.ndarra
             feeds = {k: v[idx] for k, v in xs.items()}
             feeds[label] = y[idx]
             if lr is not None:
-                feeds["lr"] = np.asarray(step_lr)
+                feeds[lr_name] = np.asarray(step_lr)
             before = model.parameters() if anchor is not None else None
             out = model.run("train", **feeds)
             if anchor is not None and before is not None:
@@ -139,18 +140,18 @@ def model_inputs(model: Model, x: np.ndarray) -> dict[str, np.ndarray]:
     spec = model.signatures["infer"].inputs
     if len(spec) != 1:
         raise InputError(f"federated data is one array x; this model has inputs "
-                         f"{[s['name'] for s in spec]}")
-    want = list(spec[0]["shape"])[1:]
-    if all(isinstance(d, int) and d > 0 for d in want) and list(x.shape[1:]) != want:
+                         f"{[s.name for s in spec]}")
+    want = [d for d in spec[0].shape[1:] if isinstance(d, int) and d > 0]
+    if len(want) == len(spec[0].shape) - 1 and list(x.shape[1:]) != want:
         if int(np.prod(x.shape[1:])) == int(np.prod(want)):
             x = x.reshape(len(x), *want)
         else:
             raise InputError(f"data rows have shape {list(x.shape[1:])}; the model wants "
                              f"{want}")
-    dtype = np.dtype(spec[0]["dtype"])
+    dtype = np.dtype(spec[0].dtype)
     if x.dtype != dtype and x.dtype.kind == dtype.kind == "f":
         x = x.astype(dtype)
-    return {spec[0]["name"]: x}
+    return {spec[0].name: x}
 
 
 # -- per-process caches: a device loads its file and data once ------------------------------

@@ -3,7 +3,8 @@
 Model file: one ONNX ``ModelProto``. Main graph = the ``infer`` signature; weights and optimizer
 state are its initializers; each training signature is a ``training_info[i].algorithm`` whose
 ``update_binding`` maps updated initializers to step outputs; ``metadata_props["edgetrain"]``
-is JSON naming the signatures (validated against a strict schema before anything reads it).
+is JSON naming the signatures, specified once by :class:`Metadata` and validated in full before
+anything reads it (:func:`metadata_schema` is its JSON Schema, shipped as ``schema.json``).
 Checkpoints are safetensors files whose metadata holds a checksum over canonical bytes, the
 model's architecture hash and, with a key, a MAC. Every write is atomic: temp file in the same
 folder, fsync, rename.
@@ -13,6 +14,8 @@ and saves needs nothing of the compiler.
 """
 
 from __future__ import annotations
+
+import os
 
 from ._checkpoint import PARTS as CHECKPOINT_PARTS
 from ._checkpoint import fingerprint, load_checkpoint, save_checkpoint
@@ -36,14 +39,31 @@ from ._files import (
     with_state,
 )
 from ._integrity import Identity, identify
-from ._meta import check, default_opset, read_meta, tensor_spec, write_meta
+from ._meta import check, default_opset, read_meta, read_metadata, write_meta
+from ._spec import (
+    FeatureSpec,
+    LoraAdapter,
+    LoraSite,
+    LossConfig,
+    Metadata,
+    OptimizerConfig,
+    SignatureSpec,
+    TensorSpec,
+    metadata_schema,
+)
 from ._validate import validate, validate_meta
 
+#: The JSON Schema of the metadata as shipped, for drivers in other languages (the same
+#: document :func:`metadata_schema` returns).
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema.json")
+
 __all__ = [
-    "CHECKPOINT_KIND", "CHECKPOINT_PARTS", "FORMAT_VERSION", "META_KEY", "STEP_NAME",
-    "Identity", "atomic_write", "check", "committed", "default_opset", "fingerprint",
-    "graph_reads", "identify", "initial_state",
-    "load_checkpoint", "load_model", "plain_inference", "producer_version", "read_meta",
-    "read_model_bytes", "save_checkpoint", "save_model", "standalone", "tensor_spec",
+    "CHECKPOINT_KIND", "CHECKPOINT_PARTS", "FORMAT_VERSION", "META_KEY", "SCHEMA_PATH",
+    "STEP_NAME", "FeatureSpec", "Identity", "LoraAdapter", "LoraSite", "LossConfig", "Metadata",
+    "OptimizerConfig", "SignatureSpec", "TensorSpec", "atomic_write", "check", "committed",
+    "default_opset", "fingerprint", "graph_reads", "identify", "initial_state",
+    "load_checkpoint", "load_model", "metadata_schema", "plain_inference", "producer_version",
+    "read_meta", "read_metadata", "read_model_bytes", "save_checkpoint", "save_model",
+    "standalone",
     "validate", "validate_meta", "with_state", "write_meta",
 ]

@@ -17,18 +17,20 @@ from onnx import numpy_helper
 from .._io import read_regular_file
 from ..errors import CheckpointError
 from . import _integrity as _ckpt
-from ._constants import CHECKPOINT_KIND, FORMAT_VERSION, STEP_NAME, producer_version
+from ._constants import CHECKPOINT_KIND, FORMAT_VERSION, producer_version
 from ._files import atomic_write
 from ._integrity import Identity
+from ._spec import Metadata
 
 
-def fingerprint(meta: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Names, dtypes and shapes: what a checkpoint must agree on with any model restoring it."""
+def fingerprint(meta: object, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Names, dtypes and shapes: what a checkpoint must agree on with any model restoring it
+    (``meta`` is not read; it stays for callers that pass it)."""
     return {name: [str(np.asarray(v).dtype), list(np.asarray(v).shape)]
             for name, v in sorted(state.items())}
 
 
-def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
+def save_checkpoint(path: str | os.PathLike[str], meta: Metadata,
                     state: Mapping[str, np.ndarray], *, identity: Identity | None = None,
                     key: bytes | None = None) -> str:
     """Write ``state`` as a checkpoint, atomically.
@@ -42,8 +44,7 @@ def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
 
     path = os.fspath(path)
     tensors = {k: np.require(v, requirements="C") for k, v in state.items()}
-    _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
-                       identity.nonnegative if identity else (),
+    _ckpt.check_values(tensors, meta.step, identity.nonnegative if identity else (),
                        f"refusing to save checkpoint {path!r}")
     info = {
         "kind": CHECKPOINT_KIND,
@@ -70,7 +71,7 @@ def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
 PARTS = ("weights", "optimizer")
 
 
-def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
+def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
                     expected: Mapping[str, np.ndarray], *, identity: Identity | None = None,
                     key: bytes | None = None, parts: Iterable[str] = PARTS,
                     frozen: Mapping[str, onnx.TensorProto] | None = None
@@ -120,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
     if set(parts) == {"weights"}:
         # Every tensor must be possible state, also those not restored: a file holding NaN
         # anywhere is not a checkpoint any training run wrote.
-        _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
+        _ckpt.check_values(tensors, meta.step,
                            identity.nonnegative if identity else (), where)
         tensors = _weights_only(tensors, info, expected, identity, frozen or {}, where)
     elif set(parts) != set(PARTS):
@@ -128,7 +129,7 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
     want = fingerprint(meta, expected)
     got = fingerprint(meta, tensors)
     if want != got:
-        weights_agree = all(want.get(k) == got.get(k) for k in meta.get("trainable", []))
+        weights_agree = all(want.get(k) == got.get(k) for k in meta.trainable)
         hint = ("; its weights fit: restore(parts=('weights',)) takes them with a fresh "
                 "optimizer state") if weights_agree and set(parts) == set(PARTS) else ""
         raise CheckpointError(f"{where} belongs to another model: "
@@ -140,8 +141,7 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any],
                               "names and shapes, but the network architecture or the optimizer "
                               "configuration differs (restore(parts=('weights',)) takes the "
                               "weights of the same network trained with another optimizer)")
-    _ckpt.check_values(tensors, str(meta.get("step", STEP_NAME)),
-                       identity.nonnegative if identity else (), where)
+    _ckpt.check_values(tensors, meta.step, identity.nonnegative if identity else (), where)
     return tensors
 
 

@@ -1,16 +1,31 @@
-"""The names and version numbers every part of the format shares (a leaf module)."""
+"""The names, version numbers and the commit rule every part of the format shares (a leaf)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import SupportsInt
 
 #: Version of the trainable file format. 2: every driver commits a training step's new state
-#: only when the step counter advanced by one, and signature inputs and outputs carry roles.
-#: Files of version 1 keep loading.
-FORMAT_VERSION = 1
+#: only when the step counter advanced by exactly the number of steps the call ran
+#: (:func:`committed`), and signature inputs and outputs carry roles. Files of version 1 keep
+#: loading.
+FORMAT_VERSION = 2
 META_KEY = "edgetrain"
 STEP_NAME = "edgetrain.step"
 CHECKPOINT_KIND = "edgetrain-checkpoint"
+
+
+def committed(old_step: SupportsInt, new_step: SupportsInt, steps: int = 1) -> bool:
+    """The commit rule: keep a call's new state only if this is true.
+
+    Each training step advances the step counter by one exactly when the loss, the learning
+    rate and every value the step commits (new weights, optimizer slots, running statistics)
+    are finite; otherwise it returns the old counter. A call that runs ``steps`` steps
+    (one for ``train``, K for ``train_steps``) is kept only when the counter advanced by
+    exactly ``steps``: a step that did not count makes the call advance less, and any other
+    change (a graph that jumps or wraps the counter) is not a step either. A driver that
+    finds no counter among a signature's updates commits unconditionally.
+    """
+    return int(new_step) == int(old_step) + steps
 
 
 def producer_version() -> str:
@@ -18,10 +33,3 @@ def producer_version() -> str:
 
     return __version__
 
-
-def committed(old_step: Any, new_step: Any, steps: int = 1) -> bool:
-    """The commit rule every driver follows: keep a call's new state only when the step
-    counter advanced by exactly the number of steps the call ran (one for ``train``, K for
-    ``train_steps``). A step whose loss, rate or committed values were not finite does not
-    count, so its call advances less and its outputs are dropped."""
-    return int(new_step) == int(old_step) + steps

@@ -10,7 +10,6 @@ import stat
 import tempfile
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import onnx
@@ -18,7 +17,8 @@ from onnx import helper, numpy_helper
 
 from .._io import read_regular_file
 from ..errors import FormatError
-from ._constants import META_KEY, STEP_NAME
+from ._constants import META_KEY
+from ._spec import Metadata
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> str:
@@ -145,7 +145,7 @@ def read_model_bytes(path: str | os.PathLike[str]) -> bytes:
         raise
 
 
-def standalone(model: onnx.ModelProto, meta: Mapping[str, Any], sig: str
+def standalone(model: onnx.ModelProto, meta: Metadata, sig: str
                ) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
     """A self-contained ONNX model for one graph signature, as the runtime (or a browser) runs it.
 
@@ -153,8 +153,10 @@ def standalone(model: onnx.ModelProto, meta: Mapping[str, Any], sig: str
     step count) become graph inputs; frozen weights stay initializers. Returns the model, the
     names of its state inputs, and ``{state input: output holding its new value}``.
     """
-    spec = meta["signatures"][sig]
-    where = spec["graph"]
+    spec = meta.signatures[sig]
+    where = spec.graph
+    if where is None:
+        raise FormatError(f"signature {sig!r} is not a graph")
     if where == "main":
         g = onnx.GraphProto()
         g.CopyFrom(model.graph)
@@ -163,9 +165,9 @@ def standalone(model: onnx.ModelProto, meta: Mapping[str, Any], sig: str
         idx = int(where.split("/")[1])
         g = onnx.GraphProto()
         g.CopyFrom(model.training_info[idx].algorithm)
-    updates = dict(spec.get("updates", {}))
+    updates = dict(spec.updates)
     used = graph_reads(g)
-    variable = set(meta["trainable"]) | set(meta["state"]) | {meta.get("step", STEP_NAME)}
+    variable = meta.variables
     state_inputs: list[str] = []
     own = {t.name for t in g.initializer}
     for t in model.graph.initializer:
@@ -200,8 +202,8 @@ def graph_reads(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def initial_state(model: onnx.ModelProto, meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    variable = set(meta["trainable"]) | set(meta["state"]) | {meta.get("step", STEP_NAME)}
+def initial_state(model: onnx.ModelProto, meta: Metadata) -> dict[str, np.ndarray]:
+    variable = meta.variables
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
             if t.name in variable}
 
@@ -223,7 +225,7 @@ def with_state(model: onnx.ModelProto, state: Mapping[str, np.ndarray]) -> onnx.
 
 
 
-def plain_inference(model: onnx.ModelProto, meta: Mapping[str, Any],
+def plain_inference(model: onnx.ModelProto, meta: Metadata,
                     state: Mapping[str, np.ndarray], merge_lora: bool = True
                     ) -> onnx.ModelProto:
     """The main graph alone, with ``state`` baked in: a normal inference model for any tool.
@@ -231,10 +233,10 @@ def plain_inference(model: onnx.ModelProto, meta: Mapping[str, Any],
     With ``merge_lora`` LoRA adapters are folded into their weights (the original graph).
     """
     out = with_state(model, state)
-    if merge_lora and meta.get("lora_merge"):
+    if merge_lora and meta.lora_merge:
         from ._lora import merge_lora as fold
 
-        fold(out, meta["lora_merge"])
+        fold(out, meta.lora_merge)
     del out.training_info[:]
     props = [p for p in out.metadata_props if p.key != META_KEY]
     del out.metadata_props[:]

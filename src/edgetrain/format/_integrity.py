@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from ..errors import CheckpointError, InputError
 from ._files import graph_reads
+from ._spec import Metadata
 
 #: ``checksum_version`` written by this release: the canonical encoding of ``checksum_v2``.
 CHECKSUM_VERSION = 2
@@ -165,12 +166,12 @@ class Identity:
     weights: str = ""
 
 
-def identify(model: onnx.ModelProto, meta: Mapping[str, Any]) -> Identity:
+def identify(model: onnx.ModelProto, meta: Metadata) -> Identity:
     return Identity(architecture(model, meta), nonnegative(model, meta),
                     weights_architecture(model))
 
 
-def architecture(model: onnx.ModelProto, meta: Mapping[str, Any]) -> str:
+def architecture(model: onnx.ModelProto, meta: Metadata) -> str:
     """Hex SHA-256 of what makes two trainable files the same model for a checkpoint.
 
     Hashed: the opsets, the infer graph's structure (inputs and outputs with their types, every
@@ -185,11 +186,9 @@ def architecture(model: onnx.ModelProto, meta: Mapping[str, Any]) -> str:
     for domain, version in ops:
         h.update(_text(domain) + struct.pack("<q", version))
     _graph(h, model.graph)
-    opt = meta.get("optimizer")
-    opt = {k: v for k, v in opt.items() if k != "lr"} if isinstance(opt, Mapping) else opt
-    h.update(canonical({"trainable": sorted(meta.get("trainable", [])),
-                        "state": sorted(meta.get("state", [])),
-                        "step": meta.get("step"), "optimizer": opt}))
+    opt = {k: v for k, v in meta.optimizer.to_json().items() if k != "lr"}
+    h.update(canonical({"trainable": sorted(meta.trainable), "state": sorted(meta.state),
+                        "step": meta.step, "optimizer": opt}))
     return h.hexdigest()
 
 
@@ -208,14 +207,13 @@ def weights_architecture(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def nonnegative(model: onnx.ModelProto, meta: Mapping[str, Any]) -> frozenset[str]:
-    opt = meta.get("optimizer")
+def nonnegative(model: onnx.ModelProto, meta: Metadata) -> frozenset[str]:
     names: set[str] = set()
-    if isinstance(opt, Mapping) and opt.get("name") in ("adam", "adamw"):
-        names.update(f"{p}.exp_avg_sq" for p in meta.get("trainable", []))
+    if meta.optimizer.name in ("adam", "adamw"):
+        names.update(f"{p}.exp_avg_sq" for p in meta.trainable)
     names.update(n.input[4] for n in model.graph.node
                  if n.op_type == "BatchNormalization" and len(n.input) > 4)
-    return frozenset(names & set(meta.get("state", [])))
+    return frozenset(names & set(meta.state))
 
 
 def canonical(value: Any) -> bytes:

@@ -6,13 +6,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import helper
 
 from ..errors import FormatError
 from ._constants import FORMAT_VERSION, META_KEY
 from ._schema import parse_meta, validate_meta
+from ._spec import Metadata
 from ._validate import DEFAULT_DOMAINS, iter_nodes
 
 
@@ -25,13 +24,9 @@ def default_opset(model: onnx.ModelProto) -> int | None:
 
 # -- metadata --------------------------------------------------------------------------------
 
-def read_meta(model: onnx.ModelProto) -> dict[str, Any]:
-    """The file's edgetrain metadata, parsed strictly and checked against its schema.
-
-    A newer format version is refused first, with the version it needs; then everything
-    else (see :mod:`edgetrain.format._schema`), so no caller ever sees a malformed document.
-    """
-
+def _raw_meta(model: onnx.ModelProto) -> dict[str, Any]:
+    """The metadata JSON parsed strictly; a newer format version is refused first, with the
+    version it needs."""
     raws = [p.value for p in model.metadata_props if p.key == META_KEY]
     if not raws:
         raise FormatError("not an edgetrain trainable file (no 'edgetrain' metadata); compile "
@@ -40,30 +35,33 @@ def read_meta(model: onnx.ModelProto) -> dict[str, Any]:
         raise FormatError("the file holds the edgetrain metadata twice")
     meta = parse_meta(raws[0])
     version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise FormatError("the edgetrain metadata has no integer format_version")
-    if version > FORMAT_VERSION:
+    if isinstance(version, (int, float)) and not isinstance(version, bool) \
+            and version > FORMAT_VERSION:
         raise FormatError(
             f"this file uses edgetrain format version {version}; this edgetrain reads "
             f"version {FORMAT_VERSION} and older — upgrade edgetrain to a release that "
             f"supports format version {version}")
-    return validate_meta(meta)
+    return meta
 
 
-def write_meta(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+def read_meta(model: onnx.ModelProto) -> dict[str, Any]:
+    """The file's edgetrain metadata as JSON values, validated in full (see
+    :mod:`edgetrain.format._schema`), so no caller ever sees a malformed document."""
+    return validate_meta(_raw_meta(model))
+
+
+def read_metadata(model: onnx.ModelProto) -> Metadata:
+    """The file's edgetrain metadata, validated in full, as :class:`Metadata` (a version-1
+    file read as version 2 says it: roles and task derived)."""
+    return Metadata.from_json(_raw_meta(model))
+
+
+def write_meta(model: onnx.ModelProto, meta: Metadata | Mapping[str, Any]) -> None:
+    doc = meta.to_json() if isinstance(meta, Metadata) else meta
     props = [p for p in model.metadata_props if p.key != META_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(props)
-    model.metadata_props.add(key=META_KEY, value=json.dumps(meta, sort_keys=True))
-
-
-def tensor_spec(vi: onnx.ValueInfoProto) -> dict[str, Any]:
-    tt = vi.type.tensor_type
-    dims: list[Any] = []
-    for d in tt.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-    return {"name": vi.name, "dtype": np.dtype(helper.tensor_dtype_to_np_dtype(
-        tt.elem_type)).name, "shape": dims}
+    model.metadata_props.add(key=META_KEY, value=json.dumps(doc, sort_keys=True))
 
 
 def check(model: onnx.ModelProto) -> None:

@@ -1,68 +1,89 @@
-"""The schema of the ``edgetrain`` metadata JSON, checked in full before anything reads it.
+"""Reading the ``edgetrain`` metadata: strict JSON, the spec's structure, the rules between fields.
 
 The metadata travels further than the graphs: the Python runtime looks names up in it,
 ``edgetrain info`` prints it to a terminal, and the browser export copies it into a manifest
-that a web page reads. So every value in it is checked against a strict schema (unknown keys
-are refused, so nothing unchecked can ride along), and every string is one of three kinds:
+that a web page reads. So it is checked in full before anything reads it, in three stages:
 
-* **identifiers** -- signature names, loss and optimizer names, their config keys and string
-  values, ``labels``, ``kind``: ``[A-Za-z_][A-Za-z0-9_.-]{0,63}``;
-* **ONNX names** -- tensor names, signature input and output names, update targets, symbolic
-  dimensions, node and value names of LoRA sites: whatever ONNX allows (exporters use ``:``,
-  ``/``, ``.``, brackets) but 1 to 256 characters, all printable (``str.isprintable``: no
-  control, format or line-separator characters, so a name stays one line in a terminal and
-  in a message). They may contain ``<``, ``&`` or quotes: a page must escape them, as it must
-  escape any name;
-* **free text** -- ``producer``, ``selection`` and the descriptive strings of ``lora``:
-  printable, at most 1024 characters.
+1. **parsing** (:func:`parse_meta`): bounded size, strict JSON -- no duplicate keys (two
+   readers could see different values), no ``NaN``/``Infinity``, no lone surrogate escapes
+   (I-JSON: every string is Unicode text);
+2. **structure**: the checker generated from :class:`~edgetrain.format._spec.Metadata`, the
+   same spec the shipped JSON Schema is generated from (unknown keys refused, every string of
+   its kind, every number in its range);
+3. **rules between fields** (:data:`RULES`): what no schema expresses, written here once and
+   listed in ``docs/format.md``; another driver applies them after the schema.
 
-Numbers are finite (JSON's ``NaN`` and ``Infinity`` are refused), integers lie within
-±2⁵³ (exact in JavaScript), floats within float32's range; duplicate keys are refused (two
-readers could otherwise see different values), and so are strings that are not UTF-8.
+A version-1 document is then read as version 2 would say it (:func:`_upgrade`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import re
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import FormatError
+from ._jsontypes import fail, path_key, quote
+from ._spec import (
+    FEATURE_SIGNATURES,
+    MAX_ELEMENTS,
+    Metadata,
+    Role,
+    SignatureSpec,
+    TensorSpec,
+    _node,
+)
 
-IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
-MAX_NAME = 256
-MAX_TEXT = 1024
-MAX_INT = 2**53
-MAX_FLOAT = float(np.finfo(np.float32).max)
+__all__ = ["MAX_ELEMENTS", "RULES", "RuleError", "decode_meta", "fail", "parse_meta", "quote",
+           "validate_meta"]
+
 #: Largest metadata JSON read (characters); a LoRA model's is a few tens of KiB.
 MAX_META_CHARS = 8 << 20
-#: Largest tensor a file may declare (elements); far above any on-device model.
-MAX_ELEMENTS = 1 << 31
-DTYPES = ("float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool", "str")
 _NUMERIC = {"float32", "float64", "float16", "int64", "int32", "int8", "uint8"}
-GRAPH_REF = re.compile(r"main|training_info/(?:0|[1-9]\d{0,3})")
-#: Signatures every trainable file has; the feature signatures come all four or none.
-REQUIRED_SIGNATURES = ("infer", "train", "eval", "save", "restore")
-FEATURE_SIGNATURES = ("features", "train_features", "eval_features", "infer_features")
-_UPDATING = ("train", "train_features")
-_BUILTIN_IO = [{"name": "checkpoint_path", "dtype": "str", "shape": []}]
+_UPDATING = ("train", "train_features", "train_steps")
+_KNOWN = ("infer", "train", "eval", "train_steps", *FEATURE_SIGNATURES)
+_BUILTIN_IO = (TensorSpec(name="checkpoint_path", dtype="str", shape=()),)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-Check = Callable[[Any, str], Any]
+#: The rules between fields, by name: every refusal after the structure names one.
+RULES = {
+    "unique-io": "The inputs of a signature have different names, and so do its outputs.",
+    "default": "An input has a `default` exactly when it is `optional`; only numeric scalars "
+               "have one, within their dtype's range (an integer for integer dtypes).",
+    "unique-updates": "No two state tensors take their new value from the same output.",
+    "builtin": "`save` and `restore`, and only they, are of kind `builtin`: no graph, no "
+               "updates, input and output exactly `checkpoint_path` (`str`, shape `[]`).",
+    "graph": "A signature of kind `graph` names its `graph`.",
+    "infer-main": "`infer` is the main graph.",
+    "updating": "`train`, `train_features` and `train_steps` update state; `infer`, `eval` "
+                "and the other feature signatures do not.",
+    "steps": "`train_steps` (K steps in one call) takes its rate as a vector, one per step "
+             "(its `lr` input has rank 1 and no default), and returns the steps' losses as a "
+             "vector (its `loss` output has rank 1); a driver commits its state only when the "
+             "step counter advanced by the number of rates given.",
+    "features": "The feature signatures (`features`, `train_features`, `eval_features`, "
+                "`infer_features`) come all four or none.",
+    "disjoint": "No tensor is listed in two of `trainable`, `frozen`, `state`.",
+    "step-state": "`step` is listed in `state`.",
+    "updates-cover": "A signature that updates state updates every `trainable` and `state` "
+                     "tensor, and nothing else.",
+    "output": "`output` is an output of `infer`.",
+    "label": "`label` is an input of `train`.",
+    "roles": "From format version 2 on, every input and output of a `graph` signature has a "
+             "`role`, and `task` is given.",
+}
 
 
-def fail(msg: str) -> FormatError:
-    return FormatError(f"invalid edgetrain file: {msg}")
+class RuleError(FormatError):
+    """A document of valid structure that breaks one of :data:`RULES`."""
 
-
-def quote(s: Any, limit: int = 60) -> str:
-    """``s`` for a one-line message: repr (control characters escaped), shortened."""
-    if isinstance(s, (str, bytes)):
-        return repr(s[:limit]) + ("…" if len(s) > limit else "")
-    return f"a {type(s).__name__}"
+    def __init__(self, rule: str, msg: str) -> None:
+        assert rule in RULES
+        super().__init__(f"invalid edgetrain file: {msg}")
+        self.rule = rule
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -72,12 +93,29 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for k, v in pairs:
         if k in out:
             raise ValueError(f"duplicate key {quote(k)}")
+        if _SURROGATE.search(k):
+            raise ValueError(f"key {quote(k)} holds a lone surrogate")
         out[k] = v
     return out
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _no_surrogates(value: Any) -> None:
+    """Refuse strings that are not Unicode text (an escaped lone surrogate, ``"\\ud800"``)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                raise FormatError("the edgetrain metadata is not valid JSON: the string "
+                                  f"{quote(v)} holds a lone surrogate")
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
 
 
 def parse_meta(raw: Any) -> dict[str, Any]:
@@ -97,293 +135,189 @@ def parse_meta(raw: Any) -> dict[str, Any]:
         raise FormatError(f"the edgetrain metadata is not valid JSON: {e}") from e
     if not isinstance(meta, dict):
         raise FormatError("the edgetrain metadata is not a JSON object")
+    _no_surrogates(meta)
     return meta
 
 
-# -- values ----------------------------------------------------------------------------------
+# -- the rules between fields ----------------------------------------------------------------
 
-def ident(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not IDENT.fullmatch(v):
-        raise fail(f"{what} {quote(v)} is not an identifier ([A-Za-z_][A-Za-z0-9_.-]{{0,63}})")
-    return v
-
-
-def name(v: Any, what: str, empty: bool = False) -> str:
-    """An ONNX name: 1..256 printable characters (``empty`` also allows "")."""
-    if not isinstance(v, str) or len(v) > MAX_NAME or not v.isprintable() \
-            or (not v and not empty):
-        raise fail(f"{what} {quote(v)} is not a valid name (1 to {MAX_NAME} printable "
-                   "characters)")
-    return v
-
-
-def text(v: Any, what: str) -> str:
-    if not isinstance(v, str) or len(v) > MAX_TEXT or not v.isprintable():
-        raise fail(f"{what} must be printable text of at most {MAX_TEXT} characters")
-    return v
-
-
-def number(v: Any, what: str, lo: float = -MAX_FLOAT, hi: float = MAX_FLOAT) -> float:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if ok and isinstance(v, int):
-        ok = abs(v) <= MAX_INT and lo <= v <= hi
-    elif ok:
-        ok = math.isfinite(v) and lo <= v <= hi
-    if not ok:
-        raise fail(f"{what} must be a finite number in [{lo:g}, {hi:g}]")
-    return v
-
-
-def integer(v: Any, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise fail(f"{what} must be an integer in [{lo}, {hi}]")
-    return v
-
-
-def boolean(v: Any, what: str) -> bool:
-    if not isinstance(v, bool):
-        raise fail(f"{what} must be true or false")
-    return v
-
-
-def listing(item: Check, limit: int = 1 << 20, unique: bool = False) -> Check:
-    def check(v: Any, what: str) -> list[Any]:
-        if not isinstance(v, list) or len(v) > limit:
-            raise fail(f"{what} must be a list of at most {limit} entries")
-        for i, x in enumerate(v):
-            item(x, f"{what}[{i}]")
-        if unique and len(set(v)) != len(v):
-            raise fail(f"{what} lists a name twice")
-        return v
-    return check
-
-
-def obj(v: Any, what: str, required: Mapping[str, Check],
-        optional: Mapping[str, Check] | None = None) -> dict[str, Any]:
-    """An object with exactly the given keys (``optional`` ones may be absent)."""
-    optional = optional or {}
-    if not isinstance(v, dict):
-        raise fail(f"{what} must be an object")
-    for k in v:
-        if k not in required and k not in optional:
-            raise fail(f"{what} has an unknown key {quote(k)}")
-    for k, check in required.items():
-        if k not in v:
-            raise fail(f"{what} lacks {k!r}")
-        check(v[k], f"{what} {k}")
-    for k, check in optional.items():
-        if k in v:
-            check(v[k], f"{what} {k}")
-    return v
-
-
-def _scalar(string: Check) -> Check:
-    """null, true/false, a bounded number, or a string checked by ``string``."""
-    def check(v: Any, what: str) -> Any:
-        if v is None or isinstance(v, bool):
-            return v
-        if isinstance(v, str):
-            return string(v, what)
-        return number(v, what)
-    return check
-
-
-def _config(string: Check, required: Mapping[str, Check]) -> Check:
-    """A flat object: identifier keys, scalar values or short lists of scalars."""
-    scalar = _scalar(string)
-    short = listing(scalar, limit=64)
-
-    def check(v: Any, what: str) -> dict[str, Any]:
-        if not isinstance(v, dict) or len(v) > 64:
-            raise fail(f"{what} must be an object of at most 64 entries")
-        for k, x in v.items():
-            ident(k, f"{what} key")
-            (short if isinstance(x, list) else scalar)(x, f"{what} {k}")
-        obj({k: v[k] for k in required if k in v}, what, required)
-        return v
-    return check
-
-
-# -- the document ----------------------------------------------------------------------------
-
-def _dim(v: Any, what: str) -> Any:
-    if v is None or isinstance(v, str):
-        return v if v is None else name(v, what)
-    return integer(v, what, 0, MAX_ELEMENTS - 1)
-
-
-_shape = listing(_dim, limit=16)
-_dtype_names = set(DTYPES)
-
-
-def _dtype(v: Any, what: str) -> str:
-    if not isinstance(v, str) or v not in _dtype_names:
-        raise fail(f"{what} is not one of {', '.join(DTYPES)}")
-    return str(v)
-
-
-#: What a signature's input or output is for, so drivers find the label or the rate by role
-#: rather than by a fixed name (the compiler picks names clear of the model's own).
-ROLES = ("data", "label", "lr", "features", "prediction", "output", "loss", "metric")
-
-
-def _io(v: Any, what: str) -> dict[str, Any]:
-    """One input or output: name, dtype, shape, role; an optional input has a scalar
-    default."""
-    obj(v, what, {"name": name, "dtype": _dtype, "shape": _shape},
-        {"optional": boolean, "default": number,
-         "role": lambda r, w: _one_of(r, w, ROLES)})
-    if v.get("optional", False) != ("default" in v):
-        raise fail(f"{what} {quote(v['name'])}: an input has a default exactly when it is "
-                   "optional")
-    if "default" in v:
-        if v["dtype"] not in _NUMERIC or v["shape"] != []:
-            raise fail(f"{what} {quote(v['name'])}: only numeric scalars have defaults")
-        dt = np.dtype(v["dtype"])
-        info = np.finfo(dt) if dt.kind == "f" else np.iinfo(dt)
-        number(v["default"], f"{what} {quote(v['name'])} default", float(info.min),
-               float(info.max))
-        if dt.kind != "f" and not isinstance(v["default"], int):
-            raise fail(f"{what} {quote(v['name'])} default must be an integer")
-    return v
-
-
-def _ios(v: Any, what: str) -> list[dict[str, Any]]:
-    listing(_io, limit=1024)(v, what)
-    names = [s["name"] for s in v]
-    if len(set(names)) != len(names):
-        raise fail(f"{what} name the same value twice")
-    return v
-
-
-def _updates(v: Any, what: str) -> dict[str, str]:
-    if not isinstance(v, dict) or len(v) > 1 << 20:
-        raise fail(f"{what} must be an object")
-    for k, out in v.items():
-        name(k, f"{what} key")
-        name(out, f"{what} value for {quote(k)}")
-    if len(set(v.values())) != len(v):
-        raise fail(f"{what}: two state tensors take their new value from the same output")
-    return v
-
-
-def _graph_ref(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not GRAPH_REF.fullmatch(v):
-        raise fail(f"{what} {quote(v)} is not 'main' or 'training_info/<n>'")
-    return v
-
-
-def _signature(sig: str, v: Any) -> None:
-    what = f"signature {quote(sig)}"
-    kind = obj(v, what, {"kind": ident, "inputs": _ios, "outputs": _ios},
-               {"graph": _graph_ref, "updates": _updates})["kind"]
-    if (kind == "builtin") != (sig in ("save", "restore")):
-        raise fail(f"{what}: save and restore, and only they, are builtin signatures")
-    if kind == "builtin":
-        if sig not in ("save", "restore") or "graph" in v or v.get("updates") \
-                or v["inputs"] != _BUILTIN_IO or v["outputs"] != _BUILTIN_IO:
-            raise fail(f"{what} is not one of the builtin signatures save(checkpoint_path) "
-                       "and restore(checkpoint_path)")
+def _check_default(s: TensorSpec, at: str) -> None:
+    if s.optional != (s.default is not None):
+        raise RuleError("default", f"{at} ({quote(s.name)}): an input has a default exactly "
+                                   "when it is optional")
+    if s.default is None:
         return
-    if kind != "graph" or "graph" not in v:
-        raise fail(f"{what} must be of kind 'graph' with a graph, or 'builtin'")
-    if bool(v.get("updates")) != (sig in _UPDATING) and sig in (*REQUIRED_SIGNATURES,
-                                                                *FEATURE_SIGNATURES):
-        raise fail(f"{what} {'must' if sig in _UPDATING else 'cannot'} update state tensors")
+    if s.dtype not in _NUMERIC or s.shape != ():
+        raise RuleError("default", f"{at} ({quote(s.name)}): only numeric scalars have "
+                                   "defaults")
+    dt = np.dtype(s.dtype)
+    info = np.finfo(dt) if dt.kind == "f" else np.iinfo(dt)
+    if not float(info.min) <= s.default <= float(info.max) or \
+            (dt.kind != "f" and not float(s.default).is_integer()):
+        raise RuleError("default", f"{at} ({quote(s.name)}): the default {s.default!r} is not "
+                                   f"a {dt.name} value")
 
 
-def _signatures(v: Any, what: str) -> dict[str, Any]:
-    if not isinstance(v, dict) or not 0 < len(v) <= 64:
-        raise fail(f"{what} must be an object of 1 to 64 signatures")
-    for sig, spec in v.items():
-        ident(sig, "signature name")
-        _signature(sig, spec)
-    missing = [s for s in REQUIRED_SIGNATURES if s not in v]
-    if missing:
-        raise fail(f"no {missing[0]!r} signature")
-    if v["infer"]["kind"] != "graph" or v["infer"]["graph"] != "main":
-        raise fail("the 'infer' signature must be the main graph")
-    present = [s for s in FEATURE_SIGNATURES if s in v]
+def _check_ios(sig: str, which: str, specs: tuple[TensorSpec, ...]) -> None:
+    path = path_key(path_key("signatures", sig), which)
+    seen: set[str] = set()
+    for i, s in enumerate(specs):
+        if s.name in seen:
+            raise RuleError("unique-io", f"{path} name {quote(s.name)} twice")
+        seen.add(s.name)
+        _check_default(s, f"{path}[{i}]")
+
+
+def _check_signature(sig: str, s: SignatureSpec) -> None:
+    what = f"signature {quote(sig)}"
+    _check_ios(sig, "inputs", s.inputs)
+    _check_ios(sig, "outputs", s.outputs)
+    if len(set(s.updates.values())) != len(s.updates):
+        raise RuleError("unique-updates", f"{what}: two state tensors take their new value "
+                                          "from the same output")
+    if (s.kind == "builtin") != (sig in ("save", "restore")):
+        raise RuleError("builtin", f"{what}: save and restore, and only they, are builtin "
+                                   "signatures")
+    if s.kind == "builtin":
+        if s.graph is not None or s.updates or s.inputs != _BUILTIN_IO \
+                or s.outputs != _BUILTIN_IO:
+            raise RuleError("builtin", f"{what} is not one of the builtin signatures "
+                                       "save(checkpoint_path) and restore(checkpoint_path)")
+        return
+    if s.graph is None:
+        raise RuleError("graph", f"{what} is of kind 'graph' but names no graph")
+    if sig in _KNOWN and bool(s.updates) != (sig in _UPDATING):
+        raise RuleError("updating", f"{what} {'must' if sig in _UPDATING else 'cannot'} update "
+                                    "state tensors")
+
+
+def _check_steps(s: SignatureSpec) -> None:
+    """``train_steps``: a rate per step in, a loss per step out (the commit rule counts them)."""
+    lr, loss = s.input("lr"), s.output("loss")
+    if lr is not None and (len(lr.shape) != 1 or lr.default is not None):
+        raise RuleError("steps", f"signature 'train_steps': its rate {quote(lr.name)} must be "
+                                 "a vector, one rate per step, with no default")
+    if loss is not None and len(loss.shape) != 1:
+        raise RuleError("steps", f"signature 'train_steps': its loss {quote(loss.name)} must "
+                                 "be a vector, one loss per step")
+
+
+def _check_signatures(meta: Metadata) -> None:
+    sigs = meta.signatures
+    for sig, spec in sigs.items():
+        _check_signature(sig, spec)
+    if "train_steps" in sigs:
+        _check_steps(sigs["train_steps"])
+    if sigs["infer"].kind != "graph" or sigs["infer"].graph != "main":
+        raise RuleError("infer-main", "the 'infer' signature must be the main graph")
+    present = [s for s in FEATURE_SIGNATURES if s in sigs]
     if present and len(present) != len(FEATURE_SIGNATURES):
-        raise fail(f"the feature signatures come together: {', '.join(FEATURE_SIGNATURES)}")
-    return v
+        raise RuleError("features", "the feature signatures come together: "
+                                    f"{', '.join(FEATURE_SIGNATURES)}")
+    if meta.format_version >= 2:
+        for sig, spec in sigs.items():
+            unnamed = [x.name for x in (*spec.inputs, *spec.outputs) if x.role is None]
+            if spec.kind == "graph" and unnamed:
+                raise RuleError("roles", f"signature {quote(sig)}: {quote(unnamed[0])} has "
+                                         "no role (format version 2)")
+        if meta.task is None:
+            raise RuleError("roles", "the metadata names no task (format version 2)")
 
 
-def _one_of(v: Any, what: str, choices: tuple[str, ...]) -> str:
-    if v not in choices:
-        raise fail(f"{what} must be one of {', '.join(choices)}")
-    return str(v)
-
-
-def _version(v: Any, what: str) -> int:
-    from ._constants import FORMAT_VERSION
-
-    return integer(v, what, 1, FORMAT_VERSION)
-
-
-def _lora_site(v: Any, what: str) -> dict[str, Any]:
-    return obj(v, what, {"node": lambda x, w: name(x, w, empty=True), "base": name,
-                         "output": name, "nodes": listing(name, limit=64)})
-
-
-def _lora_adapter(v: Any, what: str) -> dict[str, Any]:
-    return obj(v, what, {"weight": name, "A": name, "B": name, "scale": number,
-                         "transposed": boolean, "sites": listing(_lora_site, limit=4096)})
-
-
-def _features(v: Any, what: str) -> dict[str, Any]:
-    return obj(v, what, {"tensor": name, "name": name, "dtype": _dtype, "shape": _shape})
-
-
-_names = listing(name, unique=True)
-_TOP_REQUIRED: dict[str, Check] = {
-    "format_version": _version, "signatures": _signatures, "trainable": _names,
-    "frozen": _names, "state": _names, "step": name, "output": name, "label": name,
-    "labels": lambda v, w: _one_of(v, w, ("index", "onehot")),
-    "loss": _config(ident, {"name": ident}),
-    "optimizer": _config(ident, {"name": ident,
-                                 "lr": lambda v, w: number(v, w, 1e-30, MAX_FLOAT)}),
-    "classification": boolean,
-}
-_TOP_OPTIONAL: dict[str, Check] = {
-    "task": lambda v, w: _one_of(v, w, ("multiclass", "binary", "regression")),
-    "producer": text, "selection": text, "lora": _config(text, {}),
-    "lora_merge": listing(_lora_adapter, limit=4096), "features": _features,
-}
-
-
-def validate_meta(meta: Any) -> dict[str, Any]:
-    """Raise FormatError unless ``meta`` is well-formed edgetrain metadata; return it.
-
-    Checks the metadata alone (no graphs): the schema above, and that its names agree with
-    one another -- the state lists are disjoint, the step counter is state, a training
-    signature updates exactly the trainable and state tensors, ``output`` is an output of
-    ``infer`` and ``label`` an input of ``train``. :func:`edgetrain.format.validate` checks the
-    rest against the file's graphs.
-    """
-    obj(meta, "the metadata", _TOP_REQUIRED, _TOP_OPTIONAL)
-    trainable, frozen, state = meta["trainable"], meta["frozen"], meta["state"]
+def _check_tensors(meta: Metadata) -> None:
+    trainable, frozen, state = meta.trainable, meta.frozen, meta.state
     for a, b, la, lb in ((trainable, frozen, "trainable", "frozen"),
                          (trainable, state, "trainable", "state"),
                          (frozen, state, "frozen", "state")):
         both = set(a) & set(b)
         if both:
-            raise fail(f"tensor {quote(min(both))} is listed as both {la} and {lb}")
-    if meta["step"] not in state:
-        raise fail(f"the step counter {quote(meta['step'])} is not listed as state")
+            raise RuleError("disjoint", f"tensor {quote(min(both))} is listed as both {la} "
+                                        f"and {lb}")
+    if meta.step not in state:
+        raise RuleError("step-state", f"the step counter {quote(meta.step)} is not listed as "
+                                      "state")
     variables = set(trainable) | set(state)
-    sigs = meta["signatures"]
-    for sig, spec in sigs.items():
-        updates = set(spec.get("updates") or {})
+    for sig, spec in meta.signatures.items():
+        updates = set(spec.updates)
         extra, missing = sorted(updates - variables), sorted(variables - updates)
         if updates and extra:
-            raise fail(f"signature {quote(sig)} updates {quote(extra[0])}, which is not a "
-                       "trainable or state tensor")
+            raise RuleError("updates-cover", f"signature {quote(sig)} updates "
+                            f"{quote(extra[0])}, which is not a trainable or state tensor")
         if updates and missing:
-            raise fail(f"signature {quote(sig)} does not update {quote(missing[0])}; a "
-                       "training signature updates every trainable and state tensor")
-    if meta["output"] not in {o["name"] for o in sigs["infer"]["outputs"]}:
-        raise fail(f"output {quote(meta['output'])} is not an output of 'infer'")
-    if meta["label"] not in {i["name"] for i in sigs["train"]["inputs"]}:
-        raise fail(f"label {quote(meta['label'])} is not an input of 'train'")
-    return meta
+            raise RuleError("updates-cover", f"signature {quote(sig)} does not update "
+                            f"{quote(missing[0])}; a training signature updates every "
+                            "trainable and state tensor")
+    if meta.output not in {o.name for o in meta.signatures["infer"].outputs}:
+        raise RuleError("output", f"output {quote(meta.output)} is not an output of 'infer'")
+    if meta.label not in {i.name for i in meta.signatures["train"].inputs}:
+        raise RuleError("label", f"label {quote(meta.label)} is not an input of 'train'")
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def _read(meta: Any) -> Metadata:
+    """Structure, then the rules: the document as typed metadata, exactly as written."""
+    node = _node()
+    node.check(meta, "")
+    typed: Metadata = node.decode(meta)
+    _check_signatures(typed)
+    _check_tensors(typed)
+    return typed
+
+
+def validate_meta(meta: Any) -> dict[str, Any]:
+    """Raise FormatError unless ``meta`` is well-formed edgetrain metadata; return it.
+
+    Checks the metadata alone (no graphs): its structure (the spec), then :data:`RULES`.
+    :func:`edgetrain.format.validate` checks the rest against the file's graphs.
+    """
+    _read(meta)
+    out: dict[str, Any] = meta
+    return out
+
+
+def decode_meta(meta: Any) -> Metadata:
+    """The validated document as :class:`Metadata`, a version-1 one read as version 2."""
+    return _upgrade(_read(meta))
+
+
+# -- version 1 ---------------------------------------------------------------------------------
+
+def _input_role(meta: Metadata, sig: str, s: TensorSpec) -> Role:
+    if s.name == "lr" and s.optional:
+        return "lr"
+    if s.name == meta.label:
+        return "label"
+    if meta.features is not None and s.name == meta.features.name and sig != "features":
+        return "features"
+    return "data"
+
+
+def _output_role(meta: Metadata, sig: str, s: TensorSpec) -> Role:
+    if s.name == "loss":
+        return "loss"
+    if sig == "features":
+        return "features"
+    if s.name == meta.output:
+        return "prediction"
+    return "metric" if sig.startswith("eval") else "output"
+
+
+def _upgrade(meta: Metadata) -> Metadata:
+    """A version-1 document as version 2 says it: version 1 fixed the names (``lr``,
+    ``loss``, the label ``meta.label``) where version 2 gives roles, and had no ``task``."""
+    if meta.format_version >= 2:
+        return meta
+    sigs: dict[str, SignatureSpec] = {}
+    for name, s in meta.signatures.items():
+        if s.kind == "graph":
+            s = dataclasses.replace(
+                s, inputs=tuple(x if x.role else dataclasses.replace(
+                    x, role=_input_role(meta, name, x)) for x in s.inputs),
+                outputs=tuple(x if x.role else dataclasses.replace(
+                    x, role=_output_role(meta, name, x)) for x in s.outputs))
+        sigs[name] = s
+    task = meta.task or ("multiclass" if meta.classification else "binary"
+                         if meta.loss.name == "bce_with_logits" else "regression")
+    return dataclasses.replace(meta, signatures=sigs, task=task)
+

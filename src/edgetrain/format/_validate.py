@@ -24,6 +24,7 @@ import onnx
 from onnx import SparseTensorProto, TensorProto, helper, numpy_helper
 
 from ._schema import MAX_ELEMENTS, fail, quote, validate_meta
+from ._spec import LoraSite, Metadata, SignatureSpec, TensorSpec
 
 __all__ = ["MAX_ELEMENTS", "check_structure", "check_tensor", "count_elements", "iter_graphs",
            "iter_nodes", "iter_tensors", "validate", "validate_meta"]
@@ -214,9 +215,20 @@ def check_structure(model: onnx.ModelProto) -> None:
 
 # -- the file against its metadata -------------------------------------------------------------
 
-def validate(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
-    """Raise FormatError unless the file is self-consistent and safe to load."""
-    validate_meta(meta)
+def validate(model: onnx.ModelProto, meta: Metadata | Mapping[str, Any]) -> None:
+    """Raise FormatError unless the file is self-consistent and safe to load.
+
+    ``meta`` is the file's metadata, typed or as JSON values; it is checked in full again
+    (typed metadata may have been built by hand).
+    """
+    if isinstance(meta, Metadata):
+        validate_meta(meta.to_json())
+    else:
+        meta = Metadata.from_json(meta)
+    _check_file(model, meta)
+
+
+def _check_file(model: onnx.ModelProto, meta: Metadata) -> None:
     check_structure(model)
     inits: dict[str, TensorProto] = {}
     for t in model.graph.initializer:
@@ -227,33 +239,34 @@ def validate(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
     graphs = {"main": model.graph}
     graphs.update((f"training_info/{i}", ti.algorithm) for i, ti in
                   enumerate(model.training_info))
-    for sig, spec in meta["signatures"].items():
-        if spec["kind"] == "graph":
-            g = graphs.get(spec["graph"])
+    for sig, spec in meta.signatures.items():
+        if spec.kind == "graph":
+            g = graphs.get(spec.graph or "")
             if g is None:
-                raise fail(f"signature {quote(sig)} names a missing graph {quote(spec['graph'])}")
+                raise fail(f"signature {quote(sig)} names a missing graph {quote(spec.graph)}")
             _check_signature(sig, spec, g, inits, variables)
     _check_bindings(model, meta)
-    if "lora_merge" in meta:
+    if meta.lora_merge:
         _check_lora(meta, inits, model.graph)
 
 
-def _check_state_tensors(meta: Mapping[str, Any], inits: Mapping[str, TensorProto]) -> set[str]:
+def _check_state_tensors(meta: Metadata, inits: Mapping[str, TensorProto]) -> set[str]:
     """The listed tensors exist; what trains or changes has a type the runtimes keep."""
-    for key in ("trainable", "frozen", "state"):
-        for n in meta[key]:
+    for key, names in (("trainable", meta.trainable), ("frozen", meta.frozen),
+                       ("state", meta.state)):
+        for n in names:
             if n not in inits:
                 raise fail(f"tensor {quote(n)} listed as {key} in the metadata is not in the file")
-    for n in meta["trainable"]:
+    for n in meta.trainable:
         if inits[n].data_type not in _FLOATS:
             raise fail(f"trainable tensor {quote(n)} is not a float tensor")
-    for n in meta["state"]:
+    for n in meta.state:
         if inits[n].data_type not in _STATE_TYPES:
             raise fail(f"state tensor {quote(n)} has an unsupported data type")
-    step = inits[meta["step"]]
+    step = inits[meta.step]
     if step.data_type != TensorProto.INT64 or len(step.dims):
-        raise fail(f"the step counter {quote(meta['step'])} is not an int64 scalar")
-    return set(meta["trainable"]) | set(meta["state"])
+        raise fail(f"the step counter {quote(meta.step)} is not an int64 scalar")
+    return set(meta.trainable) | set(meta.state)
 
 
 def _np_name(elem_type: int) -> str | None:
@@ -263,33 +276,33 @@ def _np_name(elem_type: int) -> str | None:
         return None
 
 
-def _check_io(sig: str, specs: list[dict[str, Any]], table: Mapping[str, onnx.ValueInfoProto],
-              kind: str, ref: str) -> None:
+def _check_io(sig: str, specs: tuple[TensorSpec, ...],
+              table: Mapping[str, onnx.ValueInfoProto], kind: str, ref: str) -> None:
     """Each declared input/output is one of the graph's, with the same dtype and shape."""
     for s in specs:
-        label = f"signature {quote(sig)} {kind} {quote(s['name'])}"
-        vi = table.get(s["name"])
+        label = f"signature {quote(sig)} {kind} {quote(s.name)}"
+        vi = table.get(s.name)
         if vi is None:
             raise fail(f"{label} is not an {kind} of {ref}")
         tt = vi.type.tensor_type
-        if _np_name(tt.elem_type) != s["dtype"]:
+        if _np_name(tt.elem_type) != s.dtype:
             raise fail(f"{label} dtype disagrees with its graph")
         if tt.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-            if len(dims) != len(s["shape"]):
+            if len(dims) != len(s.shape):
                 raise fail(f"{label} rank disagrees with its graph")
             if any(isinstance(a, int) and b is not None and a != b
-                   for a, b in zip(s["shape"], dims)):
-                raise fail(f"{label} shape {s['shape']} disagrees with its graph")
+                   for a, b in zip(s.shape, dims)):
+                raise fail(f"{label} shape {list(s.shape)} disagrees with its graph")
 
 
-def _check_signature(sig: str, spec: Mapping[str, Any], g: onnx.GraphProto,
+def _check_signature(sig: str, spec: SignatureSpec, g: onnx.GraphProto,
                      inits: Mapping[str, TensorProto], variables: set[str]) -> None:
-    ref = spec["graph"]
+    ref = spec.graph or ""
     g_inputs = {v.name: v for v in g.input}
-    _check_io(sig, spec["inputs"], g_inputs, "input", ref)
-    _check_io(sig, spec["outputs"], {v.name: v for v in g.output}, "output", ref)
-    declared = {s["name"] for s in spec["inputs"]}
+    _check_io(sig, spec.inputs, g_inputs, "input", ref)
+    _check_io(sig, spec.outputs, {v.name: v for v in g.output}, "output", ref)
+    declared = {s.name for s in spec.inputs}
     for n in g_inputs:
         if n not in declared and n not in inits:
             raise fail(f"{ref} has an input {quote(n)} that signature {quote(sig)} does not "
@@ -302,10 +315,9 @@ def _check_signature(sig: str, spec: Mapping[str, Any], g: onnx.GraphProto,
     shadowed = sorted(variables & own)
     if shadowed:
         raise fail(f"{ref} redefines the state tensor {quote(shadowed[0])}")
-    updates = spec.get("updates") or {}
-    if updates and ref == "main":
+    if spec.updates and ref == "main":
         raise fail(f"signature {quote(sig)} updates state from the main graph")
-    if updates:
+    if spec.updates:
         _check_updates(sig, spec, g, inits, variables)
 
 
@@ -380,7 +392,7 @@ def _anchor(value: str, producers: Mapping[str, onnx.NodeProto], varying: set[st
     return set()
 
 
-def _check_updates(sig: str, spec: Mapping[str, Any], g: onnx.GraphProto,
+def _check_updates(sig: str, spec: SignatureSpec, g: onnx.GraphProto,
                    inits: Mapping[str, TensorProto], variables: set[str]) -> None:
     """Each update names an output of the step that is the new value of that very tensor.
 
@@ -389,12 +401,12 @@ def _check_updates(sig: str, spec: Mapping[str, Any], g: onnx.GraphProto,
     nearest state tensor along the carrier operands must be that one tensor, and nothing
     else. Shapes and dtypes must agree, and no two updates share an output (schema).
     """
-    ref = spec["graph"]
+    ref = spec.graph
     outs = {o.name: o for o in g.output}
-    public = {s["name"] for s in spec["outputs"]}
+    public = {s.name for s in spec.outputs}
     producers = {o: n for n in g.node for o in n.output if o}
     varying = _varying(g, variables)
-    for k, v in spec["updates"].items():
+    for k, v in spec.updates.items():
         label = f"signature {quote(sig)} updates {quote(k)} from {quote(v)}"
         vi = outs.get(v)
         if vi is None or v in public:
@@ -413,15 +425,15 @@ def _check_updates(sig: str, spec: Mapping[str, Any], g: onnx.GraphProto,
                        f"{quote(k)}")
 
 
-def _check_bindings(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+def _check_bindings(model: onnx.ModelProto, meta: Metadata) -> None:
     """Each training graph's update_binding is exactly what the metadata says it updates."""
     by_graph: dict[str, dict[str, str]] = {}
-    for sig, spec in meta["signatures"].items():
-        if spec["kind"] == "graph" and spec["graph"] != "main":
-            updates = dict(spec.get("updates") or {})
-            if by_graph.setdefault(spec["graph"], updates) != updates:
+    for sig, spec in meta.signatures.items():
+        if spec.kind == "graph" and spec.graph and spec.graph != "main":
+            updates = dict(spec.updates)
+            if by_graph.setdefault(spec.graph, updates) != updates:
                 raise fail(f"signature {quote(sig)} and another one update differently from "
-                           f"the same graph {spec['graph']}")
+                           f"the same graph {spec.graph}")
     for i, ti in enumerate(model.training_info):
         binding = [(b.key, b.value) for b in ti.update_binding]
         if len(dict(binding)) != len(binding) or \
@@ -430,39 +442,39 @@ def _check_bindings(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
                        "updates in the metadata")
 
 
-def _check_lora(meta: Mapping[str, Any], inits: Mapping[str, TensorProto],
+def _check_lora(meta: Metadata, inits: Mapping[str, TensorProto],
                 main: onnx.GraphProto) -> None:
     """What ``export`` folds together exists and fits, and removing a site's nodes leaves a
     whole graph: what they compute is read only by themselves, except the site's output,
     which the merge hands back to the node that computes the base value."""
-    for i, ad in enumerate(meta["lora_merge"]):
-        label = f"LoRA adapter {i} ({quote(ad['weight'])})"
+    for i, ad in enumerate(meta.lora_merge):
+        label = f"LoRA adapter {i} ({quote(ad.weight)})"
         try:
-            w, a, b = (inits[ad[k]] for k in ("weight", "A", "B"))
+            w, a, b = (inits[n] for n in (ad.weight, ad.A, ad.B))
         except KeyError as e:
             raise fail(f"{label} names a missing tensor {quote(e.args[0])}") from None
-        if ad["A"] not in meta["trainable"] or ad["B"] not in meta["trainable"]:
+        if ad.A not in meta.trainable or ad.B not in meta.trainable:
             raise fail(f"{label}: its A and B must be trainable")
         if any(t.data_type not in _FLOATS or len(t.dims) != 2 for t in (w, a, b)):
             raise fail(f"{label}: the weight and the adapters must be float matrices")
         d_in, d_out = int(a.dims[0]), int(b.dims[1])
-        want = [d_out, d_in] if ad["transposed"] else [d_in, d_out]
+        want = [d_out, d_in] if ad.transposed else [d_in, d_out]
         if a.dims[1] != b.dims[0] or list(w.dims) != want:
             raise fail(f"{label}: shapes {list(w.dims)}, {list(a.dims)} and {list(b.dims)} "
                        "do not fit together")
-        for site in ad["sites"]:
+        for site in ad.sites:
             if not _removable(site, main):
                 raise fail(f"{label} names nodes that are not exactly its own side branch")
 
 
-def _removable(site: Mapping[str, Any], main: onnx.GraphProto) -> bool:
-    names = set(site["nodes"])
+def _removable(site: LoraSite, main: onnx.GraphProto) -> bool:
+    names = set(site.nodes)
     inside = [n for n in main.node if n.name in names]
     if len(inside) != len(names):
         return False
     made = {o for n in inside for o in n.output}
     outside_reads = {i for n in main.node if n.name not in names for i in n.input}
     outside_reads |= {o.name for o in main.output}
-    base_made_outside = any(site["base"] in n.output for n in main.node if n.name not in names)
-    return site["output"] in made and base_made_outside \
-        and not (made - {site["output"]}) & outside_reads
+    base_made_outside = any(site.base in n.output for n in main.node if n.name not in names)
+    return site.output in made and base_made_outside \
+        and not (made - {site.output}) & outside_reads

@@ -28,19 +28,31 @@ __all__ = ["Model", "Signature", "load"]
 
 @dataclass(frozen=True)
 class Signature:
-    """A named entry point: its inputs and outputs (name → dtype and shape)."""
+    """A named entry point: its inputs and outputs (name, dtype, shape, role)."""
 
     name: str
     kind: str
-    inputs: tuple[dict[str, Any], ...]
-    outputs: tuple[dict[str, Any], ...]
+    inputs: tuple[fmt.TensorSpec, ...]
+    outputs: tuple[fmt.TensorSpec, ...]
     updates: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
-        def fmt_io(specs: tuple[dict[str, Any], ...]) -> str:
-            return ", ".join(f"{s['name']}: {s['dtype']}{list(s['shape'])}" for s in specs)
+        def fmt_io(specs: tuple[fmt.TensorSpec, ...]) -> str:
+            return ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in specs)
 
         return f"{self.name}({fmt_io(self.inputs)}) -> ({fmt_io(self.outputs)})"
+
+    def role(self, role: str) -> str | None:
+        """The name of the first input, else output, that plays ``role``."""
+        return self.input(role) or self.output(role)
+
+    def input(self, role: str) -> str | None:
+        """The name of the first input that plays ``role``."""
+        return next((s.name for s in self.inputs if s.role == role), None)
+
+    def output(self, role: str) -> str | None:
+        """The name of the first output that plays ``role``."""
+        return next((s.name for s in self.outputs if s.role == role), None)
 
 
 class _InputSpec(NamedTuple):
@@ -57,7 +69,7 @@ class Model:
     def __init__(self, model: onnx.ModelProto | str | os.PathLike[str] | bytes,
                  backend: str = "onnxruntime", **backend_options: Any) -> None:
         proto = fmt.load_model(model if not isinstance(model, os.PathLike) else os.fspath(model))
-        self.meta = fmt.read_meta(proto)
+        self.meta = fmt.read_metadata(proto)
         validate(proto, self.meta)  # untrusted file: everything it declares is checked first
         self.proto = proto
         if backend not in BACKENDS:
@@ -74,11 +86,9 @@ class Model:
         self._identity: fmt.Identity | None = None
         self._plans: dict[str, dict[str, _InputSpec]] = {}
         self._conversions: set[str] = set()  # casting-policy conversions already reported
-        self._sigs = {
-            name: Signature(name, spec["kind"], tuple(spec["inputs"]), tuple(spec["outputs"]),
-                            tuple(spec.get("updates", {})))
-            for name, spec in self.meta["signatures"].items()
-        }
+        self._sigs = {name: Signature(name, spec.kind, spec.inputs, spec.outputs,
+                                      tuple(spec.updates))
+                      for name, spec in self.meta.signatures.items()}
 
     # -- introspection ---------------------------------------------------------------------
     @property
@@ -90,29 +100,26 @@ class Model:
     def input_name(self, signature: str, role: str) -> str:
         """The name of ``signature``'s input that plays ``role`` (``"label"``, ``"lr"``,
         ``"features"``): the compiler picks names clear of the model's own, so drivers look
-        them up by role. Files without roles (format version 1) use ``y``/``lr``."""
+        them up by role (a format version 1 file's roles are derived when it is read)."""
         sig = self._sigs.get(signature)
         if sig is None:
             raise InputError(f"unknown signature {signature!r}; this model has "
                              f"{sorted(self._sigs)}")
         for s in sig.inputs:
-            if s.get("role") == role:
-                return str(s["name"])
-        legacy = {"label": str(self.meta.get("label", "y")), "lr": "lr", "features": "features"}
-        if role in legacy and any(s["name"] == legacy[role] for s in sig.inputs):
-            return legacy[role]
+            if s.role == role:
+                return s.name
         raise InputError(f"signature {signature!r} has no {role} input")
 
     @property
     def trainable(self) -> list[str]:
         """Names of the weights the training step updates (LoRA: the adapters)."""
-        return list(self.meta["trainable"])
+        return list(self.meta.trainable)
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Current trainable values (copies)."""
         with self._lock:
             state = self._backend.get_state()
-        return {k: state[k] for k in self.meta["trainable"]}
+        return {k: state[k] for k in self.meta.trainable}
 
     def weight_names(self) -> list[str]:
         """The trainable tensors and the state the inference graph reads (batch-norm running
@@ -120,8 +127,8 @@ class Model:
         slots and step count. A weights-only restore and :meth:`set_parameters` take these."""
         if not hasattr(self, "_weight_names"):
             reads = fmt.graph_reads(self.proto.graph)
-            self._weight_names = [*self.meta["trainable"],
-                                  *(s for s in self.meta["state"] if s in reads)]
+            self._weight_names = [*self.meta.trainable,
+                                  *(s for s in self.meta.state if s in reads)]
         return list(self._weight_names)
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -138,7 +145,7 @@ class Model:
         """
         with self._lock:
             current = self._backend.get_state()
-            trainable = set(self.meta["trainable"])
+            trainable = set(self.meta.trainable)
             unknown = sorted(set(params) - set(self.weight_names()))
             if unknown:
                 raise InputError(f"set_parameters: not trainable parameters of this model: "
@@ -171,7 +178,7 @@ class Model:
     def step(self) -> int:
         """Training steps counted so far (a skipped step does not count); saved and restored
         with the checkpoint."""
-        return int(self.state()[self.meta.get("step", fmt.STEP_NAME)])
+        return int(self.state()[self.meta.step])
 
     # -- calling ---------------------------------------------------------------------------
     def run(self, signature: str, **inputs: Any) -> dict[str, Any]:
@@ -203,14 +210,14 @@ class Model:
     def _steps(self, sig: Signature, feeds: Mapping[str, np.ndarray]) -> int:
         """How many training steps one call of ``sig`` runs: the length of its rate input when
         that is a vector (``train_steps``: one rate per step), else one."""
-        lr = next((s["name"] for s in sig.inputs if s.get("role") == "lr"), None)
+        lr = sig.input("lr")
         value = feeds.get(lr) if lr is not None else None
         return int(value.shape[0]) if value is not None and value.ndim == 1 else 1
 
     def _failure(self, sig: Signature, feeds: Mapping[str, np.ndarray],
                  out: Mapping[str, np.ndarray], steps: int) -> EdgetrainError:
         """The error of a call whose steps did not all count (nothing was committed)."""
-        loss_name = next((o["name"] for o in sig.outputs if o.get("role") == "loss"), "loss")
+        loss_name = sig.output("loss") or "loss"
         losses = np.asarray(out.get(loss_name, np.full(1, np.nan))).reshape(-1)
         done = max(len(losses) - 1, 0)  # the Loop stops after the step that did not count
         where = f" (step {done + 1} of {steps}; no step of this call was kept)" \
@@ -255,7 +262,7 @@ class Model:
         with self._lock:
             current = self._backend.get_state()
             if parts == ("weights",):
-                frozen_names = set(self.meta["frozen"])
+                frozen_names = set(self.meta.frozen)
                 frozen = {t.name: t for t in self.proto.graph.initializer
                           if t.name in frozen_names}
                 expected = {k: current[k] for k in self.weight_names()}
@@ -304,12 +311,9 @@ class Model:
         if plan is None:
             plan = {}
             for s in sig.inputs:
-                dtype = np.dtype(s["dtype"])
-                default = np.asarray(s["default"], dtype=dtype) if s.get("optional") else None
-                role = s.get("role") or ("label" if s["name"] == self.meta.get("label", "y")
-                                         else None)
-                plan[s["name"]] = _InputSpec(dtype, list(s["shape"]), bool(s.get("optional")),
-                                             default, role)
+                dtype = np.dtype(s.dtype)
+                default = np.asarray(s.default, dtype=dtype) if s.optional else None
+                plan[s.name] = _InputSpec(dtype, list(s.shape), s.optional, default, s.role)
             self._plans[sig.name] = plan
         return plan
 
@@ -353,9 +357,9 @@ class Model:
                 raise InputError(f"{sig.name}: input {name!r} is an empty batch")
             feeds[name] = arr
         self._report_conversions(sig.name, converted)
-        lr = next((s["name"] for s in sig.inputs if s.get("role") == "lr"),
-                  "lr" if "lr" in feeds else None)
-        if sig.updates and lr in feeds:  # the file's default too: a file may be hostile
+        lr = sig.input("lr")
+        # The file's default too: a file may be hostile.
+        if sig.updates and lr is not None and lr in feeds:
             _check_lr(feeds[lr], sig.name, lr in inputs, lr)
         if sig.updates or sig.name == "eval":  # defaults are valid: check what was given
             self._check_values(sig, {k: feeds[k] for k in inputs})
@@ -369,8 +373,8 @@ class Model:
             arr = to_numpy(value, f"{where}: input {name!r}")
             if arr.ndim == 0 and arr.dtype.kind in "fi":
                 return arr.astype(spec.dtype)
-        labels = self.meta.get("labels") if spec.role == "label" \
-            and self.meta.get("classification") else None
+        labels = self.meta.labels if spec.role == "label" \
+            and self.meta.classification else None
         try:
             arr, notes = conform(value, spec.dtype, spec.shape, name, labels=labels)
         except InputError as e:
@@ -395,13 +399,13 @@ class Model:
         loss or gradients non-finite, the step is not committed, and :meth:`run` then names
         the input (scanning a batch up front cost more than a tenth of a small model's step).
         """
-        label = self.meta.get("label", "y")
+        label = self.meta.label
         for name, arr in feeds.items():
             if arr.dtype.kind == "f" and (not sig.updates or arr.size <= _SCAN_UP_FRONT) \
                     and not _all_finite(arr):
                 raise _nonfinite_input(sig, name, arr)
         y = feeds.get(label)
-        if y is not None and y.size and self.meta.get("labels") == "index" \
+        if y is not None and y.size and self.meta.labels == "index" \
                 and y.dtype.kind in "iu":
             n_classes = self._n_classes()
             lo, hi = int(y.min()), int(y.max())
@@ -413,8 +417,8 @@ class Model:
         """The class count of the model output, if the file fixes it (cached)."""
         if not hasattr(self, "_classes"):
             out = next((o for o in self._sigs["infer"].outputs
-                        if o["name"] == self.meta["output"]), None)
-            n = out["shape"][1] if out and len(out["shape"]) > 1 else None
+                        if o.name == self.meta.output), None)
+            n = out.shape[1] if out and len(out.shape) > 1 else None
             self._classes = n if isinstance(n, int) and n > 0 else None
         return self._classes
 
@@ -429,7 +433,7 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"Model(backend={self.backend_name!r}, signatures={sorted(self._sigs)}, "
-                f"trainable={len(self.meta['trainable'])})")
+                f"trainable={len(self.meta.trainable)})")
 
 
 def _parts(parts: Any) -> tuple[str, ...]:
@@ -453,8 +457,8 @@ def _parts(parts: Any) -> tuple[str, ...]:
 def _nonfinite_input(sig: Signature, name: str, arr: np.ndarray) -> InputError:
     """The error for non-finite data found before running; of a multi-step call, it names the
     first step whose batch holds it (the steps before it would have counted)."""
-    spec = next((s for s in sig.inputs if s["name"] == name), None)
-    if spec is None or not spec.get("shape") or spec["shape"][0] != "steps" or arr.ndim == 0:
+    spec = next((s for s in sig.inputs if s.name == name), None)
+    if spec is None or not spec.shape or spec.shape[0] != "steps" or arr.ndim == 0:
         return InputError(f"{sig.name}: input {name!r} contains NaN or infinity")
     done = next(i for i in range(len(arr)) if not _all_finite(arr[i]))
     return InputError(f"{sig.name}: input {name!r} contains NaN or infinity (step {done + 1} of "

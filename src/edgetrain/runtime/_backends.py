@@ -6,11 +6,10 @@ keeps the state as ``OrtValue`` s and binds them with IOBinding; each step write
 into a second set of buffers and the two sets swap, so no state crosses into NumPy per step.
 Frozen weights are handed to every session as one shared ``OrtValue`` each.
 
-A training step commits its new state only when it advanced the step counter by exactly one:
-the step graph counts a step only when the loss, the learning rate and every value the step
-commits (new weights, optimizer slots, batch-norm running statistics) are finite. A skipped
-step leaves every state value as it was, without a per-tensor select in the graph. Any other
-change of the counter (a graph that jumps or wraps it) is not a step either.
+A training step commits its new state only by the format's commit rule,
+:func:`edgetrain.format.committed` (the step counter advanced by exactly the number of steps
+the call ran): a skipped step leaves every state value as it was, without a per-tensor select
+in the graph.
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ from .. import format as fmt
 class Backend:
     name = "backend"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         self.model = model
         self.meta = meta
-        self.step_name = str(meta.get("step", fmt.STEP_NAME))
+        self.step_name = meta.step
 
     def run(self, sig: str, feeds: Mapping[str, np.ndarray], steps: int = 1
             ) -> tuple[dict[str, np.ndarray], bool]:
@@ -54,7 +53,7 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         super().__init__(model, meta)
         from functools import partial
 
@@ -104,7 +103,7 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any],
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata,
                  providers: list[str] | None = None, threads: int | None = None,
                  graph_optimizations: bool = True) -> None:
         super().__init__(model, meta)

@@ -22,7 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -176,7 +176,7 @@ class IreeBackend(NativeBackend):
     shapes = "fallback"
     extra = "iree"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any],
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata,
                  threads: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  target: str = "host") -> None:
         super().__init__(model, meta)

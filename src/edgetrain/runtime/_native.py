@@ -40,7 +40,7 @@ class NativeBackend(Backend):
     requires: tuple[str, ...] = ()
     extra = ""
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         super().__init__(model, meta)
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
@@ -159,7 +159,7 @@ def _gist(e: Exception) -> str:
 def _lazy(module: str, cls: str) -> type[Backend]:
     """A backend class that imports its module (and so its runtime) only when constructed."""
 
-    def make(model: onnx.ModelProto, meta: Mapping[str, Any], **options: Any) -> Backend:
+    def make(model: onnx.ModelProto, meta: fmt.Metadata, **options: Any) -> Backend:
         import importlib
 
         backend: type[Backend] = getattr(importlib.import_module(module, __package__), cls)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .. import format as fmt
 from ._native import NativeBackend, Runner
 
 
@@ -27,7 +28,7 @@ class OpenVinoBackend(NativeBackend):
     shapes = "static"
     extra = "openvino"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any],
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata,
                  threads: int | None = None, precision: str = "f32", device: str = "CPU",
                  config: Mapping[str, Any] | None = None) -> None:
         super().__init__(model, meta)

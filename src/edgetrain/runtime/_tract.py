@@ -7,12 +7,13 @@ the portable form (:mod:`._portable`) computes the step counter with ``Where`` i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 
+from .. import format as fmt
 from ._native import NativeBackend, Runner
 
 
@@ -23,7 +24,7 @@ class TractBackend(NativeBackend):
     decompose_bn = True
     extra = "tract"
 
-    def __init__(self, model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+    def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         super().__init__(model, meta)
         import tract
 

@@ -205,7 +205,7 @@ class Model(_RuntimeModel):
                 key = "loss" if k == loss_name else k
                 totals[key] = totals.get(key, 0.0) + float(v) * len(y)
             if metrics:
-                preds.append(self.run(infer_sig, **xs)[self.meta["output"]])
+                preds.append(self.run(infer_sig, **xs)[self.meta.output])
                 labels.append(y)
             n += len(y)
         if n == 0:
@@ -219,7 +219,7 @@ class Model(_RuntimeModel):
     def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
         """The model output (the one the loss uses) over a data set, in batches; ``x`` as
         for :meth:`fit` (labels in a stream's batches are ignored)."""
-        output = self.meta["output"]
+        output = self.meta.output
         outs = [self.run("infer", **xs)[output]
                 for xs, _ in self._batches(x, None, batch_size, "eval", need_y=False)]
         if not outs:
@@ -229,26 +229,22 @@ class Model(_RuntimeModel):
     # -- what the file says, looked up once ------------------------------------------------
     def _loss_output(self, signature: str) -> str:
         """The output of ``signature`` that holds the loss (found by role)."""
-        for o in self._sigs[signature].outputs:
-            if o.get("role") == "loss":
-                return str(o["name"])
-        return "loss"
+        return self._sigs[signature].output("loss") or "loss"
 
     def _eval_outputs(self, signature: str = "eval") -> list[str]:
         """The names ``evaluate`` reports for ``signature``: "loss", then its metrics."""
         loss = self._loss_output(signature)
-        return ["loss" if o["name"] == loss else str(o["name"])
+        return ["loss" if o.name == loss else o.name
                 for o in self._sigs[signature].outputs]
 
     def _task(self) -> _metrics.Task:
         """What the output means, for host metrics: the loss's task, the label form, and
         where a binary output turns positive (0 for logits, 0.5 for a Sigmoid's output)."""
-        kind = str(self.meta.get("task") or ("multiclass" if self.meta.get("classification")
-                                             else "regression"))
-        output = self.meta["output"]
+        kind = self.meta.task or ("multiclass" if self.meta.classification else "regression")
+        output = self.meta.output
         producer = next((n for n in self.proto.graph.node if output in n.output), None)
         threshold = 0.5 if producer is not None and producer.op_type == "Sigmoid" else 0.0
-        return _metrics.Task(kind, str(self.meta.get("labels", "index")), threshold)
+        return _metrics.Task(kind, self.meta.labels, threshold)
 
     def _load_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Put back a full state taken with :meth:`state` (early stopping's best epoch)."""

@@ -29,11 +29,11 @@ class Feeder:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.names = [s["name"] for s in model.signatures["infer"].inputs]
+        self.names = [s.name for s in model.signatures["infer"].inputs]
         self.label = model.input_name("train", "label")
         plan = model._input_plan(model.signatures["train"])
         self.specs = {k: plan[k] for k in [*self.names, self.label]}
-        self.labels = model.meta.get("labels") if model.meta.get("classification") else None
+        self.labels = model.meta.labels if model.meta.classification else None
         self.notes: list[str] = []
 
     def x(self, x: Any, where: str = "x") -> Inputs:

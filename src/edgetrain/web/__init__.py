@@ -13,20 +13,33 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._batches import Mulberry32, batch_indices, read_dataset
+from ..errors import EdgetrainError
+from ._batches import Mulberry32, batch_indices, read_dataset, split_indices
 from ._export import ORT_WEB_VERSION, export_web, find_ort_web
 from ._server import WebServer, serve, start_server
 
 __all__ = [
     "ORT_WEB_VERSION", "Mulberry32", "WebServer", "add_cli", "batch_indices", "export_web",
-    "find_ort_web", "read_dataset", "serve", "start_server",
+    "find_ort_web", "read_dataset", "serve", "split_indices", "start_server",
 ]
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise EdgetrainError(f"{what} must be numbers separated by commas, got {text!r}") from None
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     dataset = None if args.no_dataset else "auto"
     out = export_web(args.file, args.out_dir, checkpoint=args.checkpoint, dataset=dataset,
-                     webgpu=not args.no_webgpu, force=args.force)
+                     webgpu=not args.no_webgpu, force=args.force,
+                     image_mean=_floats(args.image_mean, "--image-mean"),
+                     image_std=_floats(args.image_std, "--image-std"),
+                     multi_step=args.multi_step)
     print(f"edgetrain: wrote the web export to {out}; serve it with "
           f"`edgetrain serve-web {out}`")
     return 0
@@ -54,6 +67,15 @@ def add_cli(subparsers: Any) -> None:
                    help="do not embed the digits demo data set")
     p.add_argument("--no-webgpu", action="store_true",
                    help="vendor only the wasm build of onnxruntime-web (smaller)")
+    p.add_argument("--image-mean", metavar="M[,M,M]",
+                   help="per-channel mean the model's images are normalized with, after pixels "
+                   "are scaled to [0, 1] (e.g. 0.485,0.456,0.406); the page applies it to images "
+                   "you give it")
+    p.add_argument("--image-std", metavar="S[,S,S]",
+                   help="per-channel standard deviation, as --image-mean")
+    p.add_argument("--multi-step", action="store_true",
+                   help="also export train_steps (K training steps per call, one ONNX Loop) for "
+                   "drivers that batch calls, such as Node.js; the page steps once per call")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder that is not an earlier export: only the "
                    "export's own files are replaced, nothing else is touched")

@@ -51,6 +51,23 @@ def batch_indices(seed: int, steps: int, batch_size: int, n: int) -> np.ndarray:
                     dtype=np.int64).reshape(steps, batch_size)
 
 
+def split_indices(seed: int, n: int, test_fraction: float = 0.2
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices of ``n`` rows, as the page's ``splitIndices`` draws them.
+
+    The rows are shuffled (Fisher-Yates, from the last row down, ``j = floor(u * (i + 1))``) and
+    the first ``round(n * test_fraction)`` (half rounds up, at least one, at most ``n - 1``)
+    are held out.
+    """
+    rng = Mulberry32(seed)
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = int(rng.random() * (i + 1))
+        perm[i], perm[j] = perm[j], perm[i]
+    n_test = 0 if n < 2 else min(n - 1, max(1, int(np.floor(n * test_fraction + 0.5))))
+    return np.array(perm[n_test:], dtype=np.int64), np.array(perm[:n_test], dtype=np.int64)
+
+
 def read_dataset(out_dir: str | os.PathLike[str]
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """The demo data set of a web export as the page feeds it: (x, y, info).
@@ -72,6 +89,6 @@ def read_dataset(out_dir: str | os.PathLike[str]
     x = (pixels.astype(np.float32) * np.float32(info["scale"])).reshape(
         [n, *info["sample_shape"]])
     y: np.ndarray = labels.astype(np.int64)
-    if manifest.get("labels") == "onehot":
+    if manifest["meta"].get("labels") == "onehot":
         y = np.eye(int(info["classes"]), dtype=np.float32)[y]
     return x, y, info

@@ -9,13 +9,14 @@ holds them once; the variable state goes to an ordinary edgetrain checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import stat
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,16 @@ from .. import format as fmt
 from ..errors import EdgetrainError
 from ..format import validate
 from ._files import Folder, is_entry_name
+from ._inputs import input_info
+from ._jsdriver import driver_files
 from ._manifest import check_manifest, check_meta
 
 #: The onnxruntime-web release the export vendors (pinned in web/package.json).
 ORT_WEB_VERSION = "1.30.0"
 WEB_FORMAT = "edgetrain-web"
-WEB_FORMAT_VERSION = 1
+#: The manifest's version (js/schema/web-manifest.schema.json holds the same constant).
+#: 2: the file's metadata as ``meta``, the graph files under ``graphs``, ``input``.
+WEB_FORMAT_VERSION = 2
 MANIFEST = "edgetrain-web.json"
 FROZEN_FILE = "frozen.bin"
 STATE_FILE = "state.safetensors"
@@ -43,6 +48,8 @@ MARKER = ".edgetrain-export.json"
 MARKER_KIND = "edgetrain-web-export"
 MAX_MARKER_BYTES = 1 << 20
 GRAPH_SIGNATURES = ("infer", "train", "eval")
+#: Metadata fields the manifest leaves out: free text the driver never reads.
+META_LEFT_OUT = ("producer", "selection", "lora", "lora_merge")
 #: Frozen initializers at least this big move to the shared external-data file.
 EXTERNAL_MIN_BYTES = 1024
 STATIC = Path(__file__).with_name("static")
@@ -118,19 +125,17 @@ def _externalize(model: onnx.ModelProto, names: set[str], blob: bytearray,
             t.external_data.add(key=k, value=v)
 
 
-def _dataset_for(meta: Mapping[str, Any]) -> tuple[list[int], int] | None:
+def _dataset_for(meta: fmt.Metadata) -> tuple[list[int], int] | None:
     """Per-sample input shape and class count when the digits demo data fits the model."""
-    sig = meta["signatures"]["infer"]
-    if len(sig["inputs"]) != 1 or not meta.get("classification") or \
-            meta.get("labels") not in ("index", "onehot"):
+    sig = meta.signatures["infer"]
+    if len(sig.inputs) != 1 or not meta.classification:
         return None
-    x = sig["inputs"][0]
-    sample = list(x["shape"][1:])
-    if x["dtype"] != "float32" or not all(isinstance(d, int) and d > 0 for d in sample) or \
-            int(np.prod(sample)) != 64:
+    x = sig.inputs[0]
+    sample = [d for d in x.shape[1:] if isinstance(d, int) and d > 0]
+    if x.dtype != "float32" or len(sample) != len(x.shape) - 1 or int(np.prod(sample)) != 64:
         return None
-    out = next((o for o in sig["outputs"] if o["name"] == meta["output"]), None)
-    if out is None or len(out["shape"]) != 2 or out["shape"][1] != 10:
+    out = next((o for o in sig.outputs if o.name == meta.output), None)
+    if out is None or len(out.shape) != 2 or out.shape[1] != 10:
         return None
     return sample, 10
 
@@ -157,42 +162,47 @@ def _digits(sample_shape: list[int]) -> tuple[bytes, dict[str, Any]]:
     return pixels.tobytes() + labels.tobytes(), info
 
 
-#: Signatures the browser export leaves out: ``train_steps`` repeats the whole train graph
-#: inside a Loop (twice the download) for a saving the page's one-step-per-frame loop does
-#: not need.
+#: Signatures the browser export leaves out unless asked for: ``train_steps`` repeats the whole
+#: train graph inside a Loop (twice the download) for a saving the page's one-step-per-frame
+#: loop does not need; a driver that batches calls (Node.js) may ask for it (``multi_step``).
 NOT_EXPORTED = frozenset({"train_steps"})
 
 
-def _graphs(proto: onnx.ModelProto, meta: Mapping[str, Any], frozen: set[str]
+def _exported(meta: fmt.Metadata, multi_step: bool) -> fmt.Metadata:
+    """The metadata as the manifest carries it: without the signatures left out, so a driver
+    lists only what it can run (an optional signature's absence keeps the metadata valid)."""
+    if multi_step:
+        return meta
+    return dataclasses.replace(meta, signatures={k: v for k, v in meta.signatures.items()
+                                                 if k not in NOT_EXPORTED})
+
+
+def _graphs(proto: onnx.ModelProto, meta: fmt.Metadata, frozen: set[str]
             ) -> tuple[dict[str, bytes], dict[str, Any], bytes]:
-    """The standalone graph files, the manifest's signatures and the shared frozen weights."""
+    """The standalone graph files, the manifest's ``graphs`` and the shared frozen weights."""
+    missing = [s for s in GRAPH_SIGNATURES if s not in meta.signatures]
+    if missing:
+        raise EdgetrainError(f"the file lacks signatures {missing}; recompile it")
     files: dict[str, bytes] = {}
     blob = bytearray()
     offsets: dict[str, tuple[int, int, str]] = {}
-    signatures: dict[str, Any] = {}
-    for name, spec in meta["signatures"].items():
-        if name in NOT_EXPORTED:
+    graphs: dict[str, Any] = {}
+    for name, spec in meta.signatures.items():
+        if spec.kind != "graph":
             continue
-        entry: dict[str, Any] = {"kind": spec["kind"], "inputs": spec["inputs"],
-                                 "outputs": spec["outputs"]}
-        if spec["kind"] == "graph":
-            m, state_inputs, updates = fmt.standalone(proto, meta, name)
-            _externalize(m, frozen, blob, offsets)
-            # The lowest IR version the opsets allow: onnxruntime-web may lag behind onnx.
-            m.ir_version = min(m.ir_version,
-                               onnx.helper.find_min_ir_version_for(list(m.opset_import)))
-            graph_file = f"{name}.onnx"
-            files[graph_file] = m.SerializeToString()
-            entry.update(graph=graph_file, state_inputs=state_inputs, updates=updates,
-                         graph_outputs=[o.name for o in m.graph.output])
-        signatures[name] = entry
-    missing = [s for s in GRAPH_SIGNATURES if s not in signatures]
-    if missing:
-        raise EdgetrainError(f"the file lacks signatures {missing}; recompile it")
-    return files, signatures, bytes(blob)
+        m, state_inputs, updates = fmt.standalone(proto, meta, name)
+        _externalize(m, frozen, blob, offsets)
+        # The lowest IR version the opsets allow: onnxruntime-web may lag behind onnx.
+        m.ir_version = min(m.ir_version,
+                           onnx.helper.find_min_ir_version_for(list(m.opset_import)))
+        graph_file = f"{name}.onnx"
+        files[graph_file] = m.SerializeToString()
+        graphs[name] = {"file": graph_file, "state_inputs": state_inputs, "updates": updates,
+                        "outputs": [o.name for o in m.graph.output]}
+    return files, graphs, bytes(blob)
 
 
-def _state_bytes(meta: Mapping[str, Any], state: Mapping[str, np.ndarray],
+def _state_bytes(meta: fmt.Metadata, state: Mapping[str, np.ndarray],
                  identity: Any) -> bytes:
     """The initial state as an edgetrain checkpoint (carrying the model's architecture, which
     the browser driver compares on restore), written where no one else can see it."""
@@ -216,32 +226,29 @@ def _vendor(dist: Path, webgpu: bool) -> tuple[dict[str, bytes | Path], str, lis
     return files, version, builds
 
 
-def _manifest(meta: Mapping[str, Any], signatures: dict[str, Any],
-              state: Mapping[str, np.ndarray], version: str, builds: list[str],
-              batch_size: int, data: dict[str, Any] | None) -> dict[str, Any]:
-    """What the driver and the page read: signatures, state specs, names, hyper-parameters."""
+def _manifest(meta: fmt.Metadata, graphs: dict[str, Any],
+              state: Mapping[str, np.ndarray], identity: fmt.Identity,
+              vendored: tuple[str, list[str]], batch_size: int, data: dict[str, Any] | None,
+              inputs: dict[str, Any]) -> dict[str, Any]:
+    """What the driver and the page read (js/schema/web-manifest.schema.json): the file's
+    metadata, the graph files, the state's specs, the vendored runtime, the data input."""
+    version, builds = vendored
     return {
         "format": WEB_FORMAT,
         "format_version": WEB_FORMAT_VERSION,
         "producer": f"edgetrain {fmt.producer_version()}",
-        "onnxruntime_web": {"version": version,
-                            "builds": {b: f"{VENDOR_DIR}/{ORT_FILES[b][0]}" for b in builds}},
-        "signatures": signatures,
+        "meta": {k: v for k, v in meta.to_json().items() if k not in META_LEFT_OUT},
+        "graphs": graphs,
         "state": {"file": STATE_FILE,
                   "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)}
                               for k, v in sorted(state.items())}},
+        "nonnegative": sorted(identity.nonnegative),
         "external_data": FROZEN_FILE,
-        "trainable": meta["trainable"],
-        "frozen": meta["frozen"],
-        "step": meta.get("step", fmt.STEP_NAME),
-        "output": meta["output"],
-        "label": meta.get("label", "y"),
-        "labels": meta.get("labels"),
-        "classification": bool(meta.get("classification")),
-        "loss": meta.get("loss"),
-        "optimizer": meta.get("optimizer"),
+        "onnxruntime_web": {"version": version,
+                            "builds": {b: f"{VENDOR_DIR}/{ORT_FILES[b][0]}" for b in builds}},
         "batch_size": batch_size,
         "dataset": data,
+        "input": inputs,
     }
 
 
@@ -249,33 +256,43 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
                checkpoint: str | os.PathLike[str] | None = None, *,
                dataset: str | None = "auto", webgpu: bool = True,
                ort_web: str | os.PathLike[str] | None = None,
-               batch_size: int = 32, force: bool = False) -> Path:
+               batch_size: int = 32, force: bool = False,
+               image_mean: Sequence[float] | None = None,
+               image_std: Sequence[float] | None = None, multi_step: bool = False) -> Path:
     """Write a self-contained web folder that trains ``file`` in the browser.
 
     ``checkpoint`` (an edgetrain checkpoint) becomes the initial state. ``dataset`` "auto"
     embeds scikit-learn's digits when the model takes 64 floats and predicts 10 classes
     ("digits" requires it, None never embeds). ``webgpu`` also vendors the WebGPU build of
-    onnxruntime-web. ``out_dir`` must be new, empty or an earlier export (whose files are
+    onnxruntime-web. ``image_mean`` / ``image_std`` (one value, or one per channel) record the
+    normalization an image model expects after pixels are scaled to [0, 1], for the page's
+    own-images path. ``out_dir`` must be new, empty or an earlier export (whose files are
     replaced); ``force`` writes into any other folder, touching only the export's own files.
+    ``multi_step`` also exports ``train_steps`` (K steps per call) for drivers that batch calls.
     Returns the output folder, which ``serve`` can serve.
     """
     if dataset not in ("auto", "digits", None):
         raise EdgetrainError(f"dataset must be 'auto', 'digits' or None, got {dataset!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or \
+            not 1 <= batch_size <= 65536:
+        raise EdgetrainError(f"batch_size must be an integer in [1, 65536], got {batch_size!r}")
     proto = fmt.load_model(file if not isinstance(file, os.PathLike) else os.fspath(file))
-    meta = fmt.read_meta(proto)
+    meta = fmt.read_metadata(proto)
     check_meta(meta)  # the strings the manifest copies, before anything is built or written
     validate(proto, meta)  # and the file's own consistency, as edgetrain.load checks it
+    inputs = input_info(meta, image_mean, image_std)
     dist = find_ort_web(ort_web)
+    driver = driver_files()
 
     state = fmt.initial_state(proto, meta)
     identity = fmt.identify(proto, meta)
     if checkpoint is not None:
         state = fmt.load_checkpoint(checkpoint, meta, state, identity=identity)
-    graphs, signatures, blob = _graphs(proto, meta, {t.name for t in proto.graph.initializer}
-                                       - set(state))
+    shown = _exported(meta, multi_step)
+    graph_files, graphs, blob = _graphs(proto, shown, {t.name for t in proto.graph.initializer}
+                                        - set(state))
     files: dict[str, bytes | Path] = {STATE_FILE: _state_bytes(meta, state, identity),
-                                      FROZEN_FILE: blob,
-                                      **graphs}
+                                      FROZEN_FILE: blob, **graph_files}
     data = None
     fit = _dataset_for(meta)
     if dataset == "digits" and fit is None:
@@ -286,7 +303,9 @@ def export_web(file: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | os
     vendored, version, builds = _vendor(dist, webgpu)
     files.update(vendored)
     files.update({f.name: f for f in sorted(STATIC.iterdir()) if f.is_file()})
-    manifest = _manifest(meta, signatures, state, version, builds, batch_size, data)
+    files.update(driver)
+    manifest = _manifest(shown, graphs, state, identity, (version, builds), batch_size, data,
+                         inputs)
     check_manifest(manifest)
     files[MANIFEST] = json.dumps(manifest, indent=1, allow_nan=False).encode()
     out = Path(out_dir)

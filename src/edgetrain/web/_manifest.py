@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import FormatError
+from ..format import Metadata
 
 #: Tensor, input, output, dimension and hyper-parameter names.
 NAME = re.compile(r"[A-Za-z0-9_./:;@+\[\]-]{1,256}")
@@ -67,16 +68,14 @@ def check_tree(value: Any, where: str = "manifest", depth: int = 0) -> None:
         raise _refuse(where, type(value).__name__, "strings, numbers, lists and objects")
 
 
-def check_meta(meta: Mapping[str, Any]) -> None:
+def check_meta(meta: Metadata) -> None:
     """Check the metadata fields a manifest copies, before anything is built or written."""
-    signatures = meta.get("signatures")
-    if not isinstance(signatures, Mapping):
-        raise FormatError("the edgetrain metadata has no signatures object")
-    for name in signatures:
-        if not isinstance(name, str) or not SIGNATURE.fullmatch(name):
+    for name in meta.signatures:
+        if not SIGNATURE.fullmatch(name):
             raise _refuse("a signature name", name, "signature names of letters, digits and _, "
                           "1 to 64 characters, not starting with a digit")
-    check_tree({k: meta[k] for k in META_FIELDS if k in meta})
+    doc = meta.to_json()
+    check_tree({k: doc[k] for k in META_FIELDS if k in doc})
 
 
 def check_manifest(manifest: Mapping[str, Any]) -> None:
