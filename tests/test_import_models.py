@@ -166,7 +166,7 @@ def _constant_weight_model() -> onnx.ModelProto:
 
 def test_weights_in_constant_nodes_are_lifted_and_train() -> None:
     tm = et.compile(_constant_weight_model(), loss="mse", optimizer="sgd", lr=0.1)
-    assert sorted(tm.meta["trainable"]) == ["conv.bias", "conv.weight"]
+    assert sorted(tm.meta.trainable) == ["conv.bias", "conv.weight"]
     m = tm.load()
     x = np.random.default_rng(1).standard_normal((2, 1, 4, 4)).astype(np.float32)
     y = np.zeros((2, 2), np.float32)
@@ -201,7 +201,7 @@ def test_input_shapes_fix_open_spatial_sizes() -> None:
     with pytest.raises(et.EdgetrainError, match="static spatial sizes"):
         et.compile(_open_sizes_model(), loss="mse")
     tm = et.compile(_open_sizes_model(), loss="mse", input_shapes={"x": ["n", 3, 8, 8]})
-    assert tm.signatures["infer"]["inputs"][0]["shape"][1:] == [3, 8, 8]
+    assert list(tm.signatures["infer"].inputs[0].shape[1:]) == [3, 8, 8]
     m = tm.load()
     out = m.run("train", x=np.ones((5, 3, 8, 8), np.float32), y=np.zeros((5, 2), np.float32))
     assert np.isfinite(out["loss"])
@@ -221,7 +221,7 @@ def test_cli_input_shape_flag(tmp_path: Any) -> None:
     out = tmp_path / "train.onnx"
     assert cli.main(["compile", str(src), "-o", str(out), "--loss", "mse",
                      "--input-shape", "x=batch,3,8,8"]) == 0
-    assert et.load(str(out)).signatures["infer"].inputs[0]["shape"] == ["batch", 3, 8, 8]
+    assert list(et.load(str(out)).signatures["infer"].inputs[0].shape) == ["batch", 3, 8, 8]
     with pytest.raises(SystemExit):
         cli.main(["compile", str(src), "-o", str(out), "--input-shape", "x=1,3,0,8"])
 
@@ -240,7 +240,7 @@ def test_model_names_edgetrain_uses_itself_do_not_collide() -> None:
     for o in model.graph.output:
         o.name = new.get(o.name, o.name)
     m = et.compile(model, optimizer="sgd", lr=0.1).load()
-    label, loss = m.input_name("train", "label"), m.signatures["train"].outputs[0]["name"]
+    label, loss = m.input_name("train", "label"), m.signatures["train"].outputs[0].name
     assert label not in new.values() and loss not in new.values()
     x = np.random.default_rng(0).standard_normal((4, 8, 8)).astype(np.float32)
     losses = [float(m.run("train", x=x, **{label: np.arange(4)})[loss]) for _ in range(3)]
@@ -317,7 +317,7 @@ def test_tied_weights_stay_one_tensor() -> None:
     y = np.random.default_rng(0).standard_normal((2, 5, 11))
     got, tm = _sgd_step(module, ids, y)
     want = _torch_grads(module, ids, y)
-    stored = [t for t in tm.proto.graph.initializer if t.name in tm.meta["trainable"]]
+    stored = [t for t in tm.proto.graph.initializer if t.name in tm.meta.trainable]
     assert sum(1 for t in stored if int(np.prod(t.dims)) == 44) == 1  # one [11, 4] tensor
     np.testing.assert_allclose(got["embed.weight"], want["embed.weight"], rtol=1e-9,
                                atol=1e-12)
@@ -335,9 +335,9 @@ def test_parameters_without_requires_grad_and_buffers_stay_frozen() -> None:
             return self.fc((x + self.pos) @ self.basis)
 
     tm = et.from_torch(Net(), torch.randn(2, 5, 4), loss="mse")
-    assert len(tm.meta["trainable"]) == 2  # fc's bias and weight (stored transposed)
-    assert "fc.bias" in tm.meta["trainable"]
-    assert {"pos", "basis"} <= set(tm.meta["frozen"])
+    assert len(tm.meta.trainable) == 2  # fc's bias and weight (stored transposed)
+    assert "fc.bias" in tm.meta.trainable
+    assert {"pos", "basis"} <= set(tm.meta.frozen)
 
 
 def test_dropout_modules_are_kept_for_the_train_step() -> None:
