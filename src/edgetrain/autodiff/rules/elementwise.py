@@ -203,7 +203,9 @@ def clip(ctx: GradContext, op: Builder) -> list[Value | None]:
         inside = op.GreaterOrEqual(x, lo) if lo is not None else None
         if below_hi is not None:
             inside = below_hi if inside is None else op.And(inside, below_hi)
-        grads[0] = dy if inside is None else op.Where(inside, dy, z)
+        # dy·[inside] rather than Where(inside, dy, 0), as for Relu: onnxruntime's Where on a
+        # full-size condition cost a MobileNetV2 step 14 % in ReLU6 backwards alone.
+        grads[0] = dy if inside is None else op.Mul(dy, op.cast(inside, dy.dtype))
     if lo is not None and ctx.needs_grad(1):
         under = op.Less(x, lo)
         under = under if below_hi is None else op.And(under, below_hi)
