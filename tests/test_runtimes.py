@@ -181,3 +181,22 @@ def test_infer_eval_and_fit_on_the_backend(driver: str) -> None:
     h2 = theirs.fit(x, y, epochs=2, batch_size=12, progress=False)
     _assert_same(h1["loss"], h2["loss"], f"fit on {driver}")
     assert ours.step == theirs.step == 6
+
+
+@pytest.mark.slow
+def test_train_steps_is_refused_clearly_on_native_runtimes(tmp_path: Any) -> None:
+    """The native runtimes do not run the K-step Loop: a clear error, and fit uses train."""
+    pytest.importorskip("openvino")
+    from _models import data, mlp
+
+    tm = et.compile(mlp(hidden=16), optimizer=et.optim.SGD(lr=0.1))
+    tm.save(tmp_path / "m.onnx")
+    m = et.load(tmp_path / "m.onnx", backend="openvino")
+    assert not m.multi_step
+    x, y = data(32)
+    with pytest.raises(et.errors.BackendError, match="one step per call"):
+        m.run("train_steps", x=x.reshape(2, 16, 8, 8), y=y.reshape(2, 16),
+              lr=np.full(2, 0.1, np.float32))
+    assert m.step == 0
+    m.fit(x, y, epochs=1, batch_size=8, progress=False)
+    assert m.step == 4

@@ -15,7 +15,7 @@ import onnx
 
 from .. import format as fmt
 from .._casting import DataConversionWarning, conform, to_numpy
-from ..errors import EdgetrainError, FormatError, InputError, NonFiniteError
+from ..errors import BackendError, EdgetrainError, FormatError, InputError, NonFiniteError
 from ..format import _integrity as _ckpt
 from ..format import validate
 from ._backends import BACKENDS, Backend
@@ -175,6 +175,12 @@ class Model:
             return self._backend.get_state()
 
     @property
+    def multi_step(self) -> bool:
+        """Whether :meth:`run` can run ``train_steps`` on this backend (onnxruntime and
+        onnx.reference can; the native runtimes run one step per call)."""
+        return "train_steps" in self._sigs and self._backend.multi_step
+
+    @property
     def step(self) -> int:
         """Training steps counted so far (a skipped step does not count); saved and restored
         with the checkpoint."""
@@ -189,6 +195,9 @@ class Model:
                              f"{sorted(self._sigs)}")
         if sig.kind == "builtin":
             return self._builtin(sig, inputs)
+        if signature == "train_steps" and not self._backend.multi_step:
+            raise BackendError(f"train_steps: the {self.backend_name} backend runs one step per "
+                               "call; call train (fit does so on this backend)")
         feeds = self._check_inputs(sig, inputs)
         steps = self._steps(sig, feeds)
         # The step graph counts only a step whose loss, rate and every new state value (weights,

@@ -26,6 +26,8 @@ from .. import format as fmt
 
 class Backend:
     name = "backend"
+    #: Whether this backend runs ``train_steps`` (an ONNX Loop around the train graph).
+    multi_step = True
 
     def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         self.model = model

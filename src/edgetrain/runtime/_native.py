@@ -36,6 +36,10 @@ class _Session(NamedTuple):
 class NativeBackend(Backend):
     """A backend that compiles each signature's graph for a runtime other than onnxruntime."""
 
+    #: ``train_steps`` is not run here: IREE's ONNX importer does not lower Loop, and the
+    #: portable rewrites (MaxUnpool-free pooling gradients) do not reach into a Loop body, so
+    #: ``fit`` runs one step per call on these runtimes.
+    multi_step = False
     #: Python modules the runtime needs, and the extra that installs them.
     requires: tuple[str, ...] = ()
     extra = ""

@@ -78,7 +78,7 @@ class Loop:
         """K of the rule in the class docstring: the model's ``steps_per_call`` when the file
         has ``train_steps`` and every callback allows it, else 1."""
         k = int(getattr(self.model, "steps_per_call", 1))
-        if self.train_sig != "train" or "train_steps" not in self.model.signatures or k < 2:
+        if self.train_sig != "train" or not self.model.multi_step or k < 2:
             return 1
         return k if all(multi_step_allowed(cb) for cb in self.callbacks) else 1
 
