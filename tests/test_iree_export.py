@@ -68,8 +68,8 @@ def _drive(out_dir: str, mm: MatrixModel, steps: int) -> list[float]:
 
 def _default_lr(mm: MatrixModel) -> float:
     meta = et.load(mm.proto).meta
-    return float(next(s["default"] for s in meta["signatures"]["train"]["inputs"]
-                      if s["name"] == "lr"))
+    return float(next(s.default for s in meta.signatures["train"].inputs
+                      if s.name == "lr"))
 
 
 def _ort_losses(mm: MatrixModel, steps: int) -> list[float]:

@@ -113,9 +113,9 @@ def test_keras_classifier_ending_in_softmax() -> None:
                                                                                momentum=0.9))
     assert "ends in Softmax" in tm.notes[0]
     sigs = tm.signatures
-    assert sigs["train"]["inputs"][0]["shape"] == ["batch", 8, 8]
-    assert sigs["train"]["inputs"][1]["shape"] == ["batch"]
-    assert sigs["infer"]["outputs"][0]["shape"] == ["batch", 10]
+    assert list(sigs["train"].inputs[0].shape) == ["batch", 8, 8]
+    assert list(sigs["train"].inputs[1].shape) == ["batch"]
+    assert list(sigs["infer"].outputs[0].shape) == ["batch", 10]
     m = tm.load()
     x, y, xt, yt = digits()
     m.fit(x, y, epochs=5, progress=False)
