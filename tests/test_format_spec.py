@@ -31,6 +31,7 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 
 import edgetrain as et
 from _models import mlp
+from conftest import long_fuzz
 from edgetrain import format as fmt
 from edgetrain.format import _jsontypes as jt
 from edgetrain.format._schema import RULES, RuleError, parse_meta, validate_meta
@@ -215,6 +216,7 @@ def test_schema_and_reader_agree_on_mutated_metadata(corpus: dict[str, Any],
 
 
 @pytest.mark.slow
+@long_fuzz
 def test_schema_and_reader_agree_on_many_mutated_documents(corpus: dict[str, Any],
                                                            shipped: Any) -> None:
     counts = _run_mutations(corpus, shipped, 20000)

@@ -33,6 +33,7 @@ from safetensors.numpy import load, save
 
 import edgetrain as et
 from _models import data, mlp
+from conftest import long_fuzz
 from edgetrain import format as fmt
 from edgetrain.format import _integrity as ckpt
 
@@ -40,7 +41,8 @@ from edgetrain.format import _integrity as ckpt
 pytestmark = pytest.mark.slow
 
 KEY = b"fuzzing-key-0123456789"
-BUDGET = [pytest.param(1, id="default"), pytest.param(10, id="x10", marks=pytest.mark.slow)]
+BUDGET = [pytest.param(1, id="default"),
+          pytest.param(10, id="x10", marks=[pytest.mark.slow, long_fuzz])]
 
 
 class Target:

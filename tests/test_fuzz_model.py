@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgetrain as et
 from _hostile import SECRET, VARIANTS, external_tensor, hostile, sparse_external
+from conftest import long_fuzz
 from edgetrain import format as fmt
 from edgetrain.demos._models import seed_mlp
 from edgetrain.format._validate import iter_graphs, iter_tensors
@@ -169,6 +170,7 @@ def test_byte_mutations(base_bytes: bytes, place: Path, data: st.DataObject) -> 
 
 
 @pytest.mark.slow
+@long_fuzz
 @_fuzz(4000)
 @given(data=st.data())
 def test_byte_mutations_long(base_bytes: bytes, place: Path, data: st.DataObject) -> None:
@@ -261,6 +263,7 @@ def test_metadata_mutations(base: onnx.ModelProto, base_json: str, place: Path,
 
 
 @pytest.mark.slow
+@long_fuzz
 @_fuzz(5000)
 @given(data=st.data())
 def test_metadata_mutations_long(base: onnx.ModelProto, base_json: str, place: Path,
@@ -411,6 +414,7 @@ def test_graph_mutations(base_bytes: bytes, place: Path, data: st.DataObject) ->
 
 
 @pytest.mark.slow
+@long_fuzz
 @_fuzz(5000)
 @given(data=st.data())
 def test_graph_mutations_long(base_bytes: bytes, place: Path, data: st.DataObject) -> None:
