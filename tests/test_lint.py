@@ -85,3 +85,30 @@ def test_layers_import_downward_only() -> None:
                     wrong.append(f"{'/'.join(rel)}.py:{line} imports {target}")
     assert not unplaced, f"modules with no layer (add them to LAYERS): {sorted(unplaced)}"
     assert not wrong, wrong
+
+
+def test_mypy_strict_on_autodiff_and_format() -> None:
+    r = subprocess.run([*_tool("mypy"), "--strict", "src/edgetrain/autodiff",
+                        "src/edgetrain/format"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_functions_stay_short_in_the_core() -> None:
+    """No function over 60 lines in the compiler, the rules, the format or the runtime."""
+    import ast
+
+    long = []
+    for part in ("compiler", "autodiff", "format", "runtime"):
+        for folder, _, files in os.walk(os.path.join(ROOT, "src", "edgetrain", part)):
+            for file in files:
+                if not file.endswith(".py"):
+                    continue
+                path = os.path.join(folder, file)
+                with open(path) as f:
+                    tree = ast.parse(f.read())
+                long += [f"{os.path.relpath(path, ROOT)}:{n.lineno} {n.name}"
+                         for n in ast.walk(tree)
+                         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                         and n.end_lineno is not None and n.end_lineno - n.lineno + 1 > 60]
+    assert not long, long

@@ -95,7 +95,8 @@ def _labels(arr: np.ndarray, dtype: np.dtype, shape: list[Any], name: str, label
                              f"takes class indices {shape}; rows that are not exactly one-hot "
                              "cannot be turned into indices (compile with labels='onehot')")
         notes.append(f"{name} one-hot rows → class indices")
-        return np.argmax(arr, axis=1).astype(np.int64)
+        out: np.ndarray = np.argmax(arr, axis=1).astype(np.int64)
+        return out
     n = shape[-1] if len(shape) == 2 else None
     flat = arr.reshape(arr.shape[0]) if arr.ndim == 2 and arr.shape[1] == 1 else arr
     if labels == "onehot" and flat.ndim == 1 and isinstance(n, int) and n > 1:
@@ -104,7 +105,8 @@ def _labels(arr: np.ndarray, dtype: np.dtype, shape: list[Any], name: str, label
             raise InputError(f"input {name!r}: class indices must lie in [0, {n}); got min "
                              f"{int(idx.min())}, max {int(idx.max())}")
         notes.append(f"{name} class indices → one-hot rows")
-        return np.eye(n, dtype=dtype)[idx]
+        rows: np.ndarray = np.eye(n, dtype=dtype)[idx]
+        return rows
     return arr
 
 

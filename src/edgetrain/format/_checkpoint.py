@@ -71,6 +71,23 @@ def save_checkpoint(path: str | os.PathLike[str], meta: Metadata,
 PARTS = ("weights", "optimizer")
 
 
+def _check_kind_and_versions(info: Mapping[str, Any], path: str, where: str) -> int:
+    """The header names an edgetrain checkpoint of a format and checksum this version reads;
+    returns the checksum version."""
+    if info.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path!r} is a safetensors file but not an edgetrain checkpoint")
+    version = _version(info, "format_version", where, default=None)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{where} uses format version {version}; this edgetrain reads "
+                              f"version {FORMAT_VERSION} and older — upgrade edgetrain")
+    checksum_version = _version(info, "checksum_version", where, default=1)
+    if checksum_version > _ckpt.CHECKSUM_VERSION:
+        raise CheckpointError(f"{where} uses checksum version {checksum_version}; this "
+                              f"edgetrain reads version {_ckpt.CHECKSUM_VERSION} and older — "
+                              "upgrade edgetrain")
+    return checksum_version
+
+
 def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
                     expected: Mapping[str, np.ndarray], *, identity: Identity | None = None,
                     key: bytes | None = None, parts: Iterable[str] = PARTS,
@@ -97,17 +114,7 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
     where = f"checkpoint {path!r}"
     data = read_regular_file(path, "checkpoint", CheckpointError)
     info = _header_metadata(data, path)
-    if info.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"{path!r} is a safetensors file but not an edgetrain checkpoint")
-    version = _version(info, "format_version", where, default=None)
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{where} uses format version {version}; this edgetrain reads "
-                              f"version {FORMAT_VERSION} and older — upgrade edgetrain")
-    checksum_version = _version(info, "checksum_version", where, default=1)
-    if checksum_version > _ckpt.CHECKSUM_VERSION:
-        raise CheckpointError(f"{where} uses checksum version {checksum_version}; this "
-                              f"edgetrain reads version {_ckpt.CHECKSUM_VERSION} and older — "
-                              "upgrade edgetrain")
+    checksum_version = _check_kind_and_versions(info, path, where)
     if key is not None:
         _ckpt.verify_mac(key, info, where)
     try:

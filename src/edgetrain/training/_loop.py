@@ -84,7 +84,7 @@ class Loop:
 
     @property
     def global_step(self) -> int:
-        return self.start_step + self.step
+        return int(self.start_step + self.step)
 
     @property
     def current_lr(self) -> float:

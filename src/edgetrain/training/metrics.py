@@ -88,7 +88,8 @@ def _counts(pred: np.ndarray, y: np.ndarray, task: Task
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+    out: np.ndarray = np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+    return out
 
 
 def _precision(pred: np.ndarray, y: np.ndarray, task: Task) -> float:
