@@ -111,8 +111,7 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
     from safetensors.numpy import load
 
     path = os.fspath(path)
-    where = f"checkpoint {path!r}"
-    data = read_regular_file(path, "checkpoint", CheckpointError)
+    where, data = f"checkpoint {path!r}", read_regular_file(path, "checkpoint", CheckpointError)
     info = _header_metadata(data, path)
     checksum_version = _check_kind_and_versions(info, path, where)
     if key is not None:
@@ -133,8 +132,7 @@ def load_checkpoint(path: str | os.PathLike[str], meta: Metadata,
         tensors = _weights_only(tensors, info, expected, identity, frozen or {}, where)
     elif set(parts) != set(PARTS):
         raise CheckpointError(f"parts must be ('weights',) or {PARTS}, got {parts}")
-    want = fingerprint(meta, expected)
-    got = fingerprint(meta, tensors)
+    want, got = fingerprint(meta, expected), fingerprint(meta, tensors)
     if want != got:
         weights_agree = all(want.get(k) == got.get(k) for k in meta.trainable)
         hint = ("; its weights fit: restore(parts=('weights',)) takes them with a fresh "
