@@ -24,15 +24,8 @@ domain.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 
-import onnx
-
-from .. import losses as _losses
-from .. import optim as _optim
-from .. import select as _select
-from .._lora import LoRA
 from ._finish import eval_graph, finish_train, fuse_gemm_updates, split_features
 from ._import import MIN_OPSET, TARGET_OPSET, import_model, normalize, read_model
 from ._logits import loss_on_logits
@@ -51,32 +44,6 @@ PIPELINE: tuple[Pass, ...] = (
 )
 
 
-def compile_model(
-    model: onnx.ModelProto | str | os.PathLike[str],
-    loss: str | _losses.Loss = "cross_entropy",
-    optimizer: str | _optim.Optimizer | None = None,
-    trainable: str | Iterable[str] | _select.Selector | LoRA | None = None,
-    output: str | None = None,
-    labels: str = "index",
-    *,
-    lr: float | None = None,
-    batch_norm: str = "frozen",
-    split_features: bool = False,
-    multi_step: bool = True,
-    input_shapes: Mapping[str, Sequence[int | str | None]] | None = None,
-) -> onnx.ModelProto:
-    """Run the pipeline; returns the trainable file as a ModelProto (see edgetrain.compile)."""
-    options = Options(source=model, loss=_losses.get(loss), optimizer=_optim.get(optimizer, lr),
-                      trainable=trainable, output=output, labels=labels,
-                      batch_norm=batch_norm, split_features=split_features,
-                      multi_step=multi_step,
-                      input_shapes=None if input_shapes is None else {
-                          k: list(v) for k, v in input_shapes.items()})
-    c = run_pipeline(options)
-    assert c.result is not None
-    return c.result
-
-
 def run_pipeline(options: Options) -> Compilation:
     """Every pass in order over one :class:`Compilation` (its ``result`` and ``notes``)."""
     c = Compilation(options)
@@ -86,4 +53,4 @@ def run_pipeline(options: Options) -> Compilation:
 
 
 __all__ = ["MIN_OPSET", "PIPELINE", "TARGET_OPSET", "Compilation", "Options", "Pass",
-           "compile_model", "normalize", "read_model", "run_pipeline"]
+           "normalize", "read_model", "run_pipeline"]
