@@ -74,18 +74,7 @@ def _batch_statistics(op: Builder, x: Value) -> tuple[Value, Value]:
     mean_k = op.ReduceMean(x, red, keepdims=1)
     mean = op.Squeeze(mean_k, red) if rank > 1 else mean_k
     xc = op.Sub(x, mean_k)
-    return mean, op.Div(op.ReduceSumSquare(xc, red, keepdims=0), _count(op, x, mean_k))
-
-
-def _count(op: Builder, x: Value, mean_k: Value) -> Value:
-    """Values per channel, |x|/|μ|, as a scalar of x's type.
-
-    The variance is ``ReduceSumSquare(x − μ)/n`` rather than ``ReduceMean((x − μ)²)``: the
-    square is never a tensor, and no backward node reads a full-size value only for its shape
-    (``(x − μ)²`` stayed alive until the backward for its Size: a fifth of MobileNetV2's
-    activations).
-    """
-    return op.Div(op.cast(op.Size(x), x.dtype), op.cast(op.Size(mean_k), x.dtype))
+    return mean, op.ReduceMean(op.Mul(xc, xc), red, keepdims=0)
 
 
 def _normalize(op: Builder, node: ir.Node, x: Value) -> tuple[Value, Value]:
@@ -105,7 +94,7 @@ def _normalize(op: Builder, node: ir.Node, x: Value) -> tuple[Value, Value]:
     eps = eps_attr.as_float() if eps_attr is not None else 1e-5
     mean_k = op.ReduceMean(x, red, keepdims=1)
     xc = op.Sub(x, mean_k)
-    var_k = op.Div(op.ReduceSumSquare(xc, red, keepdims=1), _count(op, x, mean_k))
+    var_k = op.ReduceMean(op.Mul(xc, xc), red, keepdims=1)
     r = op.Reciprocal(op.Sqrt(op.Add(var_k, float(np.float32(eps)))))
     scale, bias = node.inputs[1], node.inputs[2]
     assert scale is not None and bias is not None
