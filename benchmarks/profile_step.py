@@ -60,9 +60,10 @@ def standalone_train(proto: onnx.ModelProto, x: dict[str, np.ndarray], y: np.nda
     step with the batch ``x``, ``y``, and its metadata with ``updates`` and ``file_bytes``."""
     from edgetrain import format as fmt
 
+    typed = fmt.read_metadata(proto)
     meta = fmt.read_meta(proto)
-    m, state_inputs, updates = fmt.standalone(proto, meta, "train")
-    state = fmt.initial_state(proto, meta)
+    m, state_inputs, updates = fmt.standalone(proto, typed, "train")
+    state = fmt.initial_state(proto, typed)
     feeds = {k: state[k] for k in state_inputs}
     feeds.update(x)
     feeds[meta["label"]] = y

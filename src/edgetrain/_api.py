@@ -90,8 +90,8 @@ def compile(  # noqa: A001 - the public name the API promises
             ``infer_features`` signatures, so a head can train on cached backbone features
             (``Model.fit(..., cache_features=True)``).
         multi_step: add ``train_steps``, K training steps in one call (an ONNX Loop over K
-            stacked batches); ``Model.fit`` uses it, which matters for small models whose
-            step costs less than the call.
+            stacked batches) for drivers whose calls are dear; ``Model.fit`` uses it when
+            ``Model.steps_per_call`` is above 1.
         input_shapes: sizes for inputs the file leaves open, ``{"x": ["batch", 3, 224,
             224]}`` (a name keeps a dim dynamic): convolution gradients need static spatial
             sizes, and a dynamic batch is always fine.
