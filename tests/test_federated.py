@@ -32,12 +32,11 @@ from edgetrain.federated import (
     make_server_app,
     prepare_partitions,
     read_updates,
-    round_seed,
     run_inline,
     seed_mlp,
     seed_trainable,
 )
-from edgetrain.federated._client import ClientSettings
+from edgetrain.federated._client import ClientSettings, round_seed
 from edgetrain.federated._deploy import free_port
 
 

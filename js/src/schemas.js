@@ -260,22 +260,6 @@ export const FORMAT_SCHEMA = {
      "$ref": "#/$defs/Name",
      "description": "The adapted weight W."
     },
-    "A": {
-     "$ref": "#/$defs/Name",
-     "description": "The trainable down-projection A."
-    },
-    "B": {
-     "$ref": "#/$defs/Name",
-     "description": "The trainable up-projection B."
-    },
-    "scale": {
-     "$ref": "#/$defs/Float",
-     "description": "alpha / rank."
-    },
-    "transposed": {
-     "type": "boolean",
-     "description": "W is read transposed (Gemm transB)."
-    },
     "sites": {
      "type": "array",
      "items": {
@@ -283,15 +267,31 @@ export const FORMAT_SCHEMA = {
      },
      "maxItems": 4096,
      "description": "Every node reading W."
+    },
+    "transposed": {
+     "type": "boolean",
+     "description": "W is read transposed (Gemm transB)."
+    },
+    "A": {
+     "$ref": "#/$defs/Name",
+     "description": "The trainable down-projection A, [inputs, rank], drawn as PEFT draws it."
+    },
+    "B": {
+     "$ref": "#/$defs/Name",
+     "description": "The trainable up-projection B, [rank, outputs], zeros at first (A·B starts at 0)."
+    },
+    "scale": {
+     "$ref": "#/$defs/Float",
+     "description": "alpha / rank."
     }
    },
    "required": [
     "weight",
+    "sites",
+    "transposed",
     "A",
     "B",
-    "scale",
-    "transposed",
-    "sites"
+    "scale"
    ],
    "additionalProperties": false
   },

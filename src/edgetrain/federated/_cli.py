@@ -26,6 +26,17 @@ _DESCRIPTION = """Federated learning on Flower: many devices train one edgetrain
 """
 
 
+def _command(sub: Any, name: str, summary: str, description: str, file_help: str,
+             required: bool = False) -> argparse.ArgumentParser:
+    """A sub-command whose first argument is the trainable file (the seed MLP by default)."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description)
+    if required:
+        p.add_argument("file", help=file_help)
+    else:
+        p.add_argument("file", nargs="?", default="seed-mlp", help=file_help)
+    return p
+
+
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``federated`` command group to an argparse sub-parser collection."""
     fed = subparsers.add_parser(
@@ -33,12 +44,10 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = fed.add_subparsers(dest="federated_command", required=True)
 
-    s = sub.add_parser("simulate", help="simulate N clients on one machine",
-                       description="Flower's simulation engine over a partitioned data set; "
-                       "prints and plots global held-out accuracy per round and ends with "
-                       "'global accuracy: 0.xxxx'.")
-    s.add_argument("file", nargs="?", default="seed-mlp",
-                   help="trainable file, or 'seed-mlp' (default): the seed MLP for 8x8 digits")
+    s = _command(sub, "simulate", "simulate N clients on one machine",
+                 "Flower's simulation engine over a partitioned data set; prints and plots "
+                 "global held-out accuracy per round and ends with 'global accuracy: 0.xxxx'.",
+                 "trainable file, or 'seed-mlp' (default): the seed MLP for 8x8 digits")
     s.add_argument("--data", help="npz with arrays x and y (default: scikit-learn's digits)")
     s.add_argument("--clients", type=int, default=10, help="number of simulated devices")
     s.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
@@ -56,12 +65,11 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     _strategy_args(s)
     s.set_defaults(func=cmd_simulate)
 
-    v = sub.add_parser("server", help="run a SuperLink and the federated training",
-                       description="Starts a Flower SuperLink on HOST:PORT (or uses --superlink), "
-                       "submits the edgetrain ServerApp with 'flwr run', prints each round "
-                       "and writes the global model as a checkpoint and a plain ONNX model.")
-    v.add_argument("file", nargs="?", default="seed-mlp",
-                   help="the trainable file (the devices hold the same one), or 'seed-mlp'")
+    v = _command(sub, "server", "run a SuperLink and the federated training",
+                 "Starts a Flower SuperLink on HOST:PORT (or uses --superlink), submits the "
+                 "edgetrain ServerApp with 'flwr run', prints each round and writes the global "
+                 "model as a checkpoint and a plain ONNX model.",
+                 "the trainable file (the devices hold the same one), or 'seed-mlp'")
     v.add_argument("--host", default="127.0.0.1", help="address the SuperLink binds")
     v.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet + Control)")
     v.add_argument("--superlink", help="use this running SuperLink (HOST:PORT) instead")
@@ -76,10 +84,10 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     _strategy_args(v)
     v.set_defaults(func=cmd_server)
 
-    c = sub.add_parser("client", help="run a SuperNode for one device",
-                       description="Runs a Flower SuperNode whose ClientApp trains FILE on "
-                       "DATA (an npz with x and y) whenever the server asks.")
-    c.add_argument("file", help="the trainable file on this device, or 'seed-mlp'")
+    c = _command(sub, "client", "run a SuperNode for one device",
+                 "Runs a Flower SuperNode whose ClientApp trains FILE on DATA (an npz with x "
+                 "and y) whenever the server asks.",
+                 "the trainable file on this device, or 'seed-mlp'", required=True)
     c.add_argument("--data", required=True, help="this device's npz with arrays x and y")
     c.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink HOST:PORT")
     c.add_argument("--host", default="127.0.0.1", help="address of this node's local API")
@@ -199,8 +207,7 @@ def _check_common(args: argparse.Namespace) -> None:
     value would otherwise crash deep inside Flower or train nothing and exit 0."""
     from ._server import ServerSettings
 
-    if args.lr is not None:
-        _check("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a positive number")
+    _check_positive("--lr", args.lr)
     for flag, value in (("--local-epochs", args.local_epochs),
                         ("--batch-size", args.batch_size)):
         if value is not None:
@@ -242,18 +249,26 @@ def _need_flwr() -> None:
                              "pip install 'edgetrain[federated]'") from e
 
 
+def _need_inputs(args: argparse.Namespace, flag: str, data: str | None) -> None:
+    """The data file, the model file (unless it is the seed model) and Flower exist."""
+    _need_file(flag, data)
+    if not _seeded(args.file):
+        _need_file("FILE", args.file)
+    _need_flwr()
+
+
+def _check_positive(flag: str, value: float | None, what: str = "a positive number") -> None:
+    if value is not None:
+        _check(flag, value, math.isfinite(value) and value > 0, what)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     _check_common(args)
     _check("--clients", args.clients, args.clients >= 1, "at least 1")
     _check("--test-fraction", args.test_fraction, 0 < args.test_fraction < 1, "in (0, 1)")
     _check("--seed", args.seed, 0 <= args.seed < 2**32, "an integer from 0 to 2**32 - 1")
-    if args.non_iid is not None:
-        _check("--non-iid", args.non_iid, math.isfinite(args.non_iid) and args.non_iid > 0,
-               "a positive number")
-    _need_file("--data", args.data)
-    if not _seeded(args.file):
-        _need_file("FILE", args.file)
-    _need_flwr()
+    _check_positive("--non-iid", args.non_iid)
+    _need_inputs(args, "--data", args.data)
     from ._simulate import simulate
 
     seeded = _seeded(args.file)
@@ -268,13 +283,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     _check_common(args)
     _check_port("--port", args.port)
     _check("--min-clients", args.min_clients, args.min_clients >= 1, "at least 1")
-    if args.timeout is not None:
-        _check("--timeout", args.timeout, math.isfinite(args.timeout) and args.timeout > 0,
-               "a positive number of seconds")
-    _need_file("--eval-data", args.eval_data)
-    if not _seeded(args.file):
-        _need_file("FILE", args.file)
-    _need_flwr()
+    _check_positive("--timeout", args.timeout, "a positive number of seconds")
+    _need_inputs(args, "--eval-data", args.eval_data)
     from ._deploy import TLS, read_public_keys, run_deployment_server
     from ._server import ServerSettings
 
@@ -314,10 +324,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise EdgetrainError(f"--node-config takes KEY=VALUE, got {item!r}")
         extra[key.strip()] = _scalar(value.strip())
-    _need_file("--data", args.data)
-    if not _seeded(args.file):
-        _need_file("FILE", args.file)
-    _need_flwr()
+    _need_inputs(args, "--data", args.data)
     from ._deploy import check_private_key, supernode_command
 
     if args.auth_key:

@@ -164,28 +164,37 @@ class Node:
         return fail(f"{_where(path)} must be {self.what}; got {shown(v)}")
 
 
-class Null(Node):
+class _Leaf(Node):
+    """A JSON type with no parameters: the schema names the type, ``accepts`` tests a value."""
+
+    def schema(self, defs: dict[str, Any]) -> dict[str, Any]:
+        return {"type": next(iter(self.types))}
+
+    def check(self, v: Any, path: str) -> None:
+        if not self.accepts(v):
+            raise self.refuse(v, path)
+
+    @staticmethod
+    def accepts(v: Any) -> bool:
+        raise NotImplementedError
+
+
+class Null(_Leaf):
     what = "null"
     types = frozenset({"null"})
 
-    def schema(self, defs: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "null"}
-
-    def check(self, v: Any, path: str) -> None:
-        if v is not None:
-            raise self.refuse(v, path)
+    @staticmethod
+    def accepts(v: Any) -> bool:
+        return v is None
 
 
-class Bool(Node):
+class Bool(_Leaf):
     what = "true or false"
     types = frozenset({"boolean"})
 
-    def schema(self, defs: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "boolean"}
-
-    def check(self, v: Any, path: str) -> None:
-        if not isinstance(v, bool):
-            raise self.refuse(v, path)
+    @staticmethod
+    def accepts(v: Any) -> bool:
+        return isinstance(v, bool)
 
 
 class Number(Node):

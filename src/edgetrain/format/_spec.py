@@ -180,12 +180,14 @@ class LoraAdapter(Record):
     """A low-rank adapter W + scale·A·B that an export folds into W."""
 
     weight: Name = field(metadata=doc("The adapted weight W."))
-    A: Name = field(metadata=doc("The trainable down-projection A."))
-    B: Name = field(metadata=doc("The trainable up-projection B."))
-    scale: Float = field(metadata=doc("alpha / rank."))
-    transposed: bool = field(metadata=doc("W is read transposed (Gemm transB)."))
     sites: Annotated[tuple[LoraSite, ...], Items(4096)] = field(metadata=doc(
         "Every node reading W."))
+    transposed: bool = field(metadata=doc("W is read transposed (Gemm transB)."))
+    A: Name = field(metadata=doc(
+        "The trainable down-projection A, [inputs, rank], drawn as PEFT draws it."))
+    B: Name = field(metadata=doc(
+        "The trainable up-projection B, [rank, outputs], zeros at first (A·B starts at 0)."))
+    scale: Float = field(metadata=doc("alpha / rank."))
 
 
 @dataclass(frozen=True, kw_only=True)
