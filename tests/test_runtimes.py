@@ -86,7 +86,8 @@ DRIVERS: dict[str, Driver] = {d.name: d for d in (
     _js_driver("onnxruntime-node", js.node_train, js.missing_node),
 )}
 ORT = _python_driver("onnxruntime")
-PYTHON_DRIVERS = [d for d in DRIVERS if not d.startswith("onnxruntime-")]
+JS_DRIVERS = ("onnxruntime-web", "onnxruntime-node")
+PYTHON_DRIVERS = [d for d in DRIVERS if d not in JS_DRIVERS]
 _export_root: list[js.Exports] = []
 
 
@@ -207,7 +208,7 @@ def test_checkpoints_cross_with_onnxruntime(driver: str, model: str,
                  f"onnxruntime → checkpoint → {driver} on {model}")
 
 
-@pytest.mark.parametrize("driver", [d for d in DRIVERS if d not in PYTHON_DRIVERS])
+@pytest.mark.parametrize("driver", JS_DRIVERS)
 def test_js_driver_names_missing_tools(driver: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without node (or the npm packages, or Chromium) a JavaScript cell says what is missing:
     a skip on a developer's machine, a failure under CI=true."""
