@@ -3,27 +3,37 @@
 A cell passes when the driver trains the compiled file for 50 steps with losses equal to stock
 onnxruntime's to 1e-5 (relative to max(1, |loss|)), and when checkpoints cross between it and
 onnxruntime both ways mid-run and training goes on with the same losses. Drivers are entries
-of ``DRIVERS``: a Python backend of ``et.load`` here; the JavaScript drivers (onnxruntime-web,
-onnxruntime-node) join by adding an entry whose ``train`` runs them on the same file, batches
-and checkpoints.
+of ``DRIVERS``: a Python backend of ``et.load``, or a JavaScript driver (``_js_drivers``: the npm
+package in js/ on onnxruntime-node, and in Chromium on onnxruntime-web's wasm build), which
+trains the file's ``edgetrain export-web`` folder on the same batches and checkpoints.
+
+A driver gets all of a cell's runs at once (``Job``s: the 50 steps; the first 25 saving a
+checkpoint; the last 25 from onnxruntime's checkpoint), so a JavaScript driver starts node or
+the browser once per model. Without their tools (node, the npm packages of js/ and web/,
+Chromium: .ci/web-setup.sh) the JavaScript cells skip, naming what is missing, or fail when
+CI=true.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import _js_drivers as js
 import edgetrain as et
+from _js_drivers import Job
 from _matrix_models import MODELS, MatrixModel
 from edgetrain.errors import BackendError, EdgetrainError
 
 STEPS = 50
+HALF = STEPS // 2
 TOL = 1e-5
 
 
@@ -34,23 +44,37 @@ class Driver:
     name: str
     #: Python modules the driver needs (the cell is skipped, naming them, when absent).
     needs: tuple[str, ...]
-    #: (model, steps, checkpoint to restore first or None, checkpoint to save after or None)
-    #: → the losses of the steps.
-    train: Callable[[MatrixModel, int, int, str | None, str | None], list[float]]
+    #: (model, jobs) → the losses of each job's steps; each job starts from the file's initial
+    #: state (or the checkpoint it restores) and may save a checkpoint after its steps.
+    train: Callable[[MatrixModel, Sequence[Job]], list[list[float]]]
+    #: Other tools the driver needs: returns those missing (the cell skips naming them, or
+    #: fails under CI=true, as the other tests of these tools do).
+    missing: Callable[[], list[str]] = field(default=lambda: [])
+
+    def train_one(self, mm: MatrixModel, job: Job) -> list[float]:
+        return self.train(mm, [job])[0]
 
 
 def _python_driver(backend: str, needs: tuple[str, ...] = ()) -> Driver:
-    def train(mm: MatrixModel, steps: int, start: int, restore: str | None,
-              save: str | None) -> list[float]:
-        m = et.load(mm.proto, backend=backend)
-        if restore:
-            m.restore(restore)
-        losses = [float(m.run("train", **mm.batch(start + i))["loss"]) for i in range(steps)]
-        if save:
-            m.save(save)
-        return losses
+    def train(mm: MatrixModel, jobs: Sequence[Job]) -> list[list[float]]:
+        out = []
+        for job in jobs:
+            m = et.load(mm.proto, backend=backend)
+            if job.restore:
+                m.restore(job.restore)
+            out.append([float(m.run("train", **mm.batch(job.start + i))["loss"])
+                        for i in range(job.steps)])
+            if job.save:
+                m.save(job.save)
+        return out
 
     return Driver(backend, needs, train)
+
+
+def _js_driver(name: str, run: Callable[[js.Exports, MatrixModel, Sequence[Job]],
+                                         list[list[float]]],
+               missing: Callable[[], list[str]]) -> Driver:
+    return Driver(name, (), lambda mm, jobs: run(_exports(), mm, jobs), missing)
 
 
 DRIVERS: dict[str, Driver] = {d.name: d for d in (
@@ -58,14 +82,26 @@ DRIVERS: dict[str, Driver] = {d.name: d for d in (
     _python_driver("iree", ("iree.runtime", "iree.compiler")),
     _python_driver("openvino", ("openvino",)),
     _python_driver("tract", ("tract",)),
+    _js_driver("onnxruntime-web", js.wasm_train, js.missing_wasm),
+    _js_driver("onnxruntime-node", js.node_train, js.missing_node),
 )}
 ORT = _python_driver("onnxruntime")
+JS_DRIVERS = ("onnxruntime-web", "onnxruntime-node")
+PYTHON_DRIVERS = [d for d in DRIVERS if d not in JS_DRIVERS]
+_export_root: list[js.Exports] = []
+
+
+def _exports() -> js.Exports:
+    assert _export_root, "the session fixture sets the export folder"
+    return _export_root[0]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_module_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """IREE compiles into a cache of this test session, not the user's."""
+def _private_folders(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """IREE compiles into a cache of this test session, not the user's; the JavaScript drivers'
+    exports and runs go to a folder of the session too."""
     os.environ["EDGETRAIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgetrain-cache"))
+    _export_root[:] = [js.Exports(tmp_path_factory.mktemp("js-exports"))]
 
 
 _built: dict[str, MatrixModel | None] = {}
@@ -84,10 +120,14 @@ def _model(name: str) -> MatrixModel:
 def _reference(mm: MatrixModel) -> list[float]:
     """onnxruntime's 50 losses, which must also show that the model learns."""
     if mm.name not in _ort_losses:
-        losses = ORT.train(mm, STEPS, 0, None, None)
+        losses = ORT.train_one(mm, Job(STEPS))
         assert np.mean(losses[-10:]) < np.mean(losses[:10]), f"{mm.name} does not learn"
         _ort_losses[mm.name] = losses
     return _ort_losses[mm.name]
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def _driver(name: str) -> Driver:
@@ -95,13 +135,52 @@ def _driver(name: str) -> Driver:
     missing = [m for m in d.needs if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"driver {name} needs {missing}")
+    tools = d.missing()
+    if tools:
+        msg = f"driver {name} needs {', '.join(tools)}; run .ci/web-setup.sh"
+        if _ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
     return d
 
 
-def _assert_same(got: list[float], want: list[float], what: str) -> None:
-    diff = np.abs(np.asarray(got, np.float64) - want) / np.maximum(1.0, np.abs(want))
+def _rel_diff(got: list[float], want: list[float]) -> np.ndarray:
     assert len(got) == len(want)
+    diff: np.ndarray = np.abs(np.asarray(got, np.float64) - want) / \
+        np.maximum(1.0, np.abs(want))
+    return diff
+
+
+def _assert_same(got: list[float], want: list[float], what: str) -> None:
+    diff = _rel_diff(got, want)
     assert diff.max() <= TOL, f"{what}: step {int(diff.argmax())} differs by {diff.max():.2e}"
+
+
+@dataclass
+class Cell:
+    """A driver's runs on a model: the 50 steps; the first half, saving ``checkpoint``; and the
+    second half from onnxruntime's checkpoint after the first half."""
+
+    losses: list[float]
+    first: list[float]
+    checkpoint: Path
+    second: list[float]
+
+
+_cells: dict[tuple[str, str], Cell] = {}
+
+
+def _cell(driver: str, model: str, tmp_path_factory: pytest.TempPathFactory) -> Cell:
+    """All of a cell's runs in one call of the driver (one node, one browser per model)."""
+    d, mm = _driver(driver), _model(model)
+    if (driver, model) not in _cells:
+        where = tmp_path_factory.mktemp(f"{driver}-{model}")
+        mine, theirs = where / "driver.safetensors", where / "ort.safetensors"
+        ORT.train_one(mm, Job(HALF, save=str(theirs)))
+        losses, first, second = d.train(mm, [Job(STEPS), Job(HALF, save=str(mine)),
+                                             Job(HALF, HALF, restore=str(theirs))])
+        _cells[driver, model] = Cell(losses, first, mine, second)
+    return _cells[driver, model]
 
 
 CELLS = [pytest.param(d, m, id=f"{d}-{m}", marks=pytest.mark.slow)
@@ -109,24 +188,46 @@ CELLS = [pytest.param(d, m, id=f"{d}-{m}", marks=pytest.mark.slow)
 
 
 @pytest.mark.parametrize(("driver", "model"), CELLS)
-def test_losses_equal_onnxruntime(driver: str, model: str) -> None:
-    d, mm = _driver(driver), _model(model)
-    _assert_same(d.train(mm, STEPS, 0, None, None), _reference(mm), f"{driver} on {model}")
+def test_losses_equal_onnxruntime(driver: str, model: str,
+                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    cell, want = _cell(driver, model, tmp_path_factory), _reference(_model(model))
+    print(f"{driver} on {model}: largest relative loss difference "
+          f"{_rel_diff(cell.losses, want).max():.1e}")
+    _assert_same(cell.losses, want, f"{driver} on {model}")
 
 
 @pytest.mark.parametrize(("driver", "model"), CELLS)
-def test_checkpoints_cross_with_onnxruntime(driver: str, model: str, tmp_path: Any) -> None:
+def test_checkpoints_cross_with_onnxruntime(driver: str, model: str,
+                                            tmp_path_factory: pytest.TempPathFactory) -> None:
     """Half the run on one runtime, a checkpoint, the other half on the other: both ways."""
-    d, mm = _driver(driver), _model(model)
+    cell, mm = _cell(driver, model, tmp_path_factory), _model(model)
     want = _reference(mm)
-    half = STEPS // 2
-    mine, theirs = str(tmp_path / "driver.safetensors"), str(tmp_path / "ort.safetensors")
-    first = d.train(mm, half, 0, None, mine)
-    ORT.train(mm, half, 0, None, theirs)
-    _assert_same(first + ORT.train(mm, half, half, mine, None), want,
-                 f"{driver} → checkpoint → onnxruntime on {model}")
-    _assert_same(want[:half] + d.train(mm, half, half, theirs, None), want,
+    on_ort = ORT.train_one(mm, Job(HALF, HALF, restore=str(cell.checkpoint)))
+    _assert_same(cell.first + on_ort, want, f"{driver} → checkpoint → onnxruntime on {model}")
+    _assert_same(want[:HALF] + cell.second, want,
                  f"onnxruntime → checkpoint → {driver} on {model}")
+
+
+@pytest.mark.parametrize("driver", JS_DRIVERS)
+def test_js_driver_names_missing_tools(driver: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without node (or the npm packages, or Chromium) a JavaScript cell says what is missing:
+    a skip on a developer's machine, a failure under CI=true."""
+    monkeypatch.setattr(js.shutil, "which", lambda name: None)
+    monkeypatch.setattr(js, "JS", Path("/nonexistent"))
+    monkeypatch.setattr(js, "WEB", Path("/nonexistent"))
+    monkeypatch.setattr(js, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception) as e:
+        _driver(driver)
+    msg = str(e.value)
+    assert "node (Debian package nodejs)" in msg and "onnxruntime-web (npm ci --prefix web)" in msg
+    if driver == "onnxruntime-node":
+        assert "onnxruntime-node (ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix js)" in msg
+    else:
+        assert "playwright-core" in msg and "/nonexistent/chromium" in msg
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=f"driver {driver} needs node"):
+        _driver(driver)
 
 
 # -- refusals and errors -------------------------------------------------------------------
@@ -163,7 +264,7 @@ def test_iree_backend_runs_host_modules_only() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("driver", [d for d in DRIVERS if d != "reference"])
+@pytest.mark.parametrize("driver", [d for d in PYTHON_DRIVERS if d != "reference"])
 def test_infer_eval_and_fit_on_the_backend(driver: str) -> None:
     """The other signatures too, and ``fit`` with a short last batch (a second batch size)."""
     _driver(driver)
