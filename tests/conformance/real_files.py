@@ -9,9 +9,9 @@ would with the CLI, e.g.::
         --lr 1e-3 --input-shape x=batch,3,64,64
 
 (``--input-shape`` where the file leaves its spatial sizes open: convolution gradients take
-their faster form with static sizes; docs/models.md lists the command for each file), with every float weight
-trainable (the strictest choice: every op on the way from the input
-to the loss needs a gradient rule), the loss suited to the output (``mse`` against targets of
+their faster form with static sizes; docs/models.md lists the command for each file), with
+every float weight trainable (the strictest choice: every op on the way from the input to the
+loss needs a gradient rule), the loss suited to the output (``mse`` against targets of
 the output's shape: these files end in a sigmoid or a softmax, not in logits), Adam at 1e-3.
 
 A file is ``correct`` when it compiles, the compiled file's ``infer`` reproduces what plain
