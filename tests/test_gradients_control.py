@@ -127,6 +127,24 @@ CASES.append(Case("If", [X((2, 3), lambda v: v + 0.5), X((3,))], variant="condit
                   torch=lambda x, w: x * w if float(x.detach().sum()) > 0 else x - w))
 
 
+def if_on_constant(ins: list[str]) -> onnx.NodeProto:
+    """then: x·w; else: tanh(x @ v) @ vᵀ (its backward reads tanh's output [2, 4]). The
+    condition is an initializer: onnxruntime folds the If to its then branch."""
+    x, w, v, c = ins
+    then = graph([n("Mul", [x, w], ["t0"])], [], [vi("t0")], "then")
+    other = graph([n("MatMul", [x, v], ["e0"]), n("Tanh", ["e0"], ["e1"]),
+                   n("Transpose", [v], ["vt"]), n("MatMul", ["e1", "vt"], ["e2"])], [],
+                  [vi("e2")], "else")
+    return n("If", [c], ["out0"], then_branch=then, else_branch=other)
+
+
+# The backward of a branch that never runs is left out: a stash from it would be the other
+# branch's empty filler once onnxruntime folds the forward If, and the backward If's branch
+# reading it would fail onnxruntime's shape inference when the session loads.
+row("If", "constant-condition", [X((2, 3)), X((3,)), X((3, 4)), C(np.array(True))],
+    if_on_constant, lambda x, w, v: x * w)
+
+
 # -- Loop ----------------------------------------------------------------------------------------
 
 def loop_tanh(ins: list[str]) -> onnx.NodeProto:

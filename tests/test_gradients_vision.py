@@ -95,8 +95,48 @@ row("Conv", [X((2, 2, 4, 4)), X((3, 2, 3, 3), grad=False), X((3,))],
 row("Conv", [X((2, 2, 5, 5)), X((3, 2, 2, 2))],
     lambda x, w: F.conv2d(x, w, stride=3, padding=2), "stride-exceeds-kernel",
     attrs={"strides": [3, 3], "pads": [2, 2, 2, 2]})
+# Spatial sizes known only at run time (declared "L", "H", "W"): the rules' conv_dynamic forms.
+# Strides that leave rows no window reaches ((x + pads − k_eff) mod stride ≠ 0), dilations,
+# asymmetric pads, groups; ungrouped im2col, the large-kernel and grouped Conv forms.
+row("Conv", [X((2, 3, 12), declared=("N", 3, "L")), X((4, 3, 3)), X((4,))],
+    lambda x, w, b: F.conv1d(F.pad(x, (1, 2)), w, b, stride=3, dilation=2), "dynamic-1d",
+    attrs={"strides": [3], "pads": [1, 2], "dilations": [2]})
+row("Conv", [X((2, 3, 8, 7), declared=("N", 3, "H", "W")), X((4, 3, 3, 3))],
+    lambda x, w: F.conv2d(padded(x, (1, 1, 2, 0)), w, stride=2, dilation=(2, 1)),
+    "dynamic-2d-dilated", attrs={"strides": [2, 2], "pads": [1, 1, 2, 0], "dilations": [2, 1]})
+row("Conv", [X((2, 4, 7, 6), declared=("N", 4, "H", "W")), X((6, 2, 3, 2)), X((6,))],
+    lambda x, w, b: F.conv2d(padded(x, (1, 0, 0, 1)), w, b, stride=(2, 3), dilation=(1, 2),
+                             groups=2), "dynamic-grouped",
+    attrs={"group": 2, "strides": [2, 3], "pads": [1, 0, 0, 1], "dilations": [1, 2]})
+row("Conv", [X((2, 4, 10), declared=("N", 4, "L")), X((4, 1, 3))],
+    lambda x, w: F.conv1d(x, w, stride=2, padding=1, groups=4), "dynamic-depthwise",
+    attrs={"group": 4, "strides": [2], "pads": [1, 1]})
+row("Conv", [X((1, 2, 10, 9), declared=(1, 2, "H", "W")), X((2, 2, 8, 7)), X((2,))],
+    lambda x, w, b: F.conv2d(padded(x, (0, 1, 1, 0)), w, b, stride=(2, 1)),
+    "dynamic-large-kernel", attrs={"strides": [2, 1], "pads": [0, 1, 1, 0]})
+row("Conv", [X((1, 2, 5, 4, 5), declared=(1, 2, "D", "H", "W")), X((3, 2, 2, 2, 2))],
+    lambda x, w: F.conv3d(F.pad(x, (1, 1, 1, 0, 0, 1)), w, stride=(2, 1, 2)), "dynamic-3d",
+    attrs={"strides": [2, 1, 2], "pads": [0, 1, 1, 1, 0, 1]})
+row("Conv", [X((2, 8, 5), declared=("N", 8, "L")), X((1, 8, 1)), X((1,))],
+    lambda x, w, b: F.conv1d(x, w, b), "dynamic-pointwise")
+# SAME with a stride: the pads depend on the size (7 → 1 + 1, 6 → 0 + 1; 9 → 1 + 0).
+row("Conv", [X((2, 3, 7, 6), declared=("N", 3, "H", "W")), X((2, 3, 3, 3)), X((2,))],
+    lambda x, w, b: F.conv2d(padded(x, (1, 0, 1, 1)), w, b, stride=2), "dynamic-same-upper",
+    attrs={"auto_pad": "SAME_UPPER", "strides": [2, 2]})
+row("Conv", [X((2, 4, 9), declared=("N", 4, "L")), X((4, 2, 4))],
+    lambda x, w: F.conv1d(F.pad(x, (1, 0)), w, stride=3, groups=2), "dynamic-same-lower-grouped",
+    attrs={"auto_pad": "SAME_LOWER", "strides": [3], "group": 2})
+row("Conv", [X((2, 3, 6), declared=("N", 3, "L")), X((2, 3, 4))],
+    lambda x, w: F.conv1d(F.pad(x, (2, 1)), w), "dynamic-same-lower-stride1",
+    attrs={"auto_pad": "SAME_LOWER"})
 
 # -- ConvTranspose ---------------------------------------------------------------------------
+row("ConvTranspose", [X((2, 3, 4), declared=("N", 3, "L")), X((3, 2, 3)), X((2,))],
+    lambda x, w, b: F.conv_transpose1d(x, w, b, stride=2, padding=1, output_padding=1),
+    "dynamic-1d", attrs={"strides": [2], "pads": [1, 1], "output_padding": [1]})
+row("ConvTranspose", [X((2, 2, 3, 4), declared=("N", 2, "H", "W")), X((2, 3, 2, 3))],
+    lambda x, w: F.conv_transpose2d(x, w, stride=(1, 2), dilation=(2, 1)), "dynamic-dilated",
+    attrs={"strides": [1, 2], "dilations": [2, 1]})
 row("ConvTranspose", [X((2, 3, 4, 4)), X((3, 2, 3, 3)), X((2,))],
     lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1),
     "strided-outpad", attrs={"strides": [2, 2], "pads": [1, 1, 1, 1],

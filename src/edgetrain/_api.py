@@ -93,8 +93,8 @@ def compile(  # noqa: A001 - the public name the API promises
             stacked batches) for drivers whose calls are dear; ``Model.fit`` uses it when
             ``Model.steps_per_call`` is above 1.
         input_shapes: sizes for inputs the file leaves open, ``{"x": ["batch", 3, 224,
-            224]}`` (a name keeps a dim dynamic): convolution gradients need static spatial
-            sizes, and a dynamic batch is always fine.
+            224]}`` (a name keeps a dim dynamic): convolution gradients are faster with static
+            spatial sizes (pooling gradients need them), and a dynamic batch is always fine.
 
     Returns:
         A :class:`TrainableModel`; ``.save(path)`` writes the file, ``.load()`` runs it.

@@ -8,10 +8,10 @@ would with the CLI, e.g.::
     edgetrain compile ch_PP-OCRv4_det_infer.onnx -o det.onnx --loss mse --optimizer adam \
         --lr 1e-3 --input-shape x=batch,3,64,64
 
-(``--input-shape`` where the file leaves its spatial sizes open: convolution gradients need
-them static; docs/models.md lists the command for each file), with every float weight
-trainable (the strictest choice: every op on the way from the input
-to the loss needs a gradient rule), the loss suited to the output (``mse`` against targets of
+(``--input-shape`` where the file leaves its spatial sizes open: convolution gradients take
+their faster form with static sizes; docs/models.md lists the command for each file), with
+every float weight trainable (the strictest choice: every op on the way from the input to the
+loss needs a gradient rule), the loss suited to the output (``mse`` against targets of
 the output's shape: these files end in a sigmoid or a softmax, not in logits), Adam at 1e-3.
 
 A file is ``correct`` when it compiles, the compiled file's ``infer`` reproduces what plain
@@ -58,8 +58,8 @@ class RealFile:
     output: str | None = None           # the output that feeds the loss (None: the first)
     out_of_scope: str = ""              # why it is excluded, if it is
     consts: dict[str, Any] = field(default_factory=dict)  # fixed values (a sample rate)
-    #: sizes the file leaves open, fixed at compile (``--input-shape``): conv gradients need
-    #: static spatial sizes
+    #: sizes the file leaves open, fixed at compile (``--input-shape``): conv gradients are
+    #: faster with static spatial sizes
     input_shapes: dict[str, list[int | str]] = field(default_factory=dict)
 
     @property

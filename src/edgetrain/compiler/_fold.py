@@ -3,11 +3,11 @@
 Exporters leave small constant subgraphs in the model: PyTorch's TorchScript exporter writes
 ``F.pad`` as Constant → ConstantOfShape → Concat → Reshape → Slice → Transpose → Cast, and
 ONNX shape inference cannot see through that, so every tensor after the first padded
-convolution has unknown spatial sizes (and the conv gradients need them). This pass evaluates,
-with onnx.reference, every node whose inputs are all constants — outputs of Constant nodes
-or non-float initializers — and replaces it with a Constant. Float initializers (the weights)
-are never inputs of a folded node: folding a weight would bake it into a new constant and
-take it out of training.
+convolution has unknown spatial sizes (pool gradients need them, conv gradients run faster
+with them). This pass evaluates, with onnx.reference, every node whose inputs are all
+constants — outputs of Constant nodes or non-float initializers — and replaces it with a
+Constant. Float initializers (the weights) are never inputs of a folded node: folding a
+weight would bake it into a new constant and take it out of training.
 
 Exporters also compute sizes from a tensor's shape at run time: ``x.reshape(n, 2, c // 2, h,
 w)`` becomes Shape → Gather → Div → Unsqueeze → Concat → Reshape, and Swin's window padding

@@ -13,7 +13,8 @@ half-precision weights, and inputs whose sizes the file leaves open.
 * float16 and bfloat16 weights or inputs are refused at compile with what to do, instead of a
   failure when a runtime loads the step graph.
 * A file may leave its input sizes open (``[batch, 3, height, width]``), and gradients of
-  convolutions need static spatial sizes: the caller can fix them (``input_shapes``), and the
+  pooling need static spatial sizes (those of convolutions are faster with them): the caller
+  can fix them (``input_shapes``), and the
   file's own shape annotations of intermediate values, computed for the open sizes, are
   dropped so that they are inferred again for the fixed ones.
 """

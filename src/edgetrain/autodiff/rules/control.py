@@ -153,18 +153,27 @@ def _result(ctx: GradContext, op: Builder, wanted: Sequence[tuple[int, Value]],
 def if_(ctx: GradContext, op: Builder) -> list[Value | None]:
     """y = then_branch() if cond else else_branch(), where the branches read outer values
     u: du = If(cond, then: backward of then_branch, else: backward of else_branch), each
-    branch returning zeros for the outer values it does not read."""
+    branch returning zeros for the outer values it does not read.
+
+    A constant condition (folded at compile) leaves the other branch's backward out (zeros):
+    it never runs, and a stash from it would be the empty filler when a runtime folds the
+    forward If, which breaks the shape inference of the backward branch that reads it."""
     wanted = _wanted(ctx)
     if not wanted:
         return [None] * (len(ctx.inputs) + len(ctx.implicit))
     seeds = [j for j, o in enumerate(ctx.outputs) if ctx.has_dy(j) and is_float(o.dtype)]
     sources = _sources(ctx)
+    cond = ctx.const_value(ctx.x(0))
+    taken = None if cond is None else "then_branch" if cond.reshape(-1)[0] else "else_branch"
     graphs: dict[str, ir.Graph] = {}
     for attr in ("then_branch", "else_branch"):
         branch = ctx.node.attributes[attr].as_graph()
         g, bop = _new_graph(op, f"{attr}_grad")
-        grads = _backward_of(ctx, attr, branch, [(branch.outputs[j], ctx.dy(j)) for j in seeds],
-                             sources, [v for _, v in wanted], bop)
+        grads: list[Value | None] = [None] * len(wanted)  # a branch that never runs: zeros
+        if taken in (None, attr):
+            grads = _backward_of(ctx, attr, branch, [(branch.outputs[j], ctx.dy(j))
+                                                     for j in seeds],
+                                 sources, [v for _, v in wanted], bop)
         g.outputs.extend(_distinct(bop, [d if d is not None else bop.zeros_like(v)
                                          for d, (_, v) in zip(grads, wanted, strict=True)]))
         graphs[attr] = g

@@ -16,7 +16,8 @@ Grouped ``ConvTranspose`` stays out of backward graphs (onnx.reference mis-handl
 
 ``ConvTranspose`` is the adjoint of ``Conv``, so its input gradient is a plain ``Conv`` and its
 weight gradient the same weight-gradient convolution.
-Spatial sizes must be static; the batch size may be dynamic.
+These forms use static spatial sizes (the batch size may be dynamic); when a size is known only
+at run time, the rules take the forms of ``conv_dynamic`` instead.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import numpy as np
 
 from ..._ir import Builder, Value
 from ...errors import UnsupportedOpError
-from .._helpers import INT64_MAX, INT64_MIN
 from .._registry import GradContext, grad_rule
+from . import conv_dynamic
+from .conv_dynamic import IM2COL_MAX_KERNEL, crop_or_pad, flipped_kernel, known_spatial
 
 
 @dataclass(frozen=True)
@@ -129,17 +131,6 @@ def dilate(op: Builder, g: Value, sizes: tuple[int, ...], channels: int,
     return g
 
 
-def crop_or_pad(op: Builder, g: Value, begin: list[int], end: list[int]) -> tuple[
-        Value, list[int], list[int]]:
-    """Apply the negative part of spatial pads as a crop; return the non-negative rest."""
-    axes = [2 + i for i, (b, e) in enumerate(zip(begin, end)) if b < 0 or e < 0]
-    if axes:
-        starts = [max(-begin[a - 2], 0) for a in axes]
-        ends = [end[a - 2] if end[a - 2] < 0 else INT64_MAX for a in axes]
-        g = op.Slice(g, starts, ends, axes)
-    return g, [max(b, 0) for b in begin], [max(e, 0) for e in end]
-
-
 def input_grad(op: Builder, dy: Value, w: Value, geo: ConvGeometry, out_channels: int,
                in_channels: int) -> Value:
     """dX of Y = Conv(X, W): a full correlation of dilated dY with the flipped, transposed W.
@@ -147,14 +138,7 @@ def input_grad(op: Builder, dy: Value, w: Value, geo: ConvGeometry, out_channels
     W is [M, C/g, *k]; the kernel of the backward conv is [C, M/g, *k] flipped in space.
     """
     g, n = geo.group, geo.rank
-    mg, cg = out_channels // g, in_channels // g
-    if g == 1:
-        wt = op.Transpose(w, perm=[1, 0, *range(2, 2 + n)])
-    else:
-        wt = op.Reshape(w, [g, mg, cg, *geo.k])
-        wt = op.Transpose(wt, perm=[0, 2, 1, *range(3, 3 + n)])
-        wt = op.Reshape(wt, [in_channels, mg, *geo.k])
-    wt = op.Slice(wt, [-1] * n, [INT64_MIN] * n, list(range(2, 2 + n)), [-1] * n)
+    wt = flipped_kernel(op, w, geo.k, g, out_channels, in_channels)
     d = dilate(op, dy, geo.y, out_channels, geo.strides)
     begin, end = [], []
     for i in range(n):
@@ -207,10 +191,6 @@ def input_grad_transposed(op: Builder, dy: Value, w: Value, geo: ConvGeometry) -
                             kernel_shape=list(geo.k))
 
 
-#: Largest kernel (product of its spatial sizes) whose weight gradient is im2col + one Gemm.
-IM2COL_MAX_KERNEL = 49
-
-
 def weight_grad_im2col(op: Builder, x: Value, dy: Value, geo: ConvGeometry, in_channels: int,
                        out_channels: int) -> Value:
     """dW of Y = Conv(X, W) for ``group == 1`` as im2col + one Gemm.
@@ -259,6 +239,12 @@ def _weight_shape(ctx: GradContext, w: Value) -> tuple[int, ...]:
     return tuple(dims)
 
 
+def _static_sizes(ctx: GradContext, rank: int) -> bool:
+    """Whether the node's input and output have static spatial sizes (the tuned forms);
+    otherwise the gradient takes the run-time-size forms of ``conv_dynamic``."""
+    return all(known_spatial(ctx, v, rank) is not None for v in (ctx.x(0), ctx.outputs[0]))
+
+
 @grad_rule("Conv")
 def conv(ctx: GradContext, op: Builder) -> list[Value | None]:
     """Y = Σ_c X ⋆ W + B (cross-correlation per group).
@@ -268,8 +254,10 @@ def conv(ctx: GradContext, op: Builder) -> list[Value | None]:
     dB = Σ dY over batch and space.
     """
     x, w = ctx.x(0), ctx.x(1)
-    dy = ctx.dy()
     ws = _weight_shape(ctx, w)
+    if not _static_sizes(ctx, len(ws) - 2):
+        return conv_dynamic.conv_grads(ctx, op, ws)
+    dy = ctx.dy()
     group = int(ctx.attr("group", 1))
     geo = conv_geometry(ctx, x, ws[2:], group, y=ctx.outputs[0])
     in_channels = ws[1] * group
@@ -338,8 +326,10 @@ def conv_transpose(ctx: GradContext, op: Builder) -> list[Value | None]:
     dB = Σ dY over batch and space.
     """
     x, w = ctx.x(0), ctx.x(1)
-    dy = ctx.dy()
     ws = _weight_shape(ctx, w)
+    if not _static_sizes(ctx, len(ws) - 2):
+        return conv_dynamic.conv_transpose_grads(ctx, op, ws)
+    dy = ctx.dy()
     group = int(ctx.attr("group", 1))
     geo = _conv_transpose_geometry(ctx, ws, group)
     n = geo.rank

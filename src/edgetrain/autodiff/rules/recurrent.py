@@ -126,6 +126,8 @@ def _layer(node: ir.Node, op: Builder, gates: int, defaults: Sequence[str]) -> _
                                  "its hidden_size attribute")
     x = _input(node, 0)
     assert x is not None
+    if dims(x) is None:  # rank lost to shape inference (an If whose branches differ): 3
+        x = op.Reshape(x, [0, 0, -1])
     initial = [_input(node, 5), _input(node, 6) if node.op_type == "LSTM" else None]
     if layout == 1:  # batch first: [B, T, I] and [B, D, H]
         x = op.Transpose(x, perm=[1, 0, 2])
