@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,12 +72,13 @@ def test_saved_file_is_valid_standard_onnx(name: str, tmp_path: Any) -> None:
             bad = [(n.name, n.domain, n.op_type) for n in g.node if n.domain not in ("", "ai.onnx")]
             assert not bad, f"non-default domains in graph {g.name!r}: {bad}"
 
-    # update_binding: each key is a main-graph initializer, each value an algorithm output,
-    # and the bindings are exactly the metadata's "updates" of the train signature.
+    # update_binding: each key is an initializer of the main graph or of the train algorithm
+    # (the ONNX spec's two places), each value an algorithm output, and the bindings are
+    # exactly the metadata's "updates" of the train signature.
     meta = fmt.read_meta(loaded)
-    inits = {t.name: t for t in loaded.graph.initializer}
     train = meta["signatures"]["train"]
     ti = loaded.training_info[int(train["graph"].split("/")[1])]
+    inits = {t.name: t for t in [*loaded.graph.initializer, *ti.algorithm.initializer]}
     outs = {o.name for o in ti.algorithm.output}
     binding = {b.key: b.value for b in ti.update_binding}
     assert binding == train["updates"]
@@ -91,14 +93,31 @@ def test_saved_file_is_valid_standard_onnx(name: str, tmp_path: Any) -> None:
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam_onehot", "dropout"])
-def test_plain_onnxruntime_runs_the_trainable_file(name: str, tmp_path: Any) -> None:
-    """Any ONNX tool sees the original inference model: same outputs, no edgetrain needed."""
+def test_plain_onnxruntime_runs_the_trainable_file(name: str, tmp_path: Any,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """Any ONNX tool sees the original inference model: same outputs, no edgetrain needed,
+    and no warning: the main graph holds only what inference reads (optimizer slots and the
+    step counter are stored with the train graph)."""
     source, tm = _compile(name)
     path = tm.save(tmp_path / "model.onnx")
     x, _ = data(16)
-    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    want = ort.InferenceSession(source.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    def session(model: Any) -> tuple[ort.InferenceSession, set[str]]:
+        """The session, and the initializers onnxruntime warns it removes as unused."""
+        capfd.readouterr()
+        so = ort.SessionOptions()
+        so.log_severity_level = 1  # info and above: what a plain session prints and more
+        s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        printed = capfd.readouterr()
+        return s, set(re.findall(r"Removing initializer '([^']*)'", printed.out + printed.err))
+
+    trainable, warned = session(path)
+    reference, source_warned = session(source.SerializeToString())
+    assert warned == source_warned  # a Dropout's ratio, if any: the source model's own
+    main = onnx.load(path).graph
+    assert {t.name for t in main.initializer} <= fmt.graph_reads(main)
+    got = trainable.run(None, {"x": x})
+    want = reference.run(None, {"x": x})
     assert [o.name for o in onnx.load(path).graph.output] == ["logits"]
     np.testing.assert_array_equal(got[0], want[0])
     params = {t.name: onnx.numpy_helper.to_array(t) for t in source.graph.initializer}

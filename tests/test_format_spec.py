@@ -365,10 +365,10 @@ def test_shipped_schema_and_docs_are_generated_from_the_spec() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_schema_describes_versions_one_and_two() -> None:
+def test_schema_describes_versions_one_to_three() -> None:
     schema = fmt.metadata_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["properties"]["format_version"]["maximum"] == fmt.FORMAT_VERSION == 2
+    assert schema["properties"]["format_version"]["maximum"] == fmt.FORMAT_VERSION == 3
     assert "role" not in schema["$defs"]["TensorSpec"]["required"]
     assert "task" not in schema["required"]
 
@@ -544,5 +544,5 @@ def test_checkpoints_record_the_format_version(tmp_path: Path) -> None:
     data = Path(path).read_bytes()
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
-    assert header["__metadata__"]["format_version"] == str(fmt.FORMAT_VERSION) == "2"
+    assert header["__metadata__"]["format_version"] == str(fmt.FORMAT_VERSION) == "3"
     m.restore(path)

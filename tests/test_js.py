@@ -162,7 +162,7 @@ def test_js_and_python_agree_on_the_format() -> None:
                          cwd=JS, capture_output=True, text=True, timeout=60, check=True)
     js = json.loads(out.stdout)
     assert js["schema"] == json.loads(python)
-    assert js["version"] == fmt.FORMAT_VERSION == 2
+    assert js["version"] == fmt.FORMAT_VERSION == 3
     from edgetrain.format import _integrity
 
     assert js["checksum"] == _integrity.CHECKSUM_VERSION and js["kind"] == fmt.CHECKPOINT_KIND

@@ -516,7 +516,7 @@ def test_swapped_updates_are_refused(config: str) -> None:
     m.run("train", **{s.name: np.ones([d if isinstance(d, int) else 3 for d in s.shape],
                                       dtype=s.dtype) * 0
                        for s in m.signatures["train"].inputs if not s.optional})
-    inits = {t.name: t for t in tm.proto.graph.initializer}
+    inits = {t.name: t for t in fmt.stored_tensors(tm.proto, tm.meta)}
     swaps = 0
     for sig, spec in tm.meta.signatures.items():
         keys = sorted(spec.updates)
@@ -568,3 +568,42 @@ def test_lora_merge_must_name_real_tensors_and_nodes() -> None:
         edit(meta["lora_merge"][0])
         with pytest.raises(et.FormatError, match="LoRA adapter 0"):
             et.load(_with_meta(tm.proto, json.dumps(meta)))
+
+
+# -- where state is stored (format 3) ------------------------------------------------------------
+
+def _moved(model: onnx.ModelProto, names: set[str], to_store: bool) -> onnx.ModelProto:
+    """A copy with the named tensors moved into the state store (or back to the main graph)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    src, dst = out.graph, out.training_info[0].algorithm
+    if not to_store:
+        src, dst = dst, src
+    keep = [t for t in src.initializer if t.name not in names]
+    dst.initializer.extend(t for t in src.initializer if t.name in names)
+    del src.initializer[:]
+    src.initializer.extend(keep)
+    return out
+
+
+def test_state_is_stored_with_the_train_graph_and_nothing_else_is() -> None:
+    tm = et.compile(seed_mlp(hidden=8), optimizer=et.optim.SGD(lr=0.1, momentum=0.9))
+    stored = {t.name for t in tm.proto.training_info[0].algorithm.initializer
+              if t.name in tm.meta.variables}
+    assert stored == {fmt.STEP_NAME, *(f"{p}.momentum_buffer" for p in tm.meta.trainable)}
+    assert not stored & {t.name for t in tm.proto.graph.initializer}
+    # Back in the main graph (as version 2 stored it) the file is still valid.
+    validate(_moved(tm.proto, stored, to_store=False), tm.meta)
+    # A weight the inference graph reads may not move; state may not be stored twice.
+    with pytest.raises(et.FormatError, match=r"the inference graph reads 'dense1\.weight'"):
+        validate(_moved(tm.proto, {"dense1.weight"}, to_store=True), tm.meta)
+    twice = onnx.ModelProto()
+    twice.CopyFrom(tm.proto)
+    twice.graph.initializer.extend(t for t in tm.proto.training_info[0].algorithm.initializer
+                                   if t.name == fmt.STEP_NAME)
+    with pytest.raises(et.FormatError, match="stored twice"):
+        validate(twice, tm.meta)
+    # A file that says it is of version 2 cannot use the store.
+    old = fmt.Metadata.from_json(dict(tm.meta.to_json(), format_version=2))
+    with pytest.raises(et.FormatError, match="format version 2 does not allow"):
+        validate(tm.proto, old)

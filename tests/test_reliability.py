@@ -9,8 +9,10 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 import edgetrain as et
@@ -186,9 +188,11 @@ def test_newer_format_versions_are_refused(model_bytes: bytes, ckpt_bytes: bytes
         et.load(model_bytes).restore(str(path))
 
 
-def test_stored_v1_fixture_keeps_loading() -> None:
-    """A file and checkpoint written by format version 1 load, restore and infer as recorded."""
-    folder = os.path.join(FIXTURES, "format_v1")
+@pytest.mark.parametrize("version", ["format_v1", "format_v2"])
+def test_stored_fixtures_of_older_versions_keep_loading(version: str) -> None:
+    """A file and checkpoint written by format version 1 or 2 load, restore, infer and train
+    as recorded."""
+    folder = os.path.join(FIXTURES, version)
     m = et.load(os.path.join(folder, "model.onnx"))
     m.restore(os.path.join(folder, "checkpoint.safetensors"))
     ref = np.load(os.path.join(folder, "expected.npz"))
@@ -196,3 +200,27 @@ def test_stored_v1_fixture_keeps_loading() -> None:
     np.testing.assert_allclose(out, ref["logits"], rtol=1e-6, atol=1e-6)
     loss = m.run("train", x=ref["x"], y=ref["y"])["loss"]
     np.testing.assert_allclose(loss, ref["next_loss"], rtol=1e-6)
+
+
+def test_version_2_checkpoints_restore_into_version_3_files(tmp_path: Any) -> None:
+    """Format 3 moved the optimizer state out of the inference graph; the model's identity
+    (what a checkpoint must match) did not change, so a version-2 checkpoint restores into
+    the same model compiled today, and training goes on exactly as recorded."""
+    from edgetrain.demos._models import seed_mlp
+
+    folder = os.path.join(FIXTURES, "format_v2")
+    old = onnx.load(os.path.join(folder, "model.onnx"))
+    assert all(not ti.algorithm.initializer or not {t.name for t in ti.algorithm.initializer}
+               & set(fmt.read_metadata(old).state) for ti in old.training_info)
+    tm = et.compile(seed_mlp(hidden=16, seed=3), optimizer=et.optim.Adam(lr=0.01))
+    assert tm.meta.format_version == fmt.FORMAT_VERSION == 3
+    main = {t.name for t in tm.proto.graph.initializer}
+    assert "edgetrain.step" not in main and not any(n.endswith(".exp_avg") for n in main)
+    m = et.load(tm.save(tmp_path / "model.onnx"))
+    assert m.identity.architecture == fmt.identify(old, fmt.read_metadata(old)).architecture
+    m.restore(os.path.join(folder, "checkpoint.safetensors"))
+    ref = np.load(os.path.join(folder, "expected.npz"))
+    np.testing.assert_allclose(m.run("infer", x=ref["x"])["logits"], ref["logits"],
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(m.run("train", x=ref["x"], y=ref["y"])["loss"],
+                               ref["next_loss"], rtol=1e-6)

@@ -7,12 +7,12 @@ export const FORMAT_SCHEMA = {
  "$comment": "Generated from edgetrain.format._spec by tools/format_schema.py; do not edit.",
  "title": "edgetrain metadata",
  "type": "object",
- "description": "The JSON in metadata_props['edgetrain'] of a trainable ONNX file, format versions 1 to 2. Patterns are ECMA-262 regular expressions (u flag). Rules between fields that a schema does not express are listed in docs/format.md.",
+ "description": "The JSON in metadata_props['edgetrain'] of a trainable ONNX file, format versions 1 to 3. Patterns are ECMA-262 regular expressions (u flag). Rules between fields that a schema does not express are listed in docs/format.md.",
  "properties": {
   "format_version": {
    "type": "integer",
    "minimum": 1,
-   "maximum": 2,
+   "maximum": 3,
    "description": "The format version the file was written in; a reader refuses newer ones."
   },
   "producer": {

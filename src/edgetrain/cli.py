@@ -109,7 +109,7 @@ def info(path: str) -> dict[str, Any]:
     validate(proto, meta)  # what is printed was checked, as for et.load
     sizes = {t.name: (int(np.prod(t.dims)) if t.dims else 1,
                       np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
-             for t in proto.graph.initializer}
+             for t in fmt.stored_tensors(proto, meta)}
 
     def count(names: Sequence[str]) -> tuple[int, int]:
         n = sum(sizes[k][0] for k in names if k in sizes)

@@ -158,6 +158,7 @@ def package(c: Compilation) -> None:
         sigs["train_steps"] = _steps_signature(c, c.steps_graph, len(graphs) - 1)
     c.meta = _metadata(c, sigs)
     fmt.write_meta(out, c.meta)
+    fmt.store_training_state(out, c.meta)
     # The lowest IR version the opsets allow: older runtimes (onnxruntime-web, older mobile
     # builds) refuse IR versions newer than they know, though nothing here needs them.
     out.ir_version = max(7, helper.find_min_ir_version_for(list(out.opset_import)))

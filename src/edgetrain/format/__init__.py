@@ -36,6 +36,8 @@ from ._files import (
     read_model_bytes,
     save_model,
     standalone,
+    store_training_state,
+    stored_tensors,
     with_state,
 )
 from ._integrity import Identity, identify
@@ -64,6 +66,6 @@ __all__ = [
     "default_opset", "fingerprint", "graph_reads", "identify", "initial_state",
     "load_checkpoint", "load_model", "metadata_schema", "plain_inference", "producer_version",
     "read_meta", "read_metadata", "read_model_bytes", "save_checkpoint", "save_model",
-    "standalone",
+    "standalone", "store_training_state", "stored_tensors",
     "validate", "validate_meta", "with_state", "write_meta",
 ]

@@ -6,9 +6,11 @@ from typing import SupportsInt
 
 #: Version of the trainable file format. 2: every driver commits a training step's new state
 #: only when the step counter advanced by exactly the number of steps the call ran
-#: (:func:`committed`), and signature inputs and outputs carry roles. Files of version 1 keep
+#: (:func:`committed`), and signature inputs and outputs carry roles. 3: state that only
+#: training reads (optimizer slots, the step counter) is stored with the train graph
+#: (training_info[0].algorithm), not in the inference graph. Files of versions 1 and 2 keep
 #: loading.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 META_KEY = "edgetrain"
 STEP_NAME = "edgetrain.step"
 CHECKPOINT_KIND = "edgetrain-checkpoint"

@@ -157,20 +157,21 @@ def standalone(model: onnx.ModelProto, meta: Metadata, sig: str
     where = spec.graph
     if where is None:
         raise FormatError(f"signature {sig!r} is not a graph")
+    g = onnx.GraphProto()
+    variable = meta.variables
     if where == "main":
-        g = onnx.GraphProto()
         g.CopyFrom(model.graph)
         del g.initializer[:]
     else:
-        idx = int(where.split("/")[1])
-        g = onnx.GraphProto()
-        g.CopyFrom(model.training_info[idx].algorithm)
+        g.CopyFrom(model.training_info[int(where.split("/")[1])].algorithm)
+        own_consts = [t for t in g.initializer if t.name not in variable]
+        del g.initializer[:]
+        g.initializer.extend(own_consts)
     updates = dict(spec.updates)
     used = graph_reads(g)
-    variable = meta.variables
     state_inputs: list[str] = []
     own = {t.name for t in g.initializer}
-    for t in model.graph.initializer:
+    for t in stored_tensors(model, meta):
         if t.name not in used or t.name in own:
             continue
         if t.name in variable:
@@ -184,6 +185,46 @@ def standalone(model: onnx.ModelProto, meta: Metadata, sig: str
     m = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                           producer_name="edgetrain")
     return m, state_inputs, updates
+
+
+# -- where the tensors live ------------------------------------------------------------------
+# Weights and every state tensor the inference graph reads (batch-norm statistics) are
+# initializers of the main graph. State that only training reads -- optimizer slots and the
+# step counter -- is stored as initializers of the train graph, training_info[STATE_STORE]
+# .algorithm (where the ONNX spec puts "optimizer states such as momentums"), so that a plain
+# inference session neither loads it nor warns that it is unused. Version-2 files keep all
+# state in the main graph; the readers below look in both places.
+
+#: The training_info entry whose algorithm graph stores the training-only state.
+STATE_STORE = 0
+
+
+def state_store(model: onnx.ModelProto) -> onnx.GraphProto | None:
+    return model.training_info[STATE_STORE].algorithm if model.training_info else None
+
+
+def stored_tensors(model: onnx.ModelProto, meta: Metadata) -> list[onnx.TensorProto]:
+    """The main graph's initializers, then the state tensors stored with the train graph."""
+    out = list(model.graph.initializer)
+    store = state_store(model)
+    if store is not None:
+        variable = meta.variables
+        out += [t for t in store.initializer if t.name in variable]
+    return out
+
+
+def store_training_state(model: onnx.ModelProto, meta: Metadata) -> None:
+    """Move the state tensors that the main graph does not read into the state store."""
+    store = state_store(model)
+    if store is None:
+        return
+    read = graph_reads(model.graph)
+    variable = meta.variables
+    move = [t for t in model.graph.initializer if t.name in variable and t.name not in read]
+    keep = [t for t in model.graph.initializer if t.name not in {m.name for m in move}]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    store.initializer.extend(move)
 
 
 def graph_reads(graph: onnx.GraphProto) -> set[str]:
@@ -204,18 +245,21 @@ def graph_reads(graph: onnx.GraphProto) -> set[str]:
 
 def initial_state(model: onnx.ModelProto, meta: Metadata) -> dict[str, np.ndarray]:
     variable = meta.variables
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+    return {t.name: numpy_helper.to_array(t) for t in stored_tensors(model, meta)
             if t.name in variable}
 
 
 def with_state(model: onnx.ModelProto, state: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose initializers carry the given state values."""
+    """A copy of ``model`` whose initializers (the state store's too) carry the given state
+    values."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for i, t in enumerate(out.graph.initializer):
-        if t.name in state:
-            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(
-                np.asarray(state[t.name]), t.name))
+    store = state_store(out)
+    for graph in (out.graph, *([store] if store is not None else [])):
+        for i, t in enumerate(graph.initializer):
+            if t.name in state:
+                graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                    np.asarray(state[t.name]), t.name))
     return out
 
 

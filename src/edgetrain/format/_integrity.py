@@ -185,7 +185,9 @@ def architecture(model: onnx.ModelProto, meta: Metadata) -> str:
     h.update(_u64(len(ops)))
     for domain, version in ops:
         h.update(_text(domain) + struct.pack("<q", version))
-    _graph(h, model.graph)
+    store = model.training_info[0].algorithm.initializer if model.training_info else []
+    variables = meta.variables
+    _graph(h, model.graph, extra=[t for t in store if t.name in variables])
     opt = {k: v for k, v in meta.optimizer.to_json().items() if k != "lr"}
     h.update(canonical({"trainable": sorted(meta.trainable), "state": sorted(meta.state),
                         "step": meta.step, "optimizer": opt}))
@@ -234,10 +236,13 @@ def canonical(value: Any) -> bytes:
     raise TypeError(f"no canonical encoding for {type(value).__name__}")
 
 
-def _graph(h: Any, g: onnx.GraphProto, only: set[str] | None = None) -> None:
-    """The structure of ``g``; ``only`` limits its own initializers to these names."""
+def _graph(h: Any, g: onnx.GraphProto, only: set[str] | None = None,
+           extra: Iterable[onnx.TensorProto] = ()) -> None:
+    """The structure of ``g``; ``only`` limits its own initializers to these names; ``extra``
+    are hashed as its initializers too (the state stored with the train graph, so that a
+    file hashes alike whichever graph keeps its optimizer state)."""
     h.update(b"G")
-    inits = sorted(((t.name, t.data_type, list(t.dims)) for t in g.initializer
+    inits = sorted(((t.name, t.data_type, list(t.dims)) for t in (*g.initializer, *extra)
                     if only is None or t.name in only), key=lambda t: t[0].encode("utf-8"))
     inits += sorted(((s.values.name, s.values.data_type, list(s.dims))
                      for s in g.sparse_initializer if only is None or s.values.name in only),

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import SparseTensorProto, TensorProto, helper, numpy_helper
 
+from ._files import graph_reads
 from ._schema import MAX_ELEMENTS, fail, quote, validate_meta
 from ._spec import LoraSite, Metadata, SignatureSpec, TensorSpec
 
@@ -235,6 +236,7 @@ def _check_file(model: onnx.ModelProto, meta: Metadata) -> None:
         if t.name in inits:
             raise fail(f"the main graph has two initializers named {quote(t.name)}")
         inits[t.name] = t
+    _stored_state(model, meta, inits)
     variables = _check_state_tensors(meta, inits)
     graphs = {"main": model.graph}
     graphs.update((f"training_info/{i}", ti.algorithm) for i, ti in
@@ -248,6 +250,29 @@ def _check_file(model: onnx.ModelProto, meta: Metadata) -> None:
     _check_bindings(model, meta)
     if meta.lora_merge:
         _check_lora(meta, inits, model.graph)
+
+
+def _stored_state(model: onnx.ModelProto, meta: Metadata, inits: dict[str, TensorProto]
+                  ) -> None:
+    """Add the state kept with the train graph (format 3) to ``inits``: only state tensors,
+    once, not read by the inference graph, and not in a file of an older format."""
+    store = model.training_info[0].algorithm if model.training_info else None
+    if store is None:
+        return
+    variables, read = meta.variables, None
+    for t in store.initializer:
+        if t.name not in variables:
+            continue
+        if meta.format_version < 3:
+            raise fail(f"state tensor {quote(t.name)} is stored with training_info/0, which "
+                       f"format version {meta.format_version} does not allow")
+        if t.name in inits:
+            raise fail(f"state tensor {quote(t.name)} is stored twice")
+        read = graph_reads(model.graph) if read is None else read
+        if t.name in read:
+            raise fail(f"the inference graph reads {quote(t.name)}, which is stored with the "
+                       "train graph")
+        inits[t.name] = t
 
 
 def _check_state_tensors(meta: Metadata, inits: Mapping[str, TensorProto]) -> set[str]:
@@ -311,7 +336,9 @@ def _check_signature(sig: str, spec: SignatureSpec, g: onnx.GraphProto,
     # own value of that name would make the runtime read something else.
     own = {o for n in g.node for o in n.output} | set(g_inputs)
     if ref != "main":
-        own |= {t.name for t in g.initializer}
+        # the state store's state tensors are the state itself, not a redefinition
+        own |= {t.name for t in g.initializer
+                if not (ref == "training_info/0" and t.name in variables)}
     shadowed = sorted(variables & own)
     if shadowed:
         raise fail(f"{ref} redefines the state tensor {quote(shadowed[0])}")
