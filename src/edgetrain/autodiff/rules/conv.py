@@ -22,6 +22,7 @@ at run time, the rules take the forms of ``conv_dynamic`` instead.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -31,29 +32,15 @@ from ..._ir import Builder, Value
 from ...errors import UnsupportedOpError
 from .._registry import GradContext, grad_rule
 from . import conv_dynamic
-from .conv_dynamic import IM2COL_MAX_KERNEL, crop_or_pad, flipped_kernel, known_spatial
+from .conv_dynamic import IM2COL_MAX_KERNEL, Window, crop_or_pad, flipped_kernel, known_spatial
 
 
 @dataclass(frozen=True)
-class ConvGeometry:
-    """Explicit geometry of a convolution from an input of spatial size ``x`` to ``y``."""
+class ConvGeometry(Window):
+    """A convolution's window with its static spatial sizes."""
 
     x: tuple[int, ...]        # input spatial sizes
     y: tuple[int, ...]        # output spatial sizes
-    k: tuple[int, ...]        # kernel spatial sizes
-    strides: tuple[int, ...]
-    dilations: tuple[int, ...]
-    begin: tuple[int, ...]    # pads at the start of each spatial axis
-    end: tuple[int, ...]      # pads at the end of each spatial axis
-    group: int
-
-    @property
-    def rank(self) -> int:
-        return len(self.x)
-
-    def eff(self, i: int) -> int:
-        """Effective (dilated) kernel extent along spatial axis ``i``."""
-        return (self.k[i] - 1) * self.dilations[i] + 1
 
 
 def static_spatial(ctx: GradContext, name: Value) -> tuple[int, ...]:
@@ -103,32 +90,8 @@ def conv_geometry(ctx: GradContext, x: Value, k: tuple[int, ...], group: int = 1
         ys = static_spatial(ctx, y)
     else:
         ys = tuple((xs[i] + begin[i] + end[i] - k_eff[i]) // strides[i] + 1 for i in range(n))
-    return ConvGeometry(xs, ys, tuple(k), tuple(strides), tuple(dilations), tuple(begin),
-                        tuple(end), group)
-
-
-def dilate(op: Builder, g: Value, sizes: tuple[int, ...], channels: int,
-           strides: tuple[int, ...]) -> Value:
-    """Insert ``stride - 1`` zeros between neighbours along every spatial axis of ``g``.
-
-    ``g`` has shape [N, channels, *sizes] (N may be dynamic). Each strided axis is widened to
-    [.., n, s, ..] by zero padding a new axis, folded back and trimmed to (n - 1)·s + 1.
-    """
-    cur = list(sizes)
-    for i, s in enumerate(strides):
-        if s == 1:
-            continue
-        axis = 2 + i
-        g = op.Unsqueeze(g, [axis + 1])
-        rank = 3 + len(cur)
-        pads = [0] * (2 * rank)
-        pads[rank + axis + 1] = s - 1
-        g = op.Pad(g, pads)
-        cur[i] = cur[i] * s
-        g = op.Reshape(g, [0, channels, *cur])
-        cur[i] = cur[i] - (s - 1)
-        g = op.Slice(g, [0], [cur[i]], [axis])
-    return g
+    return ConvGeometry(tuple(k), tuple(strides), tuple(dilations), tuple(begin), tuple(end),
+                        group, x=xs, y=ys)
 
 
 def input_grad(op: Builder, dy: Value, w: Value, geo: ConvGeometry, out_channels: int,
@@ -139,7 +102,7 @@ def input_grad(op: Builder, dy: Value, w: Value, geo: ConvGeometry, out_channels
     """
     g, n = geo.group, geo.rank
     wt = flipped_kernel(op, w, geo.k, g, out_channels, in_channels)
-    d = dilate(op, dy, geo.y, out_channels, geo.strides)
+    d = conv_dynamic.dilate(op, dy, geo.strides, geo.y, out_channels)
     begin, end = [], []
     for i in range(n):
         extra = (geo.x[i] + geo.begin[i] + geo.end[i] - geo.eff(i)) % geo.strides[i]
@@ -239,10 +202,13 @@ def _weight_shape(ctx: GradContext, w: Value) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _static_sizes(ctx: GradContext, rank: int) -> bool:
-    """Whether the node's input and output have static spatial sizes (the tuned forms);
-    otherwise the gradient takes the run-time-size forms of ``conv_dynamic``."""
-    return all(known_spatial(ctx, v, rank) is not None for v in (ctx.x(0), ctx.outputs[0]))
+def _operands(ctx: GradContext) -> tuple[Value, Value, tuple[int, ...], bool]:
+    """X, W, W's static shape, and whether the node's input and output have static spatial
+    sizes (the tuned forms; otherwise the run-time-size forms of ``conv_dynamic``)."""
+    x, w = ctx.x(0), ctx.x(1)
+    ws = _weight_shape(ctx, w)
+    static = all(known_spatial(ctx, v, len(ws) - 2) is not None for v in (x, ctx.outputs[0]))
+    return x, w, ws, static
 
 
 @grad_rule("Conv")
@@ -253,12 +219,10 @@ def conv(ctx: GradContext, op: Builder) -> list[Value | None]:
     dW = Conv(Xᵀ, dYᵀ, strides = d, dilations = stride)ᵀ cropped to the kernel;
     dB = Σ dY over batch and space.
     """
-    x, w = ctx.x(0), ctx.x(1)
-    ws = _weight_shape(ctx, w)
-    if not _static_sizes(ctx, len(ws) - 2):
+    x, w, ws, static = _operands(ctx)
+    if not static:
         return conv_dynamic.conv_grads(ctx, op, ws)
-    dy = ctx.dy()
-    group = int(ctx.attr("group", 1))
+    dy, group = ctx.dy(), int(ctx.attr("group", 1))
     geo = conv_geometry(ctx, x, ws[2:], group, y=ctx.outputs[0])
     in_channels = ws[1] * group
     grads: list[Value | None] = [None, None, None]
@@ -305,8 +269,8 @@ def _conv_transpose_geometry(ctx: GradContext, ws: tuple[int, ...], group: int
             else:
                 begin.append(total - total // 2)
                 end.append(total // 2)
-    return ConvGeometry(ys, xs, tuple(k), tuple(strides), tuple(dilations), tuple(begin),
-                        tuple(end), group)
+    return ConvGeometry(tuple(k), tuple(strides), tuple(dilations), tuple(begin), tuple(end),
+                        group, x=ys, y=xs)
 
 
 def _crop_outside(op: Builder, dy: Value, geo: ConvGeometry) -> tuple[Value, ConvGeometry]:
@@ -314,8 +278,7 @@ def _crop_outside(op: Builder, dy: Value, geo: ConvGeometry) -> tuple[Value, Con
     output rows no input reaches: dY cropped to the rest, and the geometry without them."""
     g, begin, end = crop_or_pad(op, dy, list(geo.begin), list(geo.end))
     xs = tuple(geo.x[i] + min(geo.begin[i], 0) + min(geo.end[i], 0) for i in range(geo.rank))
-    return g, ConvGeometry(xs, geo.y, geo.k, geo.strides, geo.dilations, tuple(begin),
-                           tuple(end), geo.group)
+    return g, dataclasses.replace(geo, x=xs, begin=tuple(begin), end=tuple(end))
 
 
 @grad_rule("ConvTranspose")
@@ -325,12 +288,10 @@ def conv_transpose(ctx: GradContext, op: Builder) -> list[Value | None]:
     dX = Conv(dY, W); dW = the Conv weight gradient with input dY and output gradient X;
     dB = Σ dY over batch and space.
     """
-    x, w = ctx.x(0), ctx.x(1)
-    ws = _weight_shape(ctx, w)
-    if not _static_sizes(ctx, len(ws) - 2):
+    x, w, ws, static = _operands(ctx)
+    if not static:
         return conv_dynamic.conv_transpose_grads(ctx, op, ws)
-    dy = ctx.dy()
-    group = int(ctx.attr("group", 1))
+    dy, group = ctx.dy(), int(ctx.attr("group", 1))
     geo = _conv_transpose_geometry(ctx, ws, group)
     n = geo.rank
     dy_in = dy

@@ -128,22 +128,31 @@ def flipped_kernel(op: Builder, w: Value, k: tuple[int, ...], group: int, out_ch
     return op.Slice(wt, [-1] * n, [INT64_MIN] * n, list(range(2, 2 + n)), [-1] * n)
 
 
-def dilate(op: Builder, g: Value, strides: tuple[int, ...]) -> Value:
+def dilate(op: Builder, g: Value, strides: tuple[int, ...],
+           sizes: tuple[int, ...] | None = None, channels: int = 0) -> Value:
     """Insert ``stride − 1`` zeros between neighbours along every spatial axis of ``g``
-    (sizes known at run time only): a new axis padded to ``stride``, folded back, trimmed."""
+    ([N, channels, *sizes]): a new axis padded to ``stride``, folded back, trimmed to
+    (n − 1)·s + 1. With static ``sizes`` the fold is a Reshape to constants, otherwise to a
+    shape computed in the graph."""
     n = len(strides)
+    cur = list(sizes) if sizes is not None else None
     for i, s in enumerate(strides):
         if s == 1:
             continue
         axis = 2 + i
-        g = op.Unsqueeze(g, [axis + 1])
         pads = [0] * (2 * (3 + n))
         pads[3 + n + axis + 1] = s - 1
-        g = op.Pad(g, pads)
-        shape = op.Shape(g)
-        merged = op.Concat(op.Slice(shape, [0], [axis], [0]), [-1],
-                           op.Slice(shape, [axis + 2], [INT64_MAX], [0]), axis=0)
-        g = op.Slice(op.Reshape(g, merged), [0], [1 - s], [axis])
+        g = op.Pad(op.Unsqueeze(g, [axis + 1]), pads)
+        if cur is not None:
+            cur[i] = cur[i] * s
+            folded = op.Reshape(g, [0, channels, *cur])
+            cur[i] = cur[i] - (s - 1)
+        else:
+            shape = op.Shape(g)
+            folded = op.Reshape(g, op.Concat(op.Slice(shape, [0], [axis], [0]), [-1],
+                                             op.Slice(shape, [axis + 2], [INT64_MAX], [0]),
+                                             axis=0))
+        g = op.Slice(folded, [0], [1 - s], [axis])
     return g
 
 

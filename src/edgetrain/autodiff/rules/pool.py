@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 
@@ -87,8 +89,7 @@ def _pool_geometry(ctx: GradContext, x: Value, y: Value) -> tuple[ConvGeometry, 
     geo = conv_geometry(ctx, x, k, group=channels, y=y)
     end = tuple(max(geo.end[i], (geo.y[i] - 1) * geo.strides[i] + geo.eff(i) - geo.x[i]
                     - geo.begin[i]) for i in range(geo.rank))
-    return ConvGeometry(geo.x, geo.y, geo.k, geo.strides, geo.dilations, geo.begin, end,
-                        channels), channels
+    return dataclasses.replace(geo, end=end, group=channels), channels
 
 
 def _window_sum_t(op: Builder, g: Value, geo: ConvGeometry, channels: int, like: Value
