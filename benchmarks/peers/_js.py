@@ -197,6 +197,8 @@ class JsPeer(EdgetrainPeer):
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self._ask(cmd="quit")
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
                 self.proc.wait(timeout=60)
             except (RuntimeError, OSError, subprocess.TimeoutExpired):
                 self.proc.kill()

@@ -55,3 +55,4 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
   }
   out(cmd.cmd === 'stats' ? { ok: true, ...memory() } : await handle(cmd));
 }
+process.exit(0);  // stdin may still be open
