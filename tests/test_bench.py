@@ -131,6 +131,32 @@ def test_ortt_affine_batch_norm_keeps_the_function() -> None:
     np.testing.assert_allclose(_infer(rewritten, {"x": x}), want, rtol=1e-5, atol=1e-5)
 
 
+def test_workloads_train_without_dropout() -> None:
+    """The workloads export through torch_to_onnx, which keeps nn.Dropout for compile to switch
+    on; bench takes it out (PyTorch trains them in eval() mode), so that the first losses of
+    every system agree (W4/W8: EfficientNet-Lite0's classifier dropout)."""
+    from edgetrain.frontends import torch_to_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(8, 3))
+    x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
+    y = np.array([0, 1, 2, 1])
+    model = torch_to_onnx(net, (torch.from_numpy(x),))
+    assert "Dropout" in {n.op_type for n in model.graph.node}
+    plain = bench.without_dropout(model)
+    assert "Dropout" not in {n.op_type for n in plain.graph.node}
+    used = {i for n in plain.graph.node for i in n.input}
+    assert all(n.output[0] in used for n in plain.graph.node if n.op_type == "Constant")
+    np.testing.assert_allclose(_infer(plain, {"x": x}), _infer(model, {"x": x}), rtol=1e-6)
+    losses = [float(et.compile(plain, optimizer=et.optim.SGD(lr=0.1)).load()
+                    .run("train", x=x, y=y)["loss"]) for _ in range(2)]
+    with torch.no_grad():
+        want = float(torch.nn.functional.cross_entropy(net.eval()(torch.from_numpy(x)),
+                                                       torch.from_numpy(y)))
+    assert losses[0] == losses[1] == pytest.approx(want, rel=1e-6)
+
+
 def _bench_run() -> Any:
     """benchmarks/run.py as a module."""
     if BENCH not in sys.path:
