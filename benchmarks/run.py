@@ -11,6 +11,10 @@ setup_peers.sh):
 - pytorch: PyTorch eager (torch==2.13.0)
 - ortt: onnxruntime-training 1.19.2 (``generate_artifacts`` + ``training.api``)
 - tflite: the seed tutorial's TFLite path (TF 2.18.1 + tf_keras, Flex delegate)
+- iree, openvino, tract: the same compiled file on edgetrain's other backends (this interpreter)
+- ort-node, ort-web: the same file's ``edgetrain export-web`` folder trained by the JS package
+  (js/) on onnxruntime-node, or on onnxruntime-web's wasm build in headless Chromium
+  (peers/_js.py; node, the npm packages and Chromium from .ci/web-setup.sh)
 
 The orchestrator checks that the first losses agree, warms every worker up, then asks each
 worker in turn (rotating the order) for a timed block of steps, several repeats, and reports
