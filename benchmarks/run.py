@@ -63,7 +63,8 @@ PEER_LABEL = {"edgetrain": "edgetrain (onnxruntime)",
               "ort-web": "edgetrain JS on onnxruntime-web (wasm, Chromium)",
               "pytorch": "PyTorch eager", "ortt": "onnxruntime-training",
               "tflite": "TFLite + Flex (tutorial)"}
-# Which architectures each peer can build; others are reported as "not applicable".
+# Which architectures each peer runs; others are reported as "not applicable" (no port), or
+# for the same file on other runtimes "not run" (not measured beyond these).
 BIG = {"efficientnet_lite0", "mobilenet_v2", "resnet18", "minilm_lora"}
 PEER_ARCHS = {"edgetrain": {"mlp", "cnn", *BIG},
               "edgetrain_k": {"mlp", "cnn"},
@@ -302,7 +303,9 @@ def run_workload(name: str, peers: list[str], args: argparse.Namespace, out: str
         r: dict[str, Any] = {"system": PEER_LABEL[peer]}
         res["peers"][peer] = r
         if w.arch["kind"] not in PEER_ARCHS[peer]:
-            r["error"] = "not applicable: this peer has no port of the model"
+            r["error"] = ("not run: this runtime runs the MLP, CNN and EfficientNet "
+                          "workloads only (PEER_ARCHS)" if peer in (*NATIVE, *JS_PEERS) else
+                          "not applicable: this peer has no port of the model")
             continue
         py = peer_python(peer)
         if py is None:
