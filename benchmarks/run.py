@@ -11,6 +11,10 @@ setup_peers.sh):
 - pytorch: PyTorch eager (torch==2.13.0)
 - ortt: onnxruntime-training 1.19.2 (``generate_artifacts`` + ``training.api``)
 - tflite: the seed tutorial's TFLite path (TF 2.18.1 + tf_keras, Flex delegate)
+- iree, openvino, tract: the same compiled file on edgetrain's other backends (this interpreter)
+- ort-node, ort-web: the same file's ``edgetrain export-web`` folder trained by the JS package
+  (js/) on onnxruntime-node, or on onnxruntime-web's wasm build in headless Chromium
+  (peers/_js.py; node, the npm packages and Chromium from .ci/web-setup.sh)
 
 The orchestrator checks that the first losses agree, warms every worker up, then asks each
 worker in turn (rotating the order) for a timed block of steps, several repeats, and reports
@@ -42,22 +46,29 @@ import onnx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENVS = os.path.join(HERE, ".venvs")
-PEERS = ("edgetrain", "edgetrain_k", "iree", "openvino", "tract", "pytorch", "ortt", "tflite")
+PEERS = ("edgetrain", "edgetrain_k", "iree", "openvino", "tract", "ort-node", "ort-web",
+         "pytorch", "ortt", "tflite")
 #: The same edgetrain file on other runtimes (edgetrain backends, this interpreter).
 NATIVE = ("iree", "openvino", "tract")
+#: The same file's web export trained by the JS package (js/) in node or in Chromium
+#: (peers/_js.py; the tools come from .ci/web-setup.sh).
+JS_PEERS = {"ort-node": "node", "ort-web": "web"}
 #: edgetrain itself, however it runs the file: the goals compare the best of these to the others.
-EDGETRAIN = ("edgetrain", "edgetrain_k", *NATIVE)
+EDGETRAIN = ("edgetrain", "edgetrain_k", *NATIVE, *JS_PEERS)
 PEER_LABEL = {"edgetrain": "edgetrain (onnxruntime)",
               "edgetrain_k": "edgetrain, K steps per call (train_steps)",
               "iree": "edgetrain on IREE",
               "openvino": "edgetrain on OpenVINO", "tract": "edgetrain on tract",
+              "ort-node": "edgetrain JS on onnxruntime-node",
+              "ort-web": "edgetrain JS on onnxruntime-web (wasm, Chromium)",
               "pytorch": "PyTorch eager", "ortt": "onnxruntime-training",
               "tflite": "TFLite + Flex (tutorial)"}
-# Which architectures each peer can build; others are reported as "not applicable".
+# Which architectures each peer runs; others are reported as "not applicable" (no port), or
+# for the same file on other runtimes "not run" (not measured beyond these).
 BIG = {"efficientnet_lite0", "mobilenet_v2", "resnet18", "minilm_lora"}
 PEER_ARCHS = {"edgetrain": {"mlp", "cnn", *BIG},
               "edgetrain_k": {"mlp", "cnn"},
-              **{p: {"mlp", "cnn", "efficientnet_lite0"} for p in NATIVE},
+              **{p: {"mlp", "cnn", "efficientnet_lite0"} for p in (*NATIVE, *JS_PEERS)},
               "pytorch": {"mlp", "cnn", *BIG},
               "ortt": {"mlp", "cnn", *BIG},
               "tflite": {"mlp", "cnn"}}
@@ -87,12 +98,40 @@ LOSS_NOISE_FACTOR = 2.0
 
 
 def peer_python(peer: str) -> str | None:
-    """The interpreter a peer runs in; None when its venv has not been set up."""
+    """The interpreter a peer runs in; None when its venv (or, for a JS peer, its tools) has
+    not been set up."""
+    if peer in JS_PEERS:
+        return None if js_tools().missing(JS_PEERS[peer]) else sys.executable
     if peer in EDGETRAIN:
         return sys.executable
     venv = {"pytorch": "torch", "ortt": "ortt", "tflite": "tflite"}[peer]
     py = os.path.join(VENVS, venv, "bin", "python")
     return py if os.path.exists(py) else None
+
+
+def not_set_up(peer: str) -> str:
+    """Why a peer whose ``peer_python`` is None cannot run, and how to set it up."""
+    if peer in JS_PEERS:
+        return (f"not set up: needs {', '.join(js_tools().missing(JS_PEERS[peer]))}; "
+                "run sh .ci/web-setup.sh")
+    return "not set up: run bash benchmarks/setup_peers.sh"
+
+
+def js_tools() -> Any:
+    """peers/_js_tools.py (standard library only): the JS peers' tools and shipped files."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_js_tools",
+                                                  os.path.join(HERE, "peers", "_js_tools.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def worker_script(peer: str) -> str:
+    name = {"pytorch": "torch", "ort-node": "ort_node", "ort-web": "ort_web"}.get(peer, peer)
+    return os.path.join(HERE, "peers", f"{name}_worker.py")
 
 
 # -- sgemm peak ---------------------------------------------------------------------------------
@@ -138,8 +177,7 @@ class Worker:
     @classmethod
     def start(cls, peer: str, python: str, workdir: str, outdir: str, log: str,
               timeout: float) -> Worker:
-        script = os.path.join(HERE, "peers", f"{'torch' if peer == 'pytorch' else peer}"
-                              "_worker.py")
+        script = worker_script(peer)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
                    EDGETRAIN_BENCH_THREADS=str(THREADS or ""))
         with open(log, "w") as errf:
@@ -199,7 +237,7 @@ def _tail(path: str, n: int = 600) -> str:
 
 def cold_start(peer: str, python: str, workdir: str, outdir: str, steps: int, log: str,
                timeout: float, batch: int | None = None) -> dict[str, Any]:
-    script = os.path.join(HERE, "peers", f"{'torch' if peer == 'pytorch' else peer}_worker.py")
+    script = worker_script(peer)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", EDGETRAIN_BENCH_THREADS=str(THREADS or ""))
     more = ["--batch", str(batch)] if batch else []
     with open(log, "a") as errf:
@@ -265,11 +303,13 @@ def run_workload(name: str, peers: list[str], args: argparse.Namespace, out: str
         r: dict[str, Any] = {"system": PEER_LABEL[peer]}
         res["peers"][peer] = r
         if w.arch["kind"] not in PEER_ARCHS[peer]:
-            r["error"] = "not applicable: this peer has no port of the model"
+            r["error"] = ("not run: this runtime runs the MLP, CNN and EfficientNet "
+                          "workloads only (PEER_ARCHS)" if peer in (*NATIVE, *JS_PEERS) else
+                          "not applicable: this peer has no port of the model")
             continue
         py = peer_python(peer)
         if py is None:
-            r["error"] = "not set up: run bash benchmarks/setup_peers.sh"
+            r["error"] = not_set_up(peer)
             continue
         log = os.path.join(workdir, f"{peer}.log")
         t0 = time.perf_counter()
@@ -470,8 +510,15 @@ DEVICE_LIBS = {
 }
 
 
+#: The runtime each peer of the runtimes table runs on (a key of ``device_runtime_bytes``).
+DEVICE_RUNTIME = {"edgetrain": "onnxruntime", "iree": "iree", "openvino": "openvino",
+                  "tract": "tract", "ort-node": "onnxruntime-node",
+                  "ort-web": "onnxruntime-web (wasm)"}
+
+
 def device_runtime_bytes() -> dict[str, dict[str, Any]]:
-    """Bytes of each runtime's native libraries (``DEVICE_LIBS``) as installed here."""
+    """Bytes of each runtime's native libraries (``DEVICE_LIBS``) as installed here, and of
+    the files a Node.js app or a web page ships with the JS peers (peers/_js_tools.py)."""
     import glob
     import importlib.util
 
@@ -486,6 +533,9 @@ def device_runtime_bytes() -> dict[str, dict[str, Any]]:
                         if not os.path.islink(f)})
         out[name] = {"files": [os.path.relpath(f, os.path.dirname(root)) for f in files],
                      "bytes": sum(os.path.getsize(f) for f in files)}
+    tools = js_tools()
+    for peer, kind in JS_PEERS.items():
+        out[DEVICE_RUNTIME[peer]] = tools.shipped(kind)
     return out
 
 
@@ -605,6 +655,43 @@ def _goals_table(report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+#: The runtimes table's rows: the peers that train the same file, their label, and what their
+#: device size adds to the runtime's bytes.
+RUNTIME_ROWS = {"edgetrain": ("onnxruntime", ""),
+                "iree": ("IREE (host modules)", " + modules (25–200 kB each)"),
+                "openvino": ("OpenVINO (CPU, float32)", ""), "tract": ("tract", ""),
+                "ort-node": ("onnxruntime-node (Node.js)", ""),
+                "ort-web": ("onnxruntime-web wasm (Chromium)", "")}
+
+
+def _runtimes_table(report: dict[str, Any], h2: str) -> list[str]:
+    """The same file on each runtime that ran: what a device ships (MB) and ms/step per
+    workload (the README's runtimes table); empty unless two of them ran."""
+    ran = [p for p in RUNTIME_ROWS if any(p in res.get("peers", {})
+                                          for res in report["workloads"])]
+    if len(ran) < 2:
+        return []
+    libs = report.get("device_runtimes") or {}
+    names = [res["workload"] for res in report["workloads"]]
+    lines = [f"{h2} Runtimes", "", "The same file on each runtime: what a device ships (see "
+             "below) and the median ms/step of this run.", "",
+             f"| runtime | a device ships (MB) | {' | '.join(n + ' ms/step' for n in names)} |",
+             "|---|---:|" + "---:|" * len(names)]
+    for peer in ran:
+        label, more = RUNTIME_ROWS[peer]
+        lib = libs.get(DEVICE_RUNTIME[peer], {})
+        cells = [f"{lib['bytes'] / 1e6:.1f}{more}" if "bytes" in lib else lib.get("error", "–")]
+        for res in report["workloads"]:
+            r = res.get("peers", {}).get(peer, {})
+            if "ms_per_step" in r:
+                cells.append(_ms(r["ms_per_step"]) +
+                             ("" if r.get("losses_agree", True) else " (losses DIFFER)"))
+            else:
+                cells.append(r.get("error", "not run").splitlines()[0][:80].replace("|", "/"))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return lines + [""]
+
+
 def markdown(report: dict[str, Any], images: str = "", level: int = 1) -> str:
     """The report as markdown; ``images`` prefixes chart paths, ``level`` is the title's."""
     peak = report["sgemm_peak_gflops"]
@@ -632,6 +719,7 @@ def markdown(report: dict[str, Any], images: str = "", level: int = 1) -> str:
                   "scheduler time slice per parallel region; rerun on a quiet machine, or "
                   "compare with `--threads 1`.", ""]
     lines += [f"{h2} Goals in this run", ""] + _goals_table(report)
+    lines += _runtimes_table(report, h2)
     for res in report["workloads"]:
         lines.append(f"{h2} {res.get('title', res['workload'])}")
         lines.append("")
@@ -673,14 +761,17 @@ def markdown(report: dict[str, Any], images: str = "", level: int = 1) -> str:
     if libs:
         lines += [f"{h2} Runtime a device ships", "",
                   "Native libraries that train the file on a device, as installed here "
-                  "(x86-64 Linux wheels; see `DEVICE_LIBS` in benchmarks/run.py).", "",
+                  "(x86-64 Linux wheels; see `DEVICE_LIBS` in benchmarks/run.py); for the JS "
+                  "peers, the files a Node.js app or a web page ships (npm packages as "
+                  "installed in js/ and web/; see `shipped` in benchmarks/peers/_js_tools.py).",
+                  "",
                   "| runtime | MB | files |", "|---|---:|---|"]
         for name, m in libs.items():
             if "error" in m:
                 lines.append(f"| {name} | {m['error']} | |")
             else:
                 lines.append(f"| {name} | {m['bytes'] / 1e6:.1f} | "
-                             f"{', '.join(m['files'])} |")
+                             f"{m.get('what') or ', '.join(m['files'])} |")
         lines.append("")
     lines += [f"{h2} Install footprint", "",
               "| install | named packages | with dependencies | whole venv |",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,10 +17,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import edgetrain as et  # noqa: E402
 from edgetrain import bench  # noqa: E402
 from edgetrain._torch_nets import add_lora, copy_weights, mobilenet_v2, resnet18  # noqa: E402
 
-PEERS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "peers")
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+PEERS = os.path.join(BENCH, "peers")
 
 
 @pytest.fixture(autouse=True)
@@ -126,3 +129,96 @@ def test_ortt_affine_batch_norm_keeps_the_function() -> None:
     assert "BatchNormalization" not in {n.op_type for n in rewritten.graph.node}
     assert trainable <= {t.name for t in rewritten.graph.initializer}
     np.testing.assert_allclose(_infer(rewritten, {"x": x}), want, rtol=1e-5, atol=1e-5)
+
+
+def test_workloads_train_without_dropout() -> None:
+    """The workloads export through torch_to_onnx, which keeps nn.Dropout for compile to switch
+    on; bench takes it out (PyTorch trains them in eval() mode), so that the first losses of
+    every system agree (W4/W8: EfficientNet-Lite0's classifier dropout)."""
+    from edgetrain.frontends import torch_to_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(8, 3))
+    x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
+    y = np.array([0, 1, 2, 1])
+    model = torch_to_onnx(net, (torch.from_numpy(x),))
+    assert "Dropout" in {n.op_type for n in model.graph.node}
+    plain = bench.without_dropout(model)
+    assert "Dropout" not in {n.op_type for n in plain.graph.node}
+    used = {i for n in plain.graph.node for i in n.input}
+    assert all(n.output[0] in used for n in plain.graph.node if n.op_type == "Constant")
+    np.testing.assert_allclose(_infer(plain, {"x": x}), _infer(model, {"x": x}), rtol=1e-6)
+    losses = [float(et.compile(plain, optimizer=et.optim.SGD(lr=0.1)).load()
+                    .run("train", x=x, y=y)["loss"]) for _ in range(2)]
+    with torch.no_grad():
+        want = float(torch.nn.functional.cross_entropy(net.eval()(torch.from_numpy(x)),
+                                                       torch.from_numpy(y)))
+    assert losses[0] == losses[1] == pytest.approx(want, rel=1e-6)
+
+
+def _bench_run() -> Any:
+    """benchmarks/run.py as a module."""
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    import run
+
+    return run
+
+
+def _tiny_workload() -> bench.Workload:
+    """A W1 in miniature: 6 → 8 relu → 3, SGD momentum, batch 4, 3 batches."""
+    return bench.mlp_workload("W1", "tiny", (6,), 8, 3, 4,
+                              {"name": "sgd", "lr": 0.1, "momentum": 0.9}, n_batches=3)
+
+
+@pytest.mark.parametrize("peer", [
+    "ort-node", pytest.param("ort-web", marks=pytest.mark.slow)])
+def test_js_peer_speaks_the_worker_protocol(peer: str, tmp_path: Any) -> None:
+    """A JavaScript peer (benchmarks/peers/_js.py) serves the harness: its first losses are
+    onnxruntime's on the same file and batches, a timed block reports ms/step measured in
+    JavaScript, and a fresh process reports a cold start. Without node (or the npm packages,
+    or Chromium: .ci/web-setup.sh) it skips naming what is missing; under CI=true it fails."""
+    run = _bench_run()
+    missing = run.js_tools().missing(run.JS_PEERS[peer])
+    if missing:
+        msg = f"{peer} needs {', '.join(missing)}; run .ci/web-setup.sh"
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    w = _tiny_workload()
+    workdir = str(tmp_path / "W1")
+    run.write_workload(w, workdir, seed=0)
+    outdir = os.path.join(workdir, peer)
+    wk = run.Worker.start(peer, sys.executable, workdir, outdir, str(tmp_path / "log"), 300)
+    try:
+        assert wk.hello.get("ok"), wk.hello
+        losses = wk.ask(cmd="losses", n=4)["losses"]
+        ms = wk.ask(cmd="run", n=3)["ms_per_step"]
+        rss = wk.ask(cmd="stats")["rss_mb"]
+    finally:
+        wk.close()
+    assert wk.proc.returncode == 0
+    m = et.load(os.path.join(outdir, "model.et.onnx"))  # the file the peer compiled
+    want = [float(m.run("train", x=x, y=y)["loss"]) for x, y in
+            (w.batches[i % len(w.batches)] for i in range(4))]
+    np.testing.assert_allclose(losses, want, rtol=1e-5)
+    assert 0 < ms < 10_000 and rss > 10
+    cold = run.cold_start(peer, sys.executable, workdir, outdir, 2, str(tmp_path / "log"), 300)
+    assert cold["ok"], cold
+    assert cold["first_loss"] == pytest.approx(want[0], rel=1e-5)
+    assert cold["cold_ms"] > 0 and cold["import_s"] > 0 and cold["rss_mb"] > 10
+
+
+def test_missing_js_tools_say_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JS peer whose tools are missing is "not set up", naming them (not a crash)."""
+    run = _bench_run()
+    tools = run.js_tools()
+    monkeypatch.setattr(run, "js_tools", lambda: tools)
+    monkeypatch.setattr(tools.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tools, "CHROMIUM", "/nonexistent/chromium")
+    assert run.peer_python("ort-web") is None
+    msg = run.not_set_up("ort-web")
+    assert "node (Debian package nodejs)" in msg and "/nonexistent/chromium" in msg
+    assert ".ci/web-setup.sh" in msg
+    assert "error" in tools.shipped("node")

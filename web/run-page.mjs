@@ -4,7 +4,8 @@
 //
 // Prints the result as JSON on stdout; browser console and page errors go to stderr. Uses the
 // system Chromium (CHROMIUM env var, default /usr/bin/chromium) through playwright-core, with a
-// fresh profile and no network side traffic; CHROMIUM_EXTRA_ARGS adds flags (e.g. for WebGPU).
+// fresh profile and no network side traffic (chromium.mjs); CHROMIUM_EXTRA_ARGS adds flags (e.g.
+// for WebGPU).
 // The result also lists Content-Security-Policy violations (result.csp_violations: the page's
 // securitypolicyviolation events and the browser's "Content Security Policy" console reports)
 // and, if RUN_PAGE_PROBE holds a JavaScript expression, its value in the page (result.probe);
@@ -17,7 +18,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const [url, screenshot, timeoutArg] = process.argv.slice(2);
 if (!url || !screenshot) {
@@ -25,22 +26,12 @@ if (!url || !screenshot) {
   process.exit(2);
 }
 const timeout = Number(timeoutArg || 60000);
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'edgetrain-chromium-'));
 
 let context;
 let code = 0;
 try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      ...(process.env.CHROMIUM_EXTRA_ARGS || '').split(' ').filter(Boolean)],
-    viewport: { width: 1240, height: 900 },
-    deviceScaleFactor: 1,
-    timeout,
-  });
+  context = await launchChromium(profile, timeout);
   const cspReports = [];
   await context.addInitScript(() => {
     window.__cspViolations = [];

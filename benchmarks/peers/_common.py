@@ -152,6 +152,26 @@ class Peer:
         run several steps per call (edgetrain's ``train_steps``) overrides this."""
         return [self.step(b) for b in batches]
 
+    def timed_steps(self, batches: list[Any]) -> float:
+        """Milliseconds per step of consecutive training steps (``steps``), timed here; a
+        system in another process (the JavaScript peers) times them itself."""
+        t0 = time.perf_counter()
+        self.steps(batches)
+        return (time.perf_counter() - t0) * 1e3 / len(batches)
+
+    def rss_mb(self) -> float:
+        """MiB of memory the system's process holds at its peak (this process's VmHWM)."""
+        return peak_rss_mb()
+
+    def cold(self, spec: dict[str, Any], outdir: str, batches: list[tuple[Any, np.ndarray]],
+             steps: int, batch: int | None) -> dict[str, Any] | None:
+        """The ``cold`` mode's measurements taken by the system itself (the keys ``_cold``
+        replies with), or None: this process measures them (``_cold``)."""
+        return None
+
+    def close(self) -> None:
+        """Release what ``load`` started (another process, a server)."""
+
     def saved_activation_mb(self, batch: Any) -> float | None:
         """MiB of the activations the system keeps for the backward of one forward pass on
         ``batch`` (measured by the system itself), or None where it cannot tell."""
@@ -184,6 +204,13 @@ def main(make_peer: Callable[[], Peer]) -> None:
     sys.stdout = sys.stderr
     peer = make_peer()
     try:
+        _run(peer, args, proto)
+    finally:
+        peer.close()
+
+
+def _run(peer: Peer, args: argparse.Namespace, proto: Any) -> None:
+    try:
         t0 = time.perf_counter()
         version = peer.import_runtime()
         import_s = time.perf_counter() - t0
@@ -203,7 +230,7 @@ def main(make_peer: Callable[[], Peer]) -> None:
         return
     _reply(proto, {"ok": True, "version": version, "import_s": import_s, "build_s": build_s,
                    "files": [os.path.basename(p) for p in files],
-                   "file_bytes": file_bytes(files), "rss_mb": peak_rss_mb(),
+                   "file_bytes": file_bytes(files), "rss_mb": peer.rss_mb(),
                    "note": peer.note})
     i = 0
     for line in sys.stdin:
@@ -217,13 +244,11 @@ def main(make_peer: Callable[[], Peer]) -> None:
             elif cmd["cmd"] == "run":
                 n = cmd["n"]
                 block = [data[(i + j) % len(data)] for j in range(n)]
-                t0 = time.perf_counter()
-                peer.steps(block)
+                ms = peer.timed_steps(block)
                 i += n
-                ms = (time.perf_counter() - t0) * 1e3 / n
                 _reply(proto, {"ok": True, "ms_per_step": ms})
             elif cmd["cmd"] == "stats":
-                _reply(proto, {"ok": True, "rss_mb": peak_rss_mb()})
+                _reply(proto, {"ok": True, "rss_mb": peer.rss_mb()})
             elif cmd["cmd"] == "quit":
                 _reply(proto, {"ok": True})
                 return
@@ -239,6 +264,10 @@ def _cold(peer: Peer, spec: dict[str, Any], batches: list[tuple[Any, np.ndarray]
     if args.batch:
         batches = [(rows(x, args.batch), y[:args.batch]) for x, y in batches]
     try:
+        own = peer.cold(spec, args.outdir, batches, args.steps, args.batch)
+        if own is not None:
+            _reply(proto, {"ok": True, "version": version, **own})
+            return
         t0 = time.perf_counter()
         peer.load(spec, args.outdir)
         data = peer.prepare(batches[:1])

@@ -1,6 +1,7 @@
 // The runtime conformance matrix's training jobs (tests/test_runtimes.py), shared by its two
 // JavaScript columns: onnxruntime-node (scripts/matrix-node.mjs) and onnxruntime-web in Chromium
-// (scripts/matrix.html + matrix-page.mjs, copied into the export folder with this module).
+// (scripts/matrix.html + matrix-page.mjs, copied into the export folder with this module). The
+// benchmark's JavaScript peers (scripts/bench-jobs.mjs) read their batches and train with it too.
 //
 // A plan (plan.json, written by tests/_js_drivers.py) names the batches, as arrays in one binary
 // file (C order, each at a byte offset), and the jobs. Each job starts from the export's initial
@@ -28,6 +29,25 @@ export function readBatches(plan, bytes) {
   })));
 }
 
+/** The name of the train signature's loss output. */
+export function lossName(m) {
+  return m.signatures.train.outputs.find((o) => o.role === 'loss')?.name || 'loss';
+}
+
+/**
+ * One `train` call per index into `batches`, one after the other: the losses, and the
+ * milliseconds the calls took together (performance.now(), in this JavaScript context).
+ */
+export async function trainSteps(m, batches, indices, loss = lossName(m)) {
+  const losses = [];
+  const t0 = performance.now();
+  for (const i of indices) {
+    const out = await m.run('train', batches[i]);
+    losses.push(out[loss]);
+  }
+  return { losses, ms: performance.now() - t0 };
+}
+
 /**
  * Run the plan's jobs on the loaded model `m`. `io.restore(m, name)` restores the checkpoint
  * the job names, `io.save(m, j)` saves the state after job `j` and returns what the result
@@ -36,16 +56,13 @@ export function readBatches(plan, bytes) {
  */
 export async function runPlan(m, plan, bytes, io) {
   const batches = readBatches(plan, bytes);
-  const lossName = m.signatures.train.outputs.find((o) => o.role === 'loss')?.name || 'loss';
+  const loss = lossName(m);
   const jobs = [];
   for (const [j, job] of plan.jobs.entries()) {
     await m.reset();
     if (job.restore) await io.restore(m, job.restore);
-    const result = { step_before: await m.step(), losses: [] };
-    for (const i of job.batches) {
-      const out = await m.run('train', batches[i]);
-      result.losses.push(out[lossName]);
-    }
+    const result = { step_before: await m.step() };
+    result.losses = (await trainSteps(m, batches, job.batches, loss)).losses;
     result.step = await m.step();
     if (job.save) result.checkpoint = await io.save(m, j);
     jobs.push(result);

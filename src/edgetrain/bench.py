@@ -248,9 +248,36 @@ def _export(net: Any, args: tuple[Any, ...], name: str,
     from .frontends import torch_to_onnx
 
     try:
-        return torch_to_onnx(net, args, input_names=input_names or ["x"])
+        model = torch_to_onnx(net, args, input_names=input_names or ["x"])
     except Exception as e:  # the exporter raises many types
         raise WorkloadUnavailable(f"{name}: torch export failed: {e}") from e
+    return without_dropout(model)
+
+
+def without_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every Dropout node made an Identity (and the Constant that only gave its ratio dropped).
+
+    The workloads train the module as the PyTorch peer does, in ``eval()`` mode: without
+    dropout. ``torch_to_onnx`` keeps ``nn.Dropout`` modules as Dropout nodes (off at
+    inference) that ``compile`` switches on in the train step; their random masks would make
+    the systems' losses differ from the first step (EfficientNet-Lite0's classifier dropout in
+    W4 and W8), and the benchmark compares them.
+    """
+    graph = model.graph
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type != "Dropout":
+            continue
+        if len(node.output) > 1 and node.output[1] in used:
+            raise WorkloadUnavailable(f"Dropout {node.name}: its mask is used")
+        node.op_type = "Identity"
+        del node.input[1:], node.output[1:], node.attribute[:]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    orphans = [n for n in graph.node if n.op_type == "Constant"
+               and not any(o in used for o in n.output)]
+    for node in orphans:
+        graph.node.remove(node)
+    return model
 
 
 def _module_flops(net: Any, x: Any) -> dict[str, int]:
