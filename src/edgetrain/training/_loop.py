@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InputError, NonFiniteError
 from ..runtime import _check_lr
-from ._feed import ArraySource, Batch, StreamSource
+from ._feed import ArraySource, Batch, Grouped, StreamSource
 from ._history import History
 from .metrics import Metric
 
@@ -62,6 +62,7 @@ class Loop:
         self.lr: float | None = None if lr is None else float(lr)
         self.step, self.start_step = 0, model.step
         self.steps_per_call = self._steps_per_call()
+        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}  # see _stacked
         if self.steps_per_call > 1:
             self.steps_label = model.input_name("train_steps", "label")
             self.steps_lr = model.input_name("train_steps", "lr")
@@ -145,7 +146,8 @@ class Loop:
         losses: list[float] = []
         weights: list[int] = []
         pending: list[Batch] = []
-        batches = self.source.batches(self.rng)
+        batches = self.source.batches(self.rng, self.steps_per_call) \
+            if isinstance(self.source, ArraySource) else self.source.batches(self.rng)
         while True:
             chunk = self._next_chunk(batches, pending)
             if not chunk:
@@ -156,7 +158,7 @@ class Loop:
                 rates.append(self.current_lr)
             results = self._run(chunk, rates)
             if len(results) < len(chunk):  # a step of the call failed: the rest go again
-                pending[:0] = chunk[len(results):]
+                pending[:0] = [_copied(b) for b in chunk[len(results):]]
             for (_, y), loss in zip(chunk, results):
                 if loss is None:
                     self.history.skipped_steps += 1
@@ -198,8 +200,7 @@ class Loop:
         the result stops there (the caller runs the rest with their rates recomputed)."""
         if len(chunk) == 1:
             return [self._single(chunk[0], rates[0])]
-        stacked = {k: np.stack([xs[k] for xs, _ in chunk]) for k in chunk[0][0]}
-        stacked[self.steps_label] = np.stack([y for _, y in chunk])  # type: ignore[misc]
+        stacked = self._stacked(chunk)
         stacked[self.steps_lr] = np.asarray(rates, dtype=self.lr_dtype)
         try:
             out = self.model.run("train_steps", **stacked)
@@ -210,6 +211,28 @@ class Loop:
                 return head
             return head + [self._single(chunk[done], rates[done])]
         return [float(v) for v in np.asarray(out[self.steps_loss]).reshape(-1)]
+
+    def _stacked(self, chunk: list[Batch]) -> dict[str, np.ndarray]:
+        """The inputs of ``train_steps`` for ``chunk``: the batches' own stack when they are
+        consecutive rows of one group (:class:`Grouped`), else copied into buffers kept for
+        the next call of the same shape (a fresh array costs a page fault per 4 KiB)."""
+        first = chunk[0][0]
+        if isinstance(first, Grouped) and first.labels is not None and all(
+                isinstance(xs, Grouped) and xs.stacked is first.stacked
+                and xs.index == first.index + j for j, (xs, _) in enumerate(chunk)):
+            rows = slice(first.index, first.index + len(chunk))
+            return {**{k: v[rows] for k, v in first.stacked.items()},
+                    self.steps_label: first.labels[rows]}
+        arrays = {k: [xs[k] for xs, _ in chunk] for k in first}
+        arrays[self.steps_label] = [y for _, y in chunk]  # type: ignore[misc]
+        out = {}
+        for k, parts in arrays.items():
+            shape = (len(parts), *parts[0].shape)
+            buf = self._buffers.get((k, shape))
+            if buf is None or buf.dtype != parts[0].dtype:
+                buf = self._buffers[k, shape] = np.empty(shape, parts[0].dtype)
+            out[k] = np.stack(parts, out=buf)
+        return out
 
     def _single(self, batch: Batch, rate: float) -> float | None:
         """One ``train`` step; a non-finite one raises, or is skipped (None)."""
@@ -235,6 +258,12 @@ class Loop:
             found = self.model._evaluate_batches(self.validation.batches(), sigs, self.metrics)
             logs.update((f"val_{k}", v) for k, v in found.items())
         return logs
+
+
+def _copied(batch: Batch) -> Batch:
+    """A batch that outlives the buffers its arrays may view (:meth:`ArraySource.batches`)."""
+    xs, y = batch
+    return {k: np.array(v) for k, v in xs.items()}, None if y is None else np.array(y)
 
 
 def _same_shapes(a: Batch, b: Batch) -> bool:
