@@ -27,16 +27,35 @@ path.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_ir as ir
 
-from .._ir import Builder, Value, find, prune
+from .._ir import Builder, Value, dims, find, numel, prune
 from ._state import Compilation, StepGraph
+
+#: ``multi_step=None`` (the default) adds ``train_steps`` when the model's forward pass costs
+#: at most this many multiply-adds per example: where a call's own cost (the driver's checks
+#: and bindings, ~0.05-0.1 ms in Python) is a visible part of a step. Above it (the small
+#: CNN of benchmark W2, 2.6 M, a 10 ms step) K steps per call gain nothing measurable, and
+#: the stacked batches and, on the native runtimes, K unrolled copies of the step cost memory
+#: and compile time.
+SMALL_STEP_MACS = 1_000_000
 
 
 def train_steps(c: Compilation) -> None:
-    """Pass: the ``train_steps`` graph (see the module docstring)."""
-    if not c.options.multi_step:
+    """Pass: the ``train_steps`` graph (see the module docstring), when asked for or, by
+    default, when the step is small (:data:`SMALL_STEP_MACS`)."""
+    if c.options.multi_step is None:
+        macs = forward_macs(c.main)
+        if macs is None or macs > SMALL_STEP_MACS:
+            about = "an unknown number of" if macs is None else f"{macs / 1e6:.1f} M"
+            c.notes.append(f"train_steps (K steps per call) left out: the forward pass costs "
+                           f"{about} multiply-adds per example, so a call's own cost is lost "
+                           "in the step's; compile(multi_step=True) adds it")
+            return
+    elif not c.options.multi_step:
         return
     outer = c.main.clone()  # the weights and state as outer values the body reads
     for node in list(outer):
@@ -62,6 +81,41 @@ def train_steps(c: Compilation) -> None:
         outer.outputs.append(value)
     prune(outer)
     c.steps_graph = outer
+
+
+def forward_macs(graph: ir.Graph) -> int | None:
+    """Multiply-adds per example of ``graph``'s matrix products and convolutions (the first
+    dimension of a value is its batch), or None when a shape they need is not known."""
+    total = 0
+    for node in graph:
+        if node.op_type in ("Gemm", "MatMul", "Conv", "ConvTranspose"):
+            macs = _macs(node)
+            if macs is None:
+                return None
+            total += macs
+    return total
+
+
+def _macs(node: ir.Node) -> int | None:
+    """One node's multiply-adds per example: for each element of its output (a transposed
+    convolution: of its input), a row of A (a kernel's worth of weights)."""
+    a, w, y = (dims(v) for v in (node.inputs[0], node.inputs[1], node.outputs[0]))
+    inner: Any
+    if node.op_type == "Gemm":
+        inner = None if a is None else a[0] if node.attributes.get_int("transA", 0) else a[-1]
+        rows = _known(y)
+    elif node.op_type == "MatMul":
+        inner, rows = None if a is None else a[-1], _known(y)
+    else:
+        inner, rows = _known(w), _known(y if node.op_type == "Conv" else a)
+    return inner * rows if isinstance(inner, int) and rows is not None else None
+
+
+def _known(shape: tuple[Any, ...] | None) -> int | None:
+    """The element count of ``shape`` past its first (batch) dimension, when it is known."""
+    if shape is None or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    return numel(tuple(int(d) for d in shape[1:]))
 
 
 def _data_inputs(c: Compilation, step: StepGraph) -> dict[str, Value]:

@@ -26,8 +26,11 @@ from .. import format as fmt
 
 class Backend:
     name = "backend"
-    #: Whether this backend runs ``train_steps`` (an ONNX Loop around the train graph).
+    #: Whether this backend runs ``train_steps`` (K steps in one call).
     multi_step = True
+    #: Whether it runs ``train_steps`` unrolled, built once for each K it is called with
+    #: (then ``fit`` calls it with one K only).
+    unrolls_steps = False
 
     def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         self.model = model

@@ -128,6 +128,12 @@ class ArraySource:
     def steps(self) -> int:
         return -(-self.n // self.batch_size)
 
+    @property
+    def batch_bytes(self) -> int:
+        """Bytes of a full batch, inputs and labels."""
+        rows = [*self.xs.values(), *([] if self.y is None else [self.y])]
+        return self.batch_size * sum(v[:1].nbytes for v in rows)
+
     def batches(self, rng: np.random.Generator | None = None, group: int = 1
                 ) -> Iterator[Batch]:
         """The epoch's batches, the same with any ``group``. With ``group`` above 1 the rows
