@@ -2,7 +2,8 @@
 by how much over one ``train`` call per step, for the small workloads (W1, W3).
 
     python benchmarks/ksteps.py [--workloads W1 W3] [--ks 4 8 16 32] [--repeats 21]
-                                [--threads N] [--out benchmarks/results/ksteps]
+                                [--threads N] [--backends onnxruntime iree openvino tract]
+                                [--out benchmarks/results/ksteps]
 
 Everything runs in this one process, interleaved (each repeat runs every variant once, in a
 rotating order) and is reported as the median over the repeats, with its ratio to one step per
@@ -19,7 +20,8 @@ data, ``steps_per_call`` = K; the per-epoch evaluation is left out, it is the sa
 form) and ``call`` (K ``train`` calls against one ``train_steps`` call on K batches stacked
 beforehand, as benchmarks/run.py's ``edgetrain_k`` rows time it). Also: compile time and file
 size with and without ``train_steps``, and the unrolled graph's size and session creation
-time per K.
+time per K. With ``--backends``, the native runtimes too: one step per call against the
+file's ``train_steps``, which they run unrolled for K (``unrolled K``).
 """
 
 from __future__ import annotations
@@ -122,11 +124,19 @@ def _timed(fns: dict[str, Callable[[], int]], repeats: int, clock: Callable[[], 
     return times
 
 
-def _models(w: bench.Workload, ks: list[int], threads: int | None
+def _models(w: bench.Workload, ks: list[int], threads: int | None, backend: str
             ) -> tuple[dict[str, et.training.Model], dict[str, Any]]:
     """The variants' models by name (``single``, ``scan K``, ``loop K``, ``unrolled K``), and
-    the compile times and sizes."""
-    opts = {"threads": threads} if threads else {}
+    the compile times and sizes. On a native backend: ``single`` and ``unrolled K``, the file
+    as compiled (the backend unrolls its Scan)."""
+    opts: dict[str, Any] = {"threads": threads} if threads and backend != "tract" else {}
+    if backend != "onnxruntime":
+        plain = bench.compile_workload(w)
+        native = {"single": et.load(plain.proto, backend=backend, **opts)}
+        for k in ks:
+            native[f"unrolled {k}"] = et.load(plain.proto, backend=backend, **opts)
+            native[f"unrolled {k}"].steps_per_call = k
+        return native, {}
     t0 = time.perf_counter()
     plain = bench.compile_workload(w)  # with train_steps (the default)
     t1 = time.perf_counter()
@@ -157,10 +167,10 @@ def _stacked(w: bench.Workload, k: int) -> dict[str, np.ndarray]:
     return {"x": np.stack([b[0] for b in batches]), "y": np.stack([b[1] for b in batches])}
 
 
-def run_workload(name: str, ks: list[int], repeats: int, threads: int | None
-                 ) -> dict[str, Any]:
+def run_workload(name: str, ks: list[int], repeats: int, threads: int | None,
+                 backend: str = "onnxruntime") -> dict[str, Any]:
     w = bench.workload(name)
-    models, sizes = _models(w, ks, threads)
+    models, sizes = _models(w, ks, threads, backend)
     x, y = _data(w)
     batch = len(w.batches[0][1])
 
@@ -188,7 +198,7 @@ def run_workload(name: str, ks: list[int], repeats: int, threads: int | None
         _loop.Loop._epoch_logs = evaluate  # type: ignore[method-assign]
     call_times = _timed({n: call(m, int(n.split()[-1]) if " " in n else 1)
                          for n, m in models.items()}, repeats, _clock(threads))
-    return {"workload": name, "title": w.title, "sizes": sizes,
+    return {"workload": name, "title": w.title, "backend": backend, "sizes": sizes,
             "fit": _summary(fit_times), "call": _summary(call_times)}
 
 
@@ -214,21 +224,24 @@ def markdown(report: dict[str, Any]) -> str:
              "of one `train` call per step in the same repeats (below 1: faster).", ""]
     for r in report["workloads"]:
         s = r["sizes"]
-        lines += [f"## {r['title']}", "",
-                  f"compile {s['compile_s']:.2f} s with `train_steps`, "
-                  f"{s['compile_s_without']:.2f} s without; file "
-                  f"{s['file_bytes'] / 1e6:.2f} MB with, {s['file_bytes_without'] / 1e6:.2f} MB "
-                  "without.", "",
-                  "| form | K | fit ms/step | fit x single | call ms/step | call x single |",
+        lines += [f"## {r['title']}, {r['backend']}", ""]
+        if s:
+            lines += [f"compile {s['compile_s']:.2f} s with `train_steps`, "
+                      f"{s['compile_s_without']:.2f} s without; file "
+                      f"{s['file_bytes'] / 1e6:.2f} MB with, "
+                      f"{s['file_bytes_without'] / 1e6:.2f} MB without.", ""]
+        lines += ["| form | K | fit ms/step | fit x single | call ms/step | call x single |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, f in r["fit"].items():
             c = r["call"][name]
             form, k = (name.split() + ["1"])[:2]
             lines.append(f"| {form} | {k} | {f['ms_per_step']:.3f} | {f['x_single']:.2f} | "
                          f"{c['ms_per_step']:.3f} | {c['x_single']:.2f} |")
-        lines += ["", "| unrolled K | file MB | load + first call s |", "|---:|---:|---:|"]
-        lines += [f"| {k} | {u['file_bytes'] / 1e6:.2f} | {u['load_and_first_call_s']:.2f} |"
-                  for k, u in s["unrolled"].items()]
+        if s:
+            lines += ["", "| unrolled K | file MB | load + first call s |",
+                      "|---:|---:|---:|"]
+            lines += [f"| {k} | {u['file_bytes'] / 1e6:.2f} | "
+                      f"{u['load_and_first_call_s']:.2f} |" for k, u in s["unrolled"].items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -239,11 +252,14 @@ def main() -> int:
     ap.add_argument("--ks", nargs="+", type=int, default=[4, 8, 16, 32])
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backends", nargs="+", default=["onnxruntime"],
+                    help="also iree, openvino, tract: single steps against the file's "
+                         "train_steps, which these unroll")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "ksteps"))
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
-    results = [run_workload(w.upper(), args.ks, args.repeats, args.threads)
-               for w in args.workloads]
+    results = [run_workload(w.upper(), args.ks, args.repeats, args.threads, b)
+               for b in args.backends for w in args.workloads]
     report = {"date": time.strftime("%Y-%m-%d %H:%M"),
               "command": "python benchmarks/ksteps.py" + "".join(f" {a}" for a in sys.argv[1:]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "

@@ -56,7 +56,8 @@ PEER_LABEL = {"edgetrain": "edgetrain (onnxruntime)",
 # Which architectures each peer can build; others are reported as "not applicable".
 BIG = {"efficientnet_lite0", "mobilenet_v2", "resnet18", "minilm_lora"}
 PEER_ARCHS = {"edgetrain": {"mlp", "cnn", *BIG},
-              "edgetrain_k": {"mlp", "cnn"},
+              # train_steps is compiled into small models only (W2's CNN has none by default)
+              "edgetrain_k": {"mlp"},
               **{p: {"mlp", "cnn", "efficientnet_lite0"} for p in NATIVE},
               "pytorch": {"mlp", "cnn", *BIG},
               "ortt": {"mlp", "cnn", *BIG},

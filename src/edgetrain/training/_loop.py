@@ -36,8 +36,9 @@ class Loop:
     run ``model.steps_per_call`` at a time in one call (one ONNX Scan; at most
     :data:`STACK_BYTES` of batches), with one rate per step. A backend that builds
     ``train_steps`` per K (the native runtimes unroll it) gets whole groups only: the
-    batches that do not fill one run one per call. Callbacks keep their meaning: ``on_batch_begin`` runs for each step of a call
-    before the call (a schedule's rate for each step fills the call's rate vector),
+    batches that do not fill one run one per call. Callbacks keep their meaning:
+    ``on_batch_begin`` runs for each step of a call before the call (a schedule's rate for
+    each step fills the call's rate vector),
     ``on_batch_end`` for each committed step after it, in order, with that step's loss;
     epoch hooks (early stopping, checkpoints, plateaus, logs) at epoch ends as always. What
     a callback cannot see is the weights between the steps of one call, so a callback that
