@@ -47,6 +47,7 @@ from edgetrain.runtime._unroll import unroll_steps
 from edgetrain.training import _loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CPU_NOTE = "onnxruntime: CPU time of its one thread; the native runtimes: wall time"
 STEPS_PER_EPOCH = 64  # a multiple of every K: no partial group (the unrolled form has one K)
 
 
@@ -190,22 +191,25 @@ def run_workload(name: str, ks: list[int], repeats: int, threads: int | None,
         stacked = {**_stacked(w, k), "lr": np.full(k, 0.01, np.float32)}
         return lambda: (m.run("train_steps", **stacked), k)[1]
 
-    evaluate = _loop.Loop._epoch_logs
+    clock = _clock(threads, backend)
+    evaluate, cap = _loop.Loop._epoch_logs, _loop.STACK_BYTES
     _loop.Loop._epoch_logs = lambda self, loss: {"loss": loss}  # type: ignore[method-assign]
+    _loop.STACK_BYTES = 1 << 40  # every K as asked (fit stacks at most 8 MiB by default)
     try:
-        fit_times = _timed({n: fit(m) for n, m in models.items()}, repeats, _clock(threads))
+        fit_times = _timed({n: fit(m) for n, m in models.items()}, repeats, clock)
     finally:
-        _loop.Loop._epoch_logs = evaluate  # type: ignore[method-assign]
+        _loop.Loop._epoch_logs, _loop.STACK_BYTES = evaluate, cap  # type: ignore[method-assign]
     call_times = _timed({n: call(m, int(n.split()[-1]) if " " in n else 1)
-                         for n, m in models.items()}, repeats, _clock(threads))
+                         for n, m in models.items()}, repeats, clock)
     return {"workload": name, "title": w.title, "backend": backend, "sizes": sizes,
             "fit": _summary(fit_times), "call": _summary(call_times)}
 
 
-def _clock(threads: int | None) -> Callable[[], float]:
+def _clock(threads: int | None, backend: str) -> Callable[[], float]:
     """CPU time of this thread when onnxruntime runs on it alone (``--threads 1``): on a
-    shared machine it leaves out the time other processes take; else wall time."""
-    return time.thread_time if threads == 1 else time.perf_counter
+    shared machine it leaves out the time other processes take; else (and for the native
+    runtimes, which may run a call on threads of their own) wall time."""
+    return time.thread_time if threads == 1 and backend == "onnxruntime" else time.perf_counter
 
 
 def _summary(times: dict[str, list[float]]) -> dict[str, Any]:
@@ -215,9 +219,9 @@ def _summary(times: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# K steps per call on onnxruntime ({report['date']})", "",
+    lines = [f"# K steps per call ({report['date']})", "",
              f"Machine: {report['machine']}; threads: {report['threads'] or 'defaults'} "
-             f"({'CPU time of the one thread' if report['threads'] == 1 else 'wall time'}); "
+             f"({CPU_NOTE if report['threads'] == 1 else 'wall time'}); "
              f"load average (1 min) at start / end: {report['load'][0]:.1f} / "
              f"{report['load'][1]:.1f}. Command: `{report['command']}`", "",
              "ms/step: median over interleaved repeats; x single: that median over the median "
