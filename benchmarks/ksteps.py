@@ -5,9 +5,11 @@ by how much over one ``train`` call per step, for the small workloads (W1, W3).
                                 [--threads N] [--backends onnxruntime iree openvino tract]
                                 [--out benchmarks/results/ksteps]
 
-Everything runs in this one process, interleaved (each repeat runs every variant once, in a
-rotating order) and is reported as the median over the repeats, with its ratio to one step per
-call measured in the same repeats. The forms of ``train_steps``, for each K:
+Everything runs in this one process. For each K in turn, its forms and one ``train`` call
+per step (``single``) run interleaved (each repeat runs every one of them once, in a rotating
+order; few models at a time, so that the others' buffers do not evict theirs) and are reported
+as the median over the repeats, with its ratio to ``single``'s median in the same repeats.
+The forms of ``train_steps``, for each K:
 
 - ``scan``: the file as compiled, ``train_steps`` one ``Scan`` over the K stacked batches;
 - ``loop``: the same body in an ONNX ``Loop`` that gathers each step's slice (the first form
@@ -15,12 +17,12 @@ call measured in the same repeats. The forms of ``train_steps``, for each K:
 - ``unrolled``: the Scan unrolled into K copies of the step (``edgetrain.runtime._unroll``,
   what the native runtimes run), here on onnxruntime.
 
-Two levels: ``fit`` (milliseconds per step of ``Model.fit`` over one epoch of shuffled array
-data, ``steps_per_call`` = K; the per-epoch evaluation is left out, it is the same for every
-form) and ``call`` (K ``train`` calls against one ``train_steps`` call on K batches stacked
-beforehand, as benchmarks/run.py's ``edgetrain_k`` rows time it). Also: compile time and file
-size with and without ``train_steps``, and the unrolled graph's size and session creation
-time per K. With ``--backends``, the native runtimes too: one step per call against the
+Two levels: ``fit`` (milliseconds per step of ``Model.fit`` over one epoch of 64 steps of
+shuffled array data, ``steps_per_call`` = K; the per-epoch evaluation is left out, it is the
+same for every form) and ``call`` (the same K batches as K ``train`` calls or as one
+``train_steps`` call on them stacked beforehand). Also: compile time and file size with and
+without ``train_steps``, and the unrolled graph's size and load + first call time per K.
+With ``--backends``, the native runtimes too: one step per call against the
 file's ``train_steps``, which they run unrolled for K (``unrolled K``).
 """
 
@@ -170,6 +172,8 @@ def _stacked(w: bench.Workload, k: int) -> dict[str, np.ndarray]:
 
 def run_workload(name: str, ks: list[int], repeats: int, threads: int | None,
                  backend: str = "onnxruntime") -> dict[str, Any]:
+    """For each K in turn, its forms and one step per call, interleaved (few models at a
+    time: the others' buffers do not evict theirs), at the fit and at the call level."""
     w = bench.workload(name)
     models, sizes = _models(w, ks, threads, backend)
     x, y = _data(w)
@@ -179,30 +183,30 @@ def run_workload(name: str, ks: list[int], repeats: int, threads: int | None,
         return lambda: len(m.fit(x, y, batch_size=batch, epochs=1, progress=False,
                                  seed=1)["loss"]) * STEPS_PER_EPOCH
 
-    def call(m: et.training.Model, k: int) -> Callable[[], int]:
-        if k == 1:
-            feeds = [{"x": bx, "y": by} for bx, by in w.batches]
-
-            def single() -> int:
-                for f in feeds:
-                    m.run("train", **f)
-                return len(feeds)
-            return single
+    def call(m: et.training.Model, k: int, single: bool) -> Callable[[], int]:
         stacked = {**_stacked(w, k), "lr": np.full(k, 0.01, np.float32)}
+        rows = [{"x": stacked["x"][i], "y": stacked["y"][i]} for i in range(k)]
+        if single:  # the same K batches, one call each
+            return lambda: len([m.run("train", **r) for r in rows])
         return lambda: (m.run("train_steps", **stacked), k)[1]
 
     clock = _clock(threads, backend)
     evaluate, cap = _loop.Loop._epoch_logs, _loop.STACK_BYTES
     _loop.Loop._epoch_logs = lambda self, loss: {"loss": loss}  # type: ignore[method-assign]
     _loop.STACK_BYTES = 1 << 40  # every K as asked (fit stacks at most 8 MiB by default)
+    per_k: dict[int, Any] = {}
     try:
-        fit_times = _timed({n: fit(m) for n, m in models.items()}, repeats, clock)
+        for k in ks:
+            group = {"single": models["single"],
+                     **{n: m for n, m in models.items() if n.endswith(f" {k}")}}
+            fit_times = _timed({n: fit(m) for n, m in group.items()}, repeats, clock)
+            call_times = _timed({n: call(m, k, n == "single") for n, m in group.items()},
+                                repeats, clock)
+            per_k[k] = {"fit": _summary(fit_times), "call": _summary(call_times)}
     finally:
         _loop.Loop._epoch_logs, _loop.STACK_BYTES = evaluate, cap  # type: ignore[method-assign]
-    call_times = _timed({n: call(m, int(n.split()[-1]) if " " in n else 1)
-                         for n, m in models.items()}, repeats, clock)
     return {"workload": name, "title": w.title, "backend": backend, "sizes": sizes,
-            "fit": _summary(fit_times), "call": _summary(call_times)}
+            "ks": per_k}
 
 
 def _clock(threads: int | None, backend: str) -> Callable[[], float]:
@@ -224,8 +228,10 @@ def markdown(report: dict[str, Any]) -> str:
              f"({CPU_NOTE if report['threads'] == 1 else 'wall time'}); "
              f"load average (1 min) at start / end: {report['load'][0]:.1f} / "
              f"{report['load'][1]:.1f}. Command: `{report['command']}`", "",
-             "ms/step: median over interleaved repeats; x single: that median over the median "
-             "of one `train` call per step in the same repeats (below 1: faster).", ""]
+             "For each K, its forms and one `train` call per step (`single`) run interleaved; "
+             "ms/step: the median over the repeats; x single: that median over single's in "
+             "the same repeats (below 1: faster). fit: one epoch of 64 steps per repeat; "
+             "call: the same K batches as K `train` calls or one `train_steps` call.", ""]
     for r in report["workloads"]:
         s = r["sizes"]
         lines += [f"## {r['title']}, {r['backend']}", ""]
@@ -234,13 +240,14 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{s['compile_s_without']:.2f} s without; file "
                       f"{s['file_bytes'] / 1e6:.2f} MB with, "
                       f"{s['file_bytes_without'] / 1e6:.2f} MB without.", ""]
-        lines += ["| form | K | fit ms/step | fit x single | call ms/step | call x single |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for name, f in r["fit"].items():
-            c = r["call"][name]
-            form, k = (name.split() + ["1"])[:2]
-            lines.append(f"| {form} | {k} | {f['ms_per_step']:.3f} | {f['x_single']:.2f} | "
-                         f"{c['ms_per_step']:.3f} | {c['x_single']:.2f} |")
+        lines += ["| K | form | fit ms/step | fit x single | call ms/step | call x single |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        for k, res in r["ks"].items():
+            for name, f in res["fit"].items():
+                c = res["call"][name]
+                lines.append(f"| {k} | {name.split()[0]} | {f['ms_per_step']:.3f} | "
+                             f"{f['x_single']:.2f} | {c['ms_per_step']:.3f} | "
+                             f"{c['x_single']:.2f} |")
         if s:
             lines += ["", "| unrolled K | file MB | load + first call s |",
                       "|---:|---:|---:|"]

@@ -228,7 +228,7 @@ class Model:
         """The error of a call whose steps did not all count (nothing was committed)."""
         loss_name = sig.output("loss") or "loss"
         losses = np.asarray(out.get(loss_name, np.full(1, np.nan))).reshape(-1)
-        done = max(len(losses) - 1, 0)  # the Loop stops after the step that did not count
+        done = max(len(losses) - 1, 0)  # the losses stop at the step that did not count
         where = f" (step {done + 1} of {steps}; no step of this call was kept)" \
             if steps > 1 else ""
         for name, arr in feeds.items():  # name the culprit when it was the data

@@ -33,13 +33,12 @@ class Model(_RuntimeModel):
     """A loaded trainable file with training loops (see :class:`edgetrain.runtime.Model`)."""
 
     #: Training steps per runtime call when the file has ``train_steps`` (which ``compile``
-    #: adds by default to small models) and the backend runs it; 1: one step per call. On
-    #: onnxruntime (one intra-op thread, CPU time) 16 steps per call run ``fit`` 6 % (W1, the
-    #: seed MLP) to 10 % (W3, a transfer head) faster per step than one call per step, and
-    #: on the native runtimes (the step unrolled) 15-25 %; docs/benchmarks.md, "K steps per
+    #: adds by default to small models) and the backend runs it; 1: one step per call; None:
+    #: the backend's choice (32 on onnxruntime, 16 on the native runtimes, whose build time
+    #: grows with K). What it saves is the per-call cost: docs/benchmarks.md, "K steps per
     #: call". ``fit`` stacks at most 8 MiB of batches per call (fewer steps for larger
     #: batches), and runs single steps where :class:`edgetrain.training.Loop` says.
-    steps_per_call: int = 16
+    steps_per_call: int | None = None
 
     def fit(self, x: Any, y: Any = None, epochs: int = 1, batch_size: int = 32, *,
             validation_data: Any = None, validation_split: float = 0.0,

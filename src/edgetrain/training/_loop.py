@@ -88,7 +88,10 @@ class Loop:
     def _steps_per_call(self) -> int:
         """K of the rule in the class docstring: the model's ``steps_per_call`` when the file
         has ``train_steps`` and every callback allows it, else 1."""
-        k = int(getattr(self.model, "steps_per_call", 1))
+        k = getattr(self.model, "steps_per_call", 1)
+        if k is None:
+            k = getattr(getattr(self.model, "_backend", None), "steps_per_call", 1)
+        k = int(k)
         if isinstance(self.source, ArraySource):
             k = min(k, STACK_BYTES // max(1, self.source.batch_bytes))
         if self.train_sig != "train" or not self.model.multi_step or k < 2:
