@@ -5,10 +5,10 @@ by how much over one ``train`` call per step, for the small workloads (W1, W3).
                                 [--threads N] [--backends onnxruntime iree openvino tract]
                                 [--out benchmarks/results/ksteps]
 
-Everything runs in this one process. For each K in turn, its forms and one ``train`` call
-per step (``single``) run interleaved (each repeat runs every one of them once, in a rotating
-order; few models at a time, so that the others' buffers do not evict theirs) and are reported
-as the median over the repeats, with its ratio to ``single``'s median in the same repeats.
+Everything runs in this one process. Each form is timed against one ``train`` call per step
+(``single``), the two interleaved (each repeat runs both, in alternating order; two models at
+a time, so that no third one's buffers evict theirs): the medians over the repeats, and the
+median (with quartiles) of the per-repeat ratio form / single.
 The forms of ``train_steps``, for each K:
 
 - ``scan``: the file as compiled, ``train_steps`` one ``Scan`` over the K stacked batches;
@@ -136,6 +136,7 @@ def _models(w: bench.Workload, ks: list[int], threads: int | None, backend: str
     if backend != "onnxruntime":
         plain = bench.compile_workload(w)
         native = {"single": et.load(plain.proto, backend=backend, **opts)}
+        native["single"].steps_per_call = 1
         for k in ks:
             native[f"unrolled {k}"] = et.load(plain.proto, backend=backend, **opts)
             native[f"unrolled {k}"].steps_per_call = k
@@ -152,6 +153,7 @@ def _models(w: bench.Workload, ks: list[int], threads: int | None, backend: str
                              "file_bytes_without": one.proto.ByteSize(), "unrolled": {}}
     loop = loop_file(plain.proto)
     models: dict[str, et.training.Model] = {"single": et.load(plain.proto, **opts)}
+    models["single"].steps_per_call = 1  # (fit's default runs train_steps)
     for k in ks:
         unrolled = unrolled_file(plain.proto, k)
         t0 = time.perf_counter()
@@ -172,8 +174,8 @@ def _stacked(w: bench.Workload, k: int) -> dict[str, np.ndarray]:
 
 def run_workload(name: str, ks: list[int], repeats: int, threads: int | None,
                  backend: str = "onnxruntime") -> dict[str, Any]:
-    """For each K in turn, its forms and one step per call, interleaved (few models at a
-    time: the others' buffers do not evict theirs), at the fit and at the call level."""
+    """For each K and form in turn, the form against one step per call, interleaved (two
+    models at a time: no third one's buffers evict theirs), at the fit and the call level."""
     w = bench.workload(name)
     models, sizes = _models(w, ks, threads, backend)
     x, y = _data(w)
@@ -197,12 +199,14 @@ def run_workload(name: str, ks: list[int], repeats: int, threads: int | None,
     per_k: dict[int, Any] = {}
     try:
         for k in ks:
-            group = {"single": models["single"],
-                     **{n: m for n, m in models.items() if n.endswith(f" {k}")}}
-            fit_times = _timed({n: fit(m) for n, m in group.items()}, repeats, clock)
-            call_times = _timed({n: call(m, k, n == "single") for n, m in group.items()},
-                                repeats, clock)
-            per_k[k] = {"fit": _summary(fit_times), "call": _summary(call_times)}
+            per_k[k] = {"fit": {}, "call": {}}
+            for name in (n for n in models if n.endswith(f" {k}")):
+                pair = {"single": models["single"], name: models[name]}
+                per_k[k]["fit"][name] = _paired(
+                    _timed({n: fit(m) for n, m in pair.items()}, repeats, clock), name)
+                per_k[k]["call"][name] = _paired(
+                    _timed({n: call(m, k, n == "single") for n, m in pair.items()},
+                           repeats, clock), name)
     finally:
         _loop.Loop._epoch_logs, _loop.STACK_BYTES = evaluate, cap  # type: ignore[method-assign]
     return {"workload": name, "title": w.title, "backend": backend, "sizes": sizes,
@@ -216,10 +220,14 @@ def _clock(threads: int | None, backend: str) -> Callable[[], float]:
     return time.thread_time if threads == 1 and backend == "onnxruntime" else time.perf_counter
 
 
-def _summary(times: dict[str, list[float]]) -> dict[str, Any]:
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {k: {"ms_per_step": v, "x_single": v / med["single"], "blocks": times[k]}
-            for k, v in med.items()}
+def _paired(times: dict[str, list[float]], name: str) -> dict[str, Any]:
+    """A form against ``single`` timed in the same repeats: the medians, and the median and
+    quartiles of the per-repeat ratio (each repeat's form time over its single time)."""
+    ratios = [a / b for a, b in zip(times[name], times["single"])]
+    q1, q2, q3 = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
+    return {"ms_per_step": statistics.median(times[name]),
+            "single_ms_per_step": statistics.median(times["single"]),
+            "x_single": q2, "x_single_quartiles": [q1, q3], "blocks": times}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -228,10 +236,11 @@ def markdown(report: dict[str, Any]) -> str:
              f"({CPU_NOTE if report['threads'] == 1 else 'wall time'}); "
              f"load average (1 min) at start / end: {report['load'][0]:.1f} / "
              f"{report['load'][1]:.1f}. Command: `{report['command']}`", "",
-             "For each K, its forms and one `train` call per step (`single`) run interleaved; "
-             "ms/step: the median over the repeats; x single: that median over single's in "
-             "the same repeats (below 1: faster). fit: one epoch of 64 steps per repeat; "
-             "call: the same K batches as K `train` calls or one `train_steps` call.", ""]
+             "Each form against one `train` call per step (`single`), the two interleaved; "
+             "ms/step: medians over the repeats; x single: the median of the per-repeat "
+             "ratio form / single (below 1: faster), with its quartiles. fit: one epoch of "
+             "64 steps per repeat; call: the same K batches as K `train` calls or one "
+             "`train_steps` call.", ""]
     for r in report["workloads"]:
         s = r["sizes"]
         lines += [f"## {r['title']}, {r['backend']}", ""]
@@ -240,14 +249,16 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{s['compile_s_without']:.2f} s without; file "
                       f"{s['file_bytes'] / 1e6:.2f} MB with, "
                       f"{s['file_bytes_without'] / 1e6:.2f} MB without.", ""]
-        lines += ["| K | form | fit ms/step | fit x single | call ms/step | call x single |",
+        lines += ["| K | form | fit ms/step (single) | fit x single (quartiles) | "
+                  "call ms/step (single) | call x single (quartiles) |",
                   "|---:|---|---:|---:|---:|---:|"]
         for k, res in r["ks"].items():
             for name, f in res["fit"].items():
-                c = res["call"][name]
-                lines.append(f"| {k} | {name.split()[0]} | {f['ms_per_step']:.3f} | "
-                             f"{f['x_single']:.2f} | {c['ms_per_step']:.3f} | "
-                             f"{c['x_single']:.2f} |")
+                cells = [f"{v['ms_per_step']:.3f} ({v['single_ms_per_step']:.3f}) | "
+                         f"**{v['x_single']:.2f}** ({v['x_single_quartiles'][0]:.2f}–"
+                         f"{v['x_single_quartiles'][1]:.2f})"
+                         for v in (f, res["call"][name])]
+                lines.append(f"| {k} | {name.split()[0]} | {' | '.join(cells)} |")
         if s:
             lines += ["", "| unrolled K | file MB | load + first call s |",
                       "|---:|---:|---:|"]
