@@ -49,7 +49,7 @@ from edgetrain.runtime._unroll import unroll_steps
 from edgetrain.training import _loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CPU_NOTE = "onnxruntime: CPU time of its one thread; the native runtimes: wall time"
+CPU_NOTE = "CPU time of the one thread; OpenVINO, which runs on threads of its own: wall time"
 STEPS_PER_EPOCH = 64  # a multiple of every K: no partial group (the unrolled form has one K)
 
 
@@ -214,10 +214,12 @@ def run_workload(name: str, ks: list[int], repeats: int, threads: int | None,
 
 
 def _clock(threads: int | None, backend: str) -> Callable[[], float]:
-    """CPU time of this thread when onnxruntime runs on it alone (``--threads 1``): on a
-    shared machine it leaves out the time other processes take; else (and for the native
-    runtimes, which may run a call on threads of their own) wall time."""
-    return time.thread_time if threads == 1 and backend == "onnxruntime" else time.perf_counter
+    """CPU time of this thread when the runtime runs on it alone (``--threads 1``:
+    onnxruntime, IREE's local-sync driver, tract): on a shared machine it leaves out the time
+    other processes take; else (and for OpenVINO, which runs a call on threads of its own)
+    wall time."""
+    alone = threads == 1 and backend in ("onnxruntime", "iree", "tract")
+    return time.thread_time if alone else time.perf_counter
 
 
 def _paired(times: dict[str, list[float]], name: str) -> dict[str, Any]:

@@ -176,8 +176,9 @@ class Model:
 
     @property
     def multi_step(self) -> bool:
-        """Whether :meth:`run` can run ``train_steps`` on this backend (onnxruntime and
-        onnx.reference can; the native runtimes run one step per call)."""
+        """Whether :meth:`run` can run ``train_steps`` on this backend (every backend can:
+        onnxruntime and onnx.reference run its Scan, the native runtimes its Scan unrolled
+        for the call's K)."""
         return "train_steps" in self._sigs and self._backend.multi_step
 
     @property

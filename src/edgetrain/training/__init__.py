@@ -34,10 +34,11 @@ class Model(_RuntimeModel):
 
     #: Training steps per runtime call when the file has ``train_steps`` (which ``compile``
     #: adds by default to small models) and the backend runs it; 1: one step per call; None:
-    #: the backend's choice (32 on onnxruntime, 16 on the native runtimes, whose build time
-    #: grows with K). What it saves is the per-call cost: docs/benchmarks.md, "K steps per
-    #: call". ``fit`` stacks at most 8 MiB of batches per call (fewer steps for larger
-    #: batches), and runs single steps where :class:`edgetrain.training.Loop` says.
+    #: the backend's choice (32 on onnxruntime, 16 on OpenVINO and tract, which build the
+    #: step unrolled for K; 1 on IREE, where that does not pay). What it saves is the
+    #: per-call cost: docs/benchmarks.md, "K steps per call". ``fit`` stacks at most 8 MiB
+    #: of batches per call (fewer steps for larger batches), and runs single steps where
+    #: :class:`edgetrain.training.Loop` says.
     steps_per_call: int | None = None
 
     def fit(self, x: Any, y: Any = None, epochs: int = 1, batch_size: int = 32, *,
