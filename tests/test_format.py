@@ -86,7 +86,7 @@ def test_saved_file_is_valid_standard_onnx(name: str, tmp_path: Any) -> None:
         assert key in inits and value in outs
     assert set(binding) == set(meta["trainable"]) | set(meta["state"])
     for name, sig in meta["signatures"].items():  # eval and infer update nothing
-        if name == "train_steps":  # K steps per call: the same state, through a Loop
+        if name == "train_steps":  # K steps per call: the same state, through a Scan
             assert set(sig["updates"]) == set(train["updates"])
         elif sig is not train:
             assert not sig.get("updates")

@@ -1,8 +1,9 @@
-"""``train_steps``: K training steps in one runtime call (an ONNX Loop over K stacked batches).
+"""``train_steps``: K training steps in one runtime call (an ONNX Scan over K stacked batches).
 
 The contract: K steps through ``train_steps`` leave exactly the state K ``train`` calls leave
 (bit for bit on onnxruntime), the commit rule counts steps (one that does not count keeps
-nothing of the call), and ``fit`` uses it by default.
+nothing of the call), small models have it by default, and ``fit`` uses it by default.
+(The form the native runtimes run, unrolled: test_steps_unrolled.py.)
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def test_multi_step_false_leaves_the_signature_out() -> None:
 
 
 def test_train_steps_runs_on_the_reference_backend(tmp_path: Any) -> None:
-    """Still a plain ONNX graph: onnx.reference runs the Loop and agrees with onnxruntime."""
+    """Still a plain ONNX graph: onnx.reference runs the Scan and agrees with onnxruntime."""
     tm = et.compile(mlp(hidden=16), optimizer=et.optim.SGD(lr=0.1, momentum=0.9))
     tm.save(tmp_path / "m.onnx")
     xs, ys = _batches(3)
@@ -141,3 +142,50 @@ def test_train_steps_runs_on_the_reference_backend(tmp_path: Any) -> None:
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     for k, v in a.state().items():
         np.testing.assert_allclose(b.state()[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_train_steps_is_one_scan_whose_steps_read_the_weights_once() -> None:
+    """One Scan node; the weights are read from the enclosing graph (not copied into the
+    body), so the file grows by a train graph's nodes and metadata, not by the weights."""
+    tm = et.compile(mlp(), optimizer=et.optim.SGD(lr=0.1))
+    where = int(str(tm.meta.signatures["train_steps"].graph).split("/")[1])
+    g = tm.proto.training_info[where].algorithm
+    assert [n.op_type for n in g.node].count("Scan") == 1
+    body = next(a.g for n in g.node if n.op_type == "Scan" for a in n.attribute)
+    assert not {t.name for t in body.initializer} & {t.name for t in tm.proto.graph.initializer}
+    plain = et.compile(mlp(), optimizer=et.optim.SGD(lr=0.1), multi_step=False)
+    weights = sum(t.ByteSize() for t in tm.proto.graph.initializer)
+    growth = tm.proto.ByteSize() - plain.proto.ByteSize()
+    assert growth < 3 * tm.proto.training_info[0].algorithm.ByteSize() < weights  # + metadata
+
+
+def test_small_models_have_train_steps_by_default_and_larger_ones_do_not() -> None:
+    """The rule (compiler/_steps.py): a forward pass of at most 1 M multiply-adds per example
+    gets ``train_steps``; above it, a note says why not and ``multi_step=True`` adds it."""
+    from edgetrain.compiler._steps import SMALL_STEP_MACS
+
+    small = et.compile(mlp(hidden=16))  # 64·16 + 16·10 multiply-adds per example
+    assert "train_steps" in small.meta.signatures and not small.notes
+    wide = mlp(hidden=SMALL_STEP_MACS // 64)  # 64·h + 10·h: just above
+    large = et.compile(wide)
+    assert "train_steps" not in large.meta.signatures
+    assert any("train_steps" in n and "multi_step=True" in n for n in large.notes)
+    assert "train_steps" in et.compile(wide, multi_step=True).meta.signatures
+
+
+def test_fit_uses_train_steps_by_default(tmp_path: Any) -> None:
+    tm = et.compile(mlp(hidden=16), optimizer=et.optim.SGD(lr=0.1))
+    m = et.load(tm.proto)
+    assert m.steps_per_call is None and m.multi_step  # the backend's: 32 on onnxruntime
+    calls: list[str] = []
+    run = m.run
+
+    def counting(sig: str, **kw: Any) -> Any:
+        calls.append(sig)
+        return run(sig, **kw)
+
+    m.run = counting  # type: ignore[method-assign]
+    x, y = data(512, seed=7)
+    m.fit(x, y, epochs=1, batch_size=8, progress=False)  # 64 batches: two calls of 32
+    assert [c for c in calls if c.startswith("train")] == ["train_steps", "train_steps"]
+    assert m.step == 64

@@ -59,7 +59,7 @@ def compile(  # noqa: A001 - the public name the API promises
     lr: float | None = None,
     batch_norm: str = "frozen",
     split_features: bool = False,
-    multi_step: bool = True,
+    multi_step: bool | None = None,
     input_shapes: Mapping[str, Sequence[int | str | None]] | None = None,
 ) -> TrainableModel:
     """Compile an inference model into one trainable file (train, infer, eval, save, restore).
@@ -89,9 +89,11 @@ def compile(  # noqa: A001 - the public name the API promises
         split_features: add ``features``/``train_features``/``eval_features``/
             ``infer_features`` signatures, so a head can train on cached backbone features
             (``Model.fit(..., cache_features=True)``).
-        multi_step: add ``train_steps``, K training steps in one call (an ONNX Loop over K
-            stacked batches) for drivers whose calls are dear; ``Model.fit`` uses it when
-            ``Model.steps_per_call`` is above 1.
+        multi_step: add ``train_steps``, K training steps in one call (one ONNX ``Scan``
+            over K stacked batches), which ``Model.fit`` uses ``Model.steps_per_call`` at a
+            time: by default (None) when the model is small, its forward pass at most a
+            million multiply-adds per example (the seed MLP: 0.1 M), where a call's own cost
+            is a visible part of a step; True or False to have it or not.
         input_shapes: sizes for inputs the file leaves open, ``{"x": ["batch", 3, 224,
             224]}`` (a name keeps a dim dynamic): convolution gradients are faster with static
             spatial sizes (pooling gradients need them), and a dynamic batch is always fine.

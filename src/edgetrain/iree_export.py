@@ -66,7 +66,7 @@ def export_iree(path: str | os.PathLike[str] | onnx.ModelProto, out_dir: str | o
     sigs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgetrain-iree-export-") as tmp:
         for sig, spec in meta.signatures.items():
-            if spec.kind == "builtin" or sig == "train_steps":  # IREE does not lower Loop
+            if spec.kind == "builtin" or sig == "train_steps":  # K varies: the runtime unrolls it
                 continue
             graph, state_inputs, updates = fmt.standalone(proto, meta, sig)
             graph = portable(graph, plane_indices=plane)

@@ -16,7 +16,7 @@ domain.
     guard               the step counter, advanced only when everything committed is finite
     fuse_gemm_updates   p − g folded into the GEMM computing g (plain SGD)
     finish_train        outputs (loss, <state>.new) and dead-node removal
-    train_steps         K steps per call: the train graph as the body of one Loop
+    train_steps         K steps per call: the train graph as the body of one Scan
     eval_graph          the inference graph, loss and metrics
     split_features      the feature signatures (split_features=True)
     package             the ModelProto: main graph, training_info, metadata, full check

@@ -35,7 +35,7 @@ class Options:
     labels: str = "index"
     batch_norm: str = "frozen"
     split_features: bool = False
-    multi_step: bool = True
+    multi_step: bool | None = None  # None: when the step is small (see _steps)
     input_shapes: dict[str, list[int | str | None]] | None = None
 
 

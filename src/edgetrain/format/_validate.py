@@ -376,16 +376,20 @@ def _carriers(node: onnx.NodeProto, varying: set[str], output: str = "") -> list
     ``Sub(p, Δ)`` (SGD, Adam), ``Gemm(A, B, C=p)`` (plain SGD fused into the weight
     gradient), ``Add(Mul(m, β), Δ)`` (optimizer slots, batch-norm running statistics),
     ``Add(step, ok)`` (the counter), ``Where(first_step, g, Add(Mul(buf, μ), Δ))``
-    (momentum with dampening), ``Identity`` (a value passed through), and a ``Loop``'s
-    carried output (``train_steps``: the final value of the loop-carried value it was
-    initialized with). Only these operands are followed, so a walk never wanders into the
-    gradient, which reads every weight.
+    (momentum with dampening), ``Identity`` (a value passed through), and a ``Scan``'s or
+    ``Loop``'s carried output (``train_steps``: the final value of the carried value it was
+    initialized with: a Scan now, a Loop in earlier files). Only these operands are followed,
+    so a walk never wanders into the gradient, which reads every weight.
     """
     ins = list(node.input)
     op = node.op_type if node.domain in ("", "ai.onnx") else ""
     if op == "Loop":
         k = list(node.output).index(output) if output in node.output else len(ins)
         return ins[k + 2:k + 3] if k < len(ins) - 2 else []
+    if op == "Scan":
+        scanned = next((a.i for a in node.attribute if a.name == "num_scan_inputs"), 0)
+        k = list(node.output).index(output) if output in node.output else len(ins)
+        return ins[k:k + 1] if k < len(ins) - scanned else []
     if op == "Identity" or op == "Sub":
         return ins[:1]
     if op == "Add":

@@ -176,8 +176,9 @@ class Model:
 
     @property
     def multi_step(self) -> bool:
-        """Whether :meth:`run` can run ``train_steps`` on this backend (onnxruntime and
-        onnx.reference can; the native runtimes run one step per call)."""
+        """Whether :meth:`run` can run ``train_steps`` on this backend (every backend can:
+        onnxruntime and onnx.reference run its Scan, the native runtimes its Scan unrolled
+        for the call's K)."""
         return "train_steps" in self._sigs and self._backend.multi_step
 
     @property
@@ -228,7 +229,7 @@ class Model:
         """The error of a call whose steps did not all count (nothing was committed)."""
         loss_name = sig.output("loss") or "loss"
         losses = np.asarray(out.get(loss_name, np.full(1, np.nan))).reshape(-1)
-        done = max(len(losses) - 1, 0)  # the Loop stops after the step that did not count
+        done = max(len(losses) - 1, 0)  # the losses stop at the step that did not count
         where = f" (step {done + 1} of {steps}; no step of this call was kept)" \
             if steps > 1 else ""
         for name, arr in feeds.items():  # name the culprit when it was the data

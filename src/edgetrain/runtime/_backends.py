@@ -26,8 +26,14 @@ from .. import format as fmt
 
 class Backend:
     name = "backend"
-    #: Whether this backend runs ``train_steps`` (an ONNX Loop around the train graph).
+    #: Whether this backend runs ``train_steps`` (K steps in one call).
     multi_step = True
+    #: Whether it runs ``train_steps`` unrolled, built once for each K it is called with
+    #: (then ``fit`` calls it with one K only).
+    unrolls_steps = False
+    #: The K ``fit`` runs per ``train_steps`` call unless ``Model.steps_per_call`` says: one
+    #: Scan runs any K (docs/benchmarks.md, "K steps per call").
+    steps_per_call = 32
 
     def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata) -> None:
         self.model = model

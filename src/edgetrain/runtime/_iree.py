@@ -175,6 +175,11 @@ class IreeBackend(NativeBackend):
     requires = ("iree.runtime", "iree.compiler")
     shapes = "fallback"
     extra = "iree"
+    #: One step per call in ``fit`` unless asked (``Model.steps_per_call``): IREE's call costs
+    #: little, and its build of the unrolled K-step graph runs each step of the seed MLP
+    #: slower (W1: 1.12x one call per step at K = 16, W3: 0.94x; benchmarks/results/ksteps/
+    #: native) and takes seconds per K (W3: 6 s at 16).
+    steps_per_call = 1
 
     def __init__(self, model: onnx.ModelProto, meta: fmt.Metadata,
                  threads: int | None = None, cache_dir: str | os.PathLike[str] | None = None,

@@ -32,13 +32,14 @@ __all__ = ["History", "Loop", "Model", "load"]
 class Model(_RuntimeModel):
     """A loaded trainable file with training loops (see :class:`edgetrain.runtime.Model`)."""
 
-    #: Training steps per runtime call when the file has ``train_steps`` (1: one step per
-    #: call). One by default: on onnxruntime a call of ``train`` costs little beside its
-    #: step (IOBinding, state kept as OrtValues), and its Loop runs each step slower than a
-    #: call does (benchmarks/results/ksteps: seed MLP 0.53 ms per call against 0.93 ms per
-    #: step of a 100-step Loop). Set it above 1 where a call is dear (a slow bridge to the
-    #: runtime). See :class:`edgetrain.training.Loop` for when ``fit`` runs single steps.
-    steps_per_call: int = 1
+    #: Training steps per runtime call when the file has ``train_steps`` (which ``compile``
+    #: adds by default to small models) and the backend runs it; 1: one step per call; None:
+    #: the backend's choice (32 on onnxruntime, 16 on OpenVINO and tract, which build the
+    #: step unrolled for K; 1 on IREE, where that does not pay). What it saves is the
+    #: per-call cost: docs/benchmarks.md, "K steps per call". ``fit`` stacks at most 8 MiB
+    #: of batches per call (fewer steps for larger batches), and runs single steps where
+    #: :class:`edgetrain.training.Loop` says.
+    steps_per_call: int | None = None
 
     def fit(self, x: Any, y: Any = None, epochs: int = 1, batch_size: int = 32, *,
             validation_data: Any = None, validation_split: float = 0.0,
@@ -65,10 +66,10 @@ class Model(_RuntimeModel):
         backbone once per example and train the head on the cached features.
         ``initial_epoch``: the number of epochs trained before (callbacks count from it).
 
-        With :attr:`steps_per_call` above 1, files with ``train_steps`` run full-size batches
-        that many at a time in one call, with the same result as one step per call; a
-        callback that overrides a batch hook without ``allows_multi_step = True`` gets one
-        step per call (the rule: :class:`edgetrain.training.Loop`).
+        Files with ``train_steps`` run full-size batches :attr:`steps_per_call` at a time in
+        one call, with the same result as one step per call; a callback that overrides a
+        batch hook without ``allows_multi_step = True`` gets one step per call (the rule:
+        :class:`edgetrain.training.Loop`).
         """
         if on_nonfinite not in ("raise", "skip"):
             raise EdgetrainError("on_nonfinite must be 'raise' or 'skip'")

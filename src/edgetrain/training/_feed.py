@@ -96,6 +96,17 @@ class Feeder:
         return xs, self.y(y)
 
 
+class Grouped(dict[str, np.ndarray]):
+    """A batch's inputs that are row ``index`` of ``stacked`` (every input ``[G, B, …]``,
+    the labels ``[G, B]`` in ``labels``): the batches of one group, made at once."""
+
+    __slots__ = ("index", "labels", "stacked")
+
+    def __init__(self, stacked: Inputs, labels: np.ndarray | None, index: int) -> None:
+        super().__init__((k, v[index]) for k, v in stacked.items())
+        self.stacked, self.labels, self.index = stacked, labels, index
+
+
 class ArraySource:
     """Examples held in memory, batched (and shuffled) anew every epoch."""
 
@@ -111,20 +122,57 @@ class ArraySource:
             raise InputError(f"y has {len(y)} rows but x has {n}")
         self.xs, self.y, self.n = xs, y, n
         self.batch_size, self.shuffle = batch_size, shuffle
+        self._ring: dict[tuple[Any, ...], list[np.ndarray | None]] = {}
 
     @property
     def steps(self) -> int:
         return -(-self.n // self.batch_size)
 
-    def batches(self, rng: np.random.Generator | None = None) -> Iterator[Batch]:
+    @property
+    def batch_bytes(self) -> int:
+        """Bytes of a full batch, inputs and labels."""
+        rows = [*self.xs.values(), *([] if self.y is None else [self.y])]
+        return self.batch_size * sum(v[:1].nbytes for v in rows)
+
+    def batches(self, rng: np.random.Generator | None = None, group: int = 1
+                ) -> Iterator[Batch]:
+        """The epoch's batches, the same with any ``group``. With ``group`` above 1 the rows
+        of up to ``group`` full batches in a row are gathered at once, stacked ``[G, B, …]``,
+        and each batch's inputs are a :class:`Grouped` view of its row: a driver that steps
+        those batches together passes the stack as it is (``train_steps``' input). Shuffled
+        rows go into one of two buffers used in turn, so a batch of a group is valid until
+        the group after the next one is made."""
         order = rng.permutation(self.n) if self.shuffle and rng is not None else None
-        for start in range(0, self.n, self.batch_size):
-            if order is None:
-                sl: Any = slice(start, start + self.batch_size)
-            else:
-                sl = order[start:start + self.batch_size]
-            yield ({k: v[sl] for k, v in self.xs.items()},
-                   None if self.y is None else self.y[sl])
+        size, start = self.batch_size, 0
+        while start < self.n:
+            full = min(group, (self.n - start) // size)
+            if full < 2:
+                sl: Any = slice(start, start + size) if order is None \
+                    else order[start:start + size]
+                yield ({k: v[sl] for k, v in self.xs.items()},
+                       None if self.y is None else self.y[sl])
+                start += size
+                continue
+            rows = slice(start, start + full * size) if order is None \
+                else order[start:start + full * size]
+            stacked = {k: self._rows(k, v, rows, full) for k, v in self.xs.items()}
+            y = None if self.y is None else self._rows(None, self.y, rows, full)
+            for j in range(full):
+                yield Grouped(stacked, y, j), None if y is None else y[j]
+            start += full * size
+
+    def _rows(self, key: str | None, v: np.ndarray, rows: Any, full: int) -> np.ndarray:
+        """``v[rows]`` as ``[full, B, …]``: a view of consecutive rows, else gathered into
+        the next of two buffers kept for this shape (a fresh array of a few MB costs a
+        page fault per 4 KiB on its first write, more than the gather itself)."""
+        shape = (full, self.batch_size, *v.shape[1:])
+        if isinstance(rows, slice):
+            return v[rows].reshape(shape)
+        ring = self._ring.setdefault((key, shape), [None, None])
+        buf = ring[0] if ring[0] is not None else np.empty(shape, v.dtype)
+        ring[0], ring[1] = ring[1], buf
+        return np.take(v, rows, axis=0, out=buf.reshape(len(rows), *v.shape[1:]),
+                       mode="clip").reshape(shape)  # "clip": "raise" would copy twice
 
     def split(self, fraction: float, seed: int) -> tuple[ArraySource, ArraySource]:
         """(training, validation): a seeded random ``fraction`` held out, the same every run

@@ -12,13 +12,16 @@ import numpy as np
 
 from ..errors import InputError, NonFiniteError
 from ..runtime import _check_lr
-from ._feed import ArraySource, Batch, StreamSource
+from ._feed import ArraySource, Batch, Grouped, StreamSource
 from ._history import History
 from .metrics import Metric
 
 #: Least seconds between two redraws of the progress bar: a few per second on a terminal, and
 #: a few hundred bytes, not one line per step, when the output goes to a file.
 PROGRESS_INTERVAL = 0.5
+#: Most bytes of batches (inputs and labels) that ``fit`` stacks into one ``train_steps``
+#: call: a group of shuffled array batches is gathered into one of two such buffers.
+STACK_BYTES = 8 << 20
 
 
 class Loop:
@@ -30,9 +33,12 @@ class Loop:
     with :meth:`set_lr`. ``stop_training`` ends the fit after the current epoch.
 
     Several steps per call: when the file has ``train_steps``, full-size batches of one shape
-    run ``model.steps_per_call`` at a time in one call (one ONNX Loop), with one rate per
-    step. Callbacks keep their meaning: ``on_batch_begin`` runs for each step of a call
-    before the call (a schedule's rate for each step fills the call's rate vector),
+    run ``model.steps_per_call`` at a time in one call (one ONNX Scan; at most
+    :data:`STACK_BYTES` of batches), with one rate per step. A backend that builds
+    ``train_steps`` per K (the native runtimes unroll it) gets whole groups only: the
+    batches that do not fill one run one per call. Callbacks keep their meaning:
+    ``on_batch_begin`` runs for each step of a call before the call (a schedule's rate for
+    each step fills the call's rate vector),
     ``on_batch_end`` for each committed step after it, in order, with that step's loss;
     epoch hooks (early stopping, checkpoints, plateaus, logs) at epoch ends as always. What
     a callback cannot see is the weights between the steps of one call, so a callback that
@@ -62,6 +68,11 @@ class Loop:
         self.lr: float | None = None if lr is None else float(lr)
         self.step, self.start_step = 0, model.step
         self.steps_per_call = self._steps_per_call()
+        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}  # see _stacked
+        #: A backend that builds ``train_steps`` once per K (unrolled: the native runtimes)
+        #: gets only whole groups of ``steps_per_call``; fewer batches run one per call.
+        self.whole_groups = bool(getattr(getattr(model, "_backend", None), "unrolls_steps",
+                                         False))
         if self.steps_per_call > 1:
             self.steps_label = model.input_name("train_steps", "label")
             self.steps_lr = model.input_name("train_steps", "lr")
@@ -77,7 +88,12 @@ class Loop:
     def _steps_per_call(self) -> int:
         """K of the rule in the class docstring: the model's ``steps_per_call`` when the file
         has ``train_steps`` and every callback allows it, else 1."""
-        k = int(getattr(self.model, "steps_per_call", 1))
+        k = getattr(self.model, "steps_per_call", 1)
+        if k is None:
+            k = getattr(getattr(self.model, "_backend", None), "steps_per_call", 1)
+        k = int(k)
+        if isinstance(self.source, ArraySource):
+            k = min(k, STACK_BYTES // max(1, self.source.batch_bytes))
         if self.train_sig != "train" or not self.model.multi_step or k < 2:
             return 1
         return k if all(multi_step_allowed(cb) for cb in self.callbacks) else 1
@@ -145,7 +161,8 @@ class Loop:
         losses: list[float] = []
         weights: list[int] = []
         pending: list[Batch] = []
-        batches = self.source.batches(self.rng)
+        batches = self.source.batches(self.rng, self.steps_per_call) \
+            if isinstance(self.source, ArraySource) else self.source.batches(self.rng)
         while True:
             chunk = self._next_chunk(batches, pending)
             if not chunk:
@@ -156,7 +173,7 @@ class Loop:
                 rates.append(self.current_lr)
             results = self._run(chunk, rates)
             if len(results) < len(chunk):  # a step of the call failed: the rest go again
-                pending[:0] = chunk[len(results):]
+                pending[:0] = [_copied(b) for b in chunk[len(results):]]
             for (_, y), loss in zip(chunk, results):
                 if loss is None:
                     self.history.skipped_steps += 1
@@ -186,7 +203,8 @@ class Loop:
                 if item is None:
                     break
                 pending.append(item)
-            if chunk and not _same_shapes(chunk[0], pending[0]):
+            if chunk and (not _same_shapes(chunk[0], pending[0])
+                          or (len(chunk) + 1) * _nbytes(chunk[0]) > STACK_BYTES):
                 break
             chunk.append(pending.pop(0))
         return chunk
@@ -196,10 +214,9 @@ class Loop:
         unless a step of a ``train_steps`` call failed, in which case the steps before it ran
         again in one call and the failing batch ran alone, as :meth:`_single` runs it, and
         the result stops there (the caller runs the rest with their rates recomputed)."""
-        if len(chunk) == 1:
-            return [self._single(chunk[0], rates[0])]
-        stacked = {k: np.stack([xs[k] for xs, _ in chunk]) for k in chunk[0][0]}
-        stacked[self.steps_label] = np.stack([y for _, y in chunk])  # type: ignore[misc]
+        if len(chunk) == 1 or (self.whole_groups and len(chunk) < self.steps_per_call):
+            return self._singles(chunk, rates)
+        stacked = self._stacked(chunk)
         stacked[self.steps_lr] = np.asarray(rates, dtype=self.lr_dtype)
         try:
             out = self.model.run("train_steps", **stacked)
@@ -210,6 +227,38 @@ class Loop:
                 return head
             return head + [self._single(chunk[done], rates[done])]
         return [float(v) for v in np.asarray(out[self.steps_loss]).reshape(-1)]
+
+    def _stacked(self, chunk: list[Batch]) -> dict[str, np.ndarray]:
+        """The inputs of ``train_steps`` for ``chunk``: the batches' own stack when they are
+        consecutive rows of one group (:class:`Grouped`), else copied into buffers kept for
+        the next call of the same shape (a fresh array costs a page fault per 4 KiB)."""
+        first = chunk[0][0]
+        if isinstance(first, Grouped) and first.labels is not None and all(
+                isinstance(xs, Grouped) and xs.stacked is first.stacked
+                and xs.index == first.index + j for j, (xs, _) in enumerate(chunk)):
+            rows = slice(first.index, first.index + len(chunk))
+            return {**{k: v[rows] for k, v in first.stacked.items()},
+                    self.steps_label: first.labels[rows]}
+        arrays = {k: [xs[k] for xs, _ in chunk] for k in first}
+        arrays[self.steps_label] = [y for _, y in chunk]  # type: ignore[misc]
+        out = {}
+        for k, parts in arrays.items():
+            shape = (len(parts), *parts[0].shape)
+            buf = self._buffers.get((k, shape))
+            if buf is None or buf.dtype != parts[0].dtype:
+                buf = self._buffers[k, shape] = np.empty(shape, parts[0].dtype)
+            out[k] = np.stack(parts, out=buf)
+        return out
+
+    def _singles(self, chunk: list[Batch], rates: list[float]) -> list[float | None]:
+        """``chunk`` one ``train`` call per batch, up to a skipped one (the batches after it
+        go again, with their rates asked for again, as after a failed call)."""
+        out: list[float | None] = []
+        for batch, rate in zip(chunk, rates):
+            out.append(self._single(batch, rate))
+            if out[-1] is None:
+                break
+        return out
 
     def _single(self, batch: Batch, rate: float) -> float | None:
         """One ``train`` step; a non-finite one raises, or is skipped (None)."""
@@ -235,6 +284,17 @@ class Loop:
             found = self.model._evaluate_batches(self.validation.batches(), sigs, self.metrics)
             logs.update((f"val_{k}", v) for k, v in found.items())
         return logs
+
+
+def _nbytes(batch: Batch) -> int:
+    xs, y = batch
+    return sum(v.nbytes for v in xs.values()) + (0 if y is None else y.nbytes)
+
+
+def _copied(batch: Batch) -> Batch:
+    """A batch that outlives the buffers its arrays may view (:meth:`ArraySource.batches`)."""
+    xs, y = batch
+    return {k: np.array(v) for k, v in xs.items()}, None if y is None else np.array(y)
 
 
 def _same_shapes(a: Batch, b: Batch) -> bool:

@@ -74,7 +74,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--image-std", metavar="S[,S,S]",
                    help="per-channel standard deviation, as --image-mean")
     p.add_argument("--multi-step", action="store_true",
-                   help="also export train_steps (K training steps per call, one ONNX Loop) for "
+                   help="also export train_steps (K training steps per call, one ONNX Scan) for "
                    "drivers that batch calls, such as Node.js; the page steps once per call")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder that is not an earlier export: only the "

@@ -163,7 +163,7 @@ def _digits(sample_shape: list[int]) -> tuple[bytes, dict[str, Any]]:
 
 
 #: Signatures the browser export leaves out unless asked for: ``train_steps`` repeats the whole
-#: train graph inside a Loop (twice the download) for a saving the page's one-step-per-frame
+#: train graph inside a Scan (twice the download) for a saving the page's one-step-per-frame
 #: loop does not need; a driver that batches calls (Node.js) may ask for it (``multi_step``).
 NOT_EXPORTED = frozenset({"train_steps"})
 
