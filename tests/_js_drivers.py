@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from edgetrain.web import pack_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 JS = ROOT / "js"
@@ -123,18 +123,8 @@ def write_plan(mm: Any, jobs: Sequence[Job], run: Path) -> None:
             shutil.copyfile(job.restore, run / restore)
         plan_jobs.append({"batches": steps, "restore": restore, "save": job.save is not None})
     by_id = {id(b): b for b in mm.batches}
-    blob = bytearray()
-    batches = []
-    for i in order:
-        spec = {}
-        for name, value in by_id[i].items():
-            a = np.ascontiguousarray(value)
-            blob += b"\0" * (-len(blob) % 8)
-            spec[name] = {"dtype": str(a.dtype), "shape": list(a.shape), "offset": len(blob),
-                          "bytes": a.nbytes}
-            blob += a.tobytes()
-        batches.append(spec)
-    (run / "batches.bin").write_bytes(bytes(blob))
+    blob, batches = pack_batches([by_id[i] for i in order])
+    (run / "batches.bin").write_bytes(blob)
     (run / "plan.json").write_text(json.dumps({"batches": batches, "jobs": plan_jobs}))
 
 

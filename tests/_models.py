@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgetrain.training import Model
+
 IN_SHAPE = (8, 8)
 HIDDEN = 128
 CLASSES = 10
@@ -63,3 +65,17 @@ def forward(params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """The MLP in numpy (no dropout): the oracle for inference outputs."""
     h = np.maximum(x.reshape(len(x), -1) @ params["fc1.weight"].T + params["fc1.bias"], 0)
     return h @ params["fc2.weight"].T + params["fc2.bias"]
+
+
+class Counting(Model):
+    """The real model, recording its training calls per signature and their step counts."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.calls: list[tuple[str, int]] = []
+
+    def run(self, signature: str, **inputs: Any) -> dict[str, Any]:
+        if signature in ("train", "train_steps"):
+            lr = inputs.get(self.input_name(signature, "lr"))
+            self.calls.append((signature, 1 if lr is None or np.ndim(lr) == 0 else len(lr)))
+        return super().run(signature, **inputs)

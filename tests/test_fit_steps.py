@@ -14,24 +14,11 @@ import numpy as np
 import pytest
 
 import edgetrain as et
+from _models import Counting
 from edgetrain import callbacks as cb
 from edgetrain.demos._data import digits
 from edgetrain.demos._models import seed_mlp
 from edgetrain.training import Model
-
-
-class Counting(Model):
-    """The real model, counting the training calls per signature and their steps."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.calls: list[tuple[str, int]] = []
-
-    def run(self, signature: str, **inputs: Any) -> dict[str, Any]:
-        if signature in ("train", "train_steps"):
-            lr = inputs.get(self.input_name(signature, "lr"))
-            self.calls.append((signature, 1 if lr is None or np.ndim(lr) == 0 else len(lr)))
-        return super().run(signature, **inputs)
 
 
 @pytest.fixture(scope="module")

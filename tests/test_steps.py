@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import edgetrain as et
-from _models import data, mlp
+from _models import Counting, data, mlp
 from edgetrain.errors import InputError, NonFiniteError
 from test_training_state import STEP_CONFIGS
 
@@ -83,22 +83,14 @@ def test_fit_uses_train_steps_and_matches_single_step_fit(tmp_path: Any) -> None
     tm = et.compile(mlp(hidden=16), optimizer=et.optim.Adam(lr=1e-3))
     tm.save(tmp_path / "m.onnx")
     x, y = data(100, seed=5)  # 12 full batches of 8 and one of 4
-    fast, slow = et.load(tmp_path / "m.onnx"), et.load(tmp_path / "m.onnx")
-    calls: list[str] = []
-    run = fast.run
-
-    def counting(sig: str, **kw: Any) -> Any:
-        calls.append(sig)
-        return run(sig, **kw)
-
-    fast.run = counting  # type: ignore[method-assign]
+    fast, slow = Counting(tmp_path / "m.onnx"), et.load(tmp_path / "m.onnx")
     fast.steps_per_call = 5
     slow.steps_per_call = 1
     h1 = fast.fit(x, y, epochs=2, batch_size=8, progress=False)
     h2 = slow.fit(x, y, epochs=2, batch_size=8, progress=False)
-    train_calls = [c for c in calls if c.startswith("train")]
     # per epoch: 12 full batches as 5 + 5 + 2 stacked, then the short batch alone
-    assert train_calls == ["train_steps", "train_steps", "train_steps", "train"] * 2
+    assert fast.calls == [("train_steps", 5), ("train_steps", 5), ("train_steps", 2),
+                          ("train", 1)] * 2
     assert fast.step == slow.step == 26
     np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-6)
     for k, v in slow.state().items():
@@ -175,17 +167,9 @@ def test_small_models_have_train_steps_by_default_and_larger_ones_do_not() -> No
 
 def test_fit_uses_train_steps_by_default(tmp_path: Any) -> None:
     tm = et.compile(mlp(hidden=16), optimizer=et.optim.SGD(lr=0.1))
-    m = et.load(tm.proto)
+    m = Counting(tm.proto)
     assert m.steps_per_call is None and m.multi_step  # the backend's: 32 on onnxruntime
-    calls: list[str] = []
-    run = m.run
-
-    def counting(sig: str, **kw: Any) -> Any:
-        calls.append(sig)
-        return run(sig, **kw)
-
-    m.run = counting  # type: ignore[method-assign]
     x, y = data(512, seed=7)
     m.fit(x, y, epochs=1, batch_size=8, progress=False)  # 64 batches: two calls of 32
-    assert [c for c in calls if c.startswith("train")] == ["train_steps", "train_steps"]
+    assert m.calls == [("train_steps", 32), ("train_steps", 32)]
     assert m.step == 64

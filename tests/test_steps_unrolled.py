@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 import edgetrain as et
-from _models import data, mlp
+from _models import Counting, data, mlp
 from edgetrain.errors import InputError, NonFiniteError
 from edgetrain.runtime import BACKENDS
 from edgetrain.runtime._native import NativeBackend, Runner
@@ -50,20 +50,6 @@ class OrtUnrolled(NativeBackend):
 @pytest.fixture(autouse=True)
 def _backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(BACKENDS, "ort-unrolled", OrtUnrolled)
-
-
-class Counting(Model):
-    """The real model, recording its training calls and their step counts."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.calls: list[tuple[str, int]] = []
-
-    def run(self, signature: str, **inputs: Any) -> dict[str, Any]:
-        if signature in ("train", "train_steps"):
-            lr = inputs.get(self.input_name(signature, "lr"))
-            self.calls.append((signature, 1 if lr is None or np.ndim(lr) == 0 else len(lr)))
-        return super().run(signature, **inputs)
 
 
 def _batches(n: int = K, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:

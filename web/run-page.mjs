@@ -16,9 +16,8 @@
 // the page (a drop event carrying them, as a user dragging files onto it).
 
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { launchChromium } from './chromium.mjs';
+import { withChromium } from './chromium.mjs';
 
 const [url, screenshot, timeoutArg] = process.argv.slice(2);
 if (!url || !screenshot) {
@@ -26,12 +25,8 @@ if (!url || !screenshot) {
   process.exit(2);
 }
 const timeout = Number(timeoutArg || 60000);
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'edgetrain-chromium-'));
 
-let context;
-let code = 0;
-try {
-  context = await launchChromium(profile, timeout);
+const code = await withChromium('run-page', timeout, async (context) => {
   const cspReports = [];
   await context.addInitScript(() => {
     window.__cspViolations = [];
@@ -77,11 +72,5 @@ try {
   result.csp_violations = [...await page.evaluate(() => window.__cspViolations), ...cspReports];
   await page.screenshot({ path: screenshot, fullPage: true });
   process.stdout.write(JSON.stringify(result));
-} catch (e) {
-  console.error(`run-page: ${e.stack || e}`);
-  code = 1;
-} finally {
-  if (context) await context.close().catch(() => {});
-  fs.rmSync(profile, { recursive: true, force: true });
-}
+});
 process.exit(code);

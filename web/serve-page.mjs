@@ -12,10 +12,8 @@
 // 'quit', which closes the browser. Browser console and page errors go to stderr.
 
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import readline from 'node:readline';
-import { launchChromium } from './chromium.mjs';
+import { withChromium } from './chromium.mjs';
 
 const out = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
 
@@ -62,11 +60,8 @@ if (!url) {
   process.exit(2);
 }
 const timeout = Number(timeoutArg || 60000);
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'edgetrain-chromium-'));
-let context;
-let code = 0;
-try {
-  context = await launchChromium(profile, timeout);
+
+const code = await withChromium('serve-page', timeout, async (context) => {
   const page = context.pages()[0] || await context.newPage();
   const onConsole = (m) => console.error(`[console.${m.type()}] ${m.text()}`);
   page.on('console', onConsole);
@@ -85,12 +80,6 @@ try {
     out(cmd.cmd === 'stats' ? { ok: true, pss_mb: browserPssMb() }
       : await page.evaluate((c) => window.edgetrainCommand(c), cmd));
   }
-} catch (e) {
-  console.error(`serve-page: ${e.stack || e}`);
-  code = 1;
-} finally {
-  if (context) await context.close().catch(() => {});
-  fs.rmSync(profile, { recursive: true, force: true });
-}
+});
 if (code === 0) out({ ok: true });
 process.exit(code);

@@ -43,19 +43,12 @@ TIMEOUT = float(os.environ.get("EDGETRAIN_BENCH_JS_TIMEOUT", "600"))
 def write_batches(batches: list[tuple[Any, np.ndarray]], where: Path) -> None:
     """``batches.json`` + ``batches.bin``: each batch's inputs by the train signature's names
     (the data input(s), ``y``), every array in C order at an 8-byte aligned offset."""
+    from edgetrain.web import pack_batches
+
     where.mkdir(parents=True, exist_ok=True)
-    blob = bytearray()
-    specs = []
-    for x, y in batches:
-        spec = {}
-        for name, value in {**(x if isinstance(x, dict) else {"x": x}), "y": y}.items():
-            a = np.ascontiguousarray(value)
-            blob += b"\0" * (-len(blob) % 8)
-            spec[name] = {"dtype": str(a.dtype), "shape": list(a.shape), "offset": len(blob),
-                          "bytes": a.nbytes}
-            blob += a.tobytes()
-        specs.append(spec)
-    (where / "batches.bin").write_bytes(bytes(blob))
+    blob, specs = pack_batches([{**(x if isinstance(x, dict) else {"x": x}), "y": y}
+                                for x, y in batches])
+    (where / "batches.bin").write_bytes(blob)
     (where / "batches.json").write_text(json.dumps({"batches": specs}))
 
 

@@ -14,13 +14,13 @@ import argparse
 from typing import Any
 
 from ..errors import EdgetrainError
-from ._batches import Mulberry32, batch_indices, read_dataset, split_indices
+from ._batches import Mulberry32, batch_indices, pack_batches, read_dataset, split_indices
 from ._export import ORT_WEB_VERSION, export_web, find_ort_web
 from ._server import WebServer, serve, start_server
 
 __all__ = [
     "ORT_WEB_VERSION", "Mulberry32", "WebServer", "add_cli", "batch_indices", "export_web",
-    "find_ort_web", "read_dataset", "serve", "split_indices", "start_server",
+    "find_ort_web", "pack_batches", "read_dataset", "serve", "split_indices", "start_server",
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,3 +93,21 @@ def read_dataset(out_dir: str | os.PathLike[str]
     if manifest["meta"].get("labels") == "onehot":
         y = np.eye(int(info["classes"]), dtype=np.float32)[y]
     return x, y, info
+
+
+def pack_batches(batches: list[dict[str, np.ndarray]]) -> tuple[bytes, list[dict[str, Any]]]:
+    """Batches as the JavaScript runners read them (``js/scripts/matrix-jobs.mjs``): one blob
+    with every array in C order at an 8-byte aligned offset, and per batch, per input name,
+    its ``dtype``, ``shape``, ``offset`` and ``bytes``."""
+    blob = bytearray()
+    specs: list[dict[str, Any]] = []
+    for batch in batches:
+        spec = {}
+        for name, value in batch.items():
+            a = np.ascontiguousarray(value)
+            blob += b"\0" * (-len(blob) % 8)
+            spec[name] = {"dtype": str(a.dtype), "shape": list(a.shape), "offset": len(blob),
+                          "bytes": a.nbytes}
+            blob += a.tobytes()
+        specs.append(spec)
+    return bytes(blob), specs
