@@ -657,6 +657,39 @@ def test_weights_restore_across_optimizers_keeps_batch_norm_statistics(tmp_path:
     np.testing.assert_array_equal(partial.predict(x), src.predict(x))
 
 
+def test_a_file_loaded_from_disk_keeps_its_state_values_once(tmp_path: Path) -> None:
+    """Loaded from a path, the parsed file keeps the state tensors' names, types and shapes,
+    not their values (the backend holds those); everything that reads the file still works:
+    a weights-only restore starts the optimizer afresh from the file's own start, the
+    export carries the trained weights, and a ModelProto a caller passes stays untouched."""
+    tm = et.compile(_bn_mlp(), optimizer=et.optim.Adam(lr=1e-3), batch_norm="train")
+    path = tm.save(tmp_path / "model.onnx")
+    m, shared = et.load(path), et.load(tm.proto)
+    variable = m.meta.variables
+    for t in fmt.stored_tensors(m.proto, m.meta):
+        if t.name in variable:
+            assert not t.raw_data and list(t.dims) == list(
+                next(u for u in fmt.stored_tensors(tm.proto, tm.meta) if u.name == t.name).dims)
+    assert all(t.raw_data for t in fmt.stored_tensors(tm.proto, tm.meta) if t.name in variable
+               and t.dims)
+    x, y = data(32)
+    for model in (m, shared):
+        for _ in range(3):
+            model.run("train", x=x, y=y)
+    _same_state(m.state(), shared.state())
+    ck = m.save(tmp_path / "ck.safetensors")
+    m.restore(ck, parts=("weights",))
+    fresh = fmt.initial_state(tm.proto, tm.meta)
+    for k, v in m.state().items():
+        if k not in m.weight_names():
+            assert v.tobytes() == fresh[k].tobytes(), k
+    _same_state(m.weights(), shared.weights())
+    plain = onnx.load(m.export(tmp_path / "plain.onnx"))
+    baked = {t.name: onnx.numpy_helper.to_array(t) for t in plain.graph.initializer}
+    for k, v in shared.parameters().items():
+        np.testing.assert_array_equal(baked[k], v, err_msg=k)
+
+
 def test_weights_restore_refuses_foreign_networks_and_impossible_values(tmp_path: Path) -> None:
     m = _model(optimizer=et.optim.SGD(lr=0.1))
     # Same tensor names and shapes, another activation: still another network.

@@ -39,6 +39,7 @@ from ._files import (
     store_training_state,
     stored_tensors,
     with_state,
+    without_state_values,
 )
 from ._integrity import Identity, identify
 from ._meta import check, default_opset, read_meta, read_metadata, write_meta
@@ -67,5 +68,5 @@ __all__ = [
     "load_checkpoint", "load_model", "metadata_schema", "plain_inference", "producer_version",
     "read_meta", "read_metadata", "read_model_bytes", "save_checkpoint", "save_model",
     "standalone", "store_training_state", "stored_tensors",
-    "validate", "validate_meta", "with_state", "write_meta",
+    "validate", "validate_meta", "with_state", "without_state_values", "write_meta",
 ]

@@ -243,6 +243,25 @@ def graph_reads(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
+_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data",
+                "double_data", "uint64_data")
+
+
+def without_state_values(model: onnx.ModelProto, meta: Metadata) -> onnx.ModelProto:
+    """``model`` compacted into a new message whose state tensors (trainables, optimizer state,
+    the step counter) keep their name, type and shape but not their values: what a runtime
+    that holds the values itself keeps of the file, so the weights are not held twice.
+    ``model`` itself loses those values (the caller gives up its own reference)."""
+    variable = meta.variables
+    for t in stored_tensors(model, meta):
+        if t.name in variable:
+            for f in _DATA_FIELDS:
+                t.ClearField(f)
+    compact = onnx.ModelProto()
+    compact.ParseFromString(model.SerializeToString())
+    return compact
+
+
 def initial_state(model: onnx.ModelProto, meta: Metadata) -> dict[str, np.ndarray]:
     variable = meta.variables
     return {t.name: numpy_helper.to_array(t) for t in stored_tensors(model, meta)

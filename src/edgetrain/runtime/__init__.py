@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .. import format as fmt
 from .._casting import DataConversionWarning, conform, to_numpy
@@ -63,8 +64,27 @@ class _InputSpec(NamedTuple):
     role: str | None = None
 
 
+def _training_start(proto: onnx.ModelProto, meta: fmt.Metadata, weights: set[str]
+                    ) -> dict[str, np.ndarray | tuple[tuple[int, ...], np.dtype[Any]]]:
+    """The training-only state as the file starts it (what a weights-only restore starts
+    afresh): zeros, the usual start of optimizer slots and the step, kept as a shape."""
+    out: dict[str, np.ndarray | tuple[tuple[int, ...], np.dtype[Any]]] = {}
+    variable = meta.variables
+    for t in fmt.stored_tensors(proto, meta):
+        if t.name in variable and t.name not in weights:
+            a = numpy_helper.to_array(t)
+            out[t.name] = (a.shape, a.dtype) if not a.any() else a
+    return out
+
+
 class Model:
-    """A loaded trainable file. ``run(name, **inputs)`` calls a signature."""
+    """A loaded trainable file. ``run(name, **inputs)`` calls a signature.
+
+    ``proto`` is the file as parsed. Loaded from a path or bytes, its state tensors (the
+    trainables, optimizer state and step counter) keep their names, types and shapes but not
+    their values, which the backend holds (:meth:`state`): a device holds the weights once
+    for the file and twice for the step (current and next), not three times.
+    """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike[str] | bytes,
                  backend: str = "onnxruntime", **backend_options: Any) -> None:
@@ -82,6 +102,12 @@ class Model:
         except Exception as e:  # a backend refusing the graphs: the file is at fault
             raise FormatError(f"the {backend} backend cannot load this file: "
                               f"{_first_line(e)}") from e
+        self._start = _training_start(proto, self.meta, set(self.weight_names()))
+        if not isinstance(model, onnx.ModelProto):
+            # The backend holds the state's values; the parsed file keeps the rest, so the
+            # weights are not held twice (a caller's ModelProto is theirs, and shared as is).
+            self.proto = fmt.without_state_values(proto, self.meta)
+            self._backend.model = self.proto
         self._lock = threading.RLock()
         self._identity: fmt.Identity | None = None
         self._plans: dict[str, dict[str, _InputSpec]] = {}
@@ -278,7 +304,8 @@ class Model:
                 expected = {k: current[k] for k in self.weight_names()}
                 loaded = fmt.load_checkpoint(path, self.meta, expected, identity=self.identity,
                                              key=key, parts=parts, frozen=frozen)
-                fresh = fmt.initial_state(self.proto, self.meta)
+                fresh = {k: np.zeros(*v) if isinstance(v, tuple) else v.copy()
+                         for k, v in self._start.items()}
                 loaded = {**{k: v for k, v in fresh.items() if k not in expected}, **loaded}
             else:
                 loaded = fmt.load_checkpoint(path, self.meta, current, identity=self.identity,
