@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import CheckpointError, InputError
-from ._files import graph_reads
+from ._files import graph_reads, stored_tensors
 from ._spec import Metadata
 
 #: ``checksum_version`` written by this release: the canonical encoding of ``checksum_v2``.
@@ -185,9 +185,8 @@ def architecture(model: onnx.ModelProto, meta: Metadata) -> str:
     h.update(_u64(len(ops)))
     for domain, version in ops:
         h.update(_text(domain) + struct.pack("<q", version))
-    store = model.training_info[0].algorithm.initializer if model.training_info else []
-    variables = meta.variables
-    _graph(h, model.graph, extra=[t for t in store if t.name in variables])
+    main = {t.name for t in model.graph.initializer}
+    _graph(h, model.graph, extra=[t for t in stored_tensors(model, meta) if t.name not in main])
     opt = {k: v for k, v in meta.optimizer.to_json().items() if k != "lr"}
     h.update(canonical({"trainable": sorted(meta.trainable), "state": sorted(meta.state),
                         "step": meta.step, "optimizer": opt}))

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import SparseTensorProto, TensorProto, helper, numpy_helper
 
-from ._files import graph_reads
+from ._files import STATE_STORE, graph_reads, state_store
 from ._schema import MAX_ELEMENTS, fail, quote, validate_meta
 from ._spec import LoraSite, Metadata, SignatureSpec, TensorSpec
 
@@ -256,7 +256,7 @@ def _stored_state(model: onnx.ModelProto, meta: Metadata, inits: dict[str, Tenso
                   ) -> None:
     """Add the state kept with the train graph (format 3) to ``inits``: only state tensors,
     once, not read by the inference graph, and not in a file of an older format."""
-    store = model.training_info[0].algorithm if model.training_info else None
+    store = state_store(model)
     if store is None:
         return
     variables, read = meta.variables, None
@@ -264,8 +264,9 @@ def _stored_state(model: onnx.ModelProto, meta: Metadata, inits: dict[str, Tenso
         if t.name not in variables:
             continue
         if meta.format_version < 3:
-            raise fail(f"state tensor {quote(t.name)} is stored with training_info/0, which "
-                       f"format version {meta.format_version} does not allow")
+            raise fail(f"state tensor {quote(t.name)} is stored with training_info/"
+                       f"{STATE_STORE}, which format version {meta.format_version} does not "
+                       "allow")
         if t.name in inits:
             raise fail(f"state tensor {quote(t.name)} is stored twice")
         read = graph_reads(model.graph) if read is None else read
@@ -338,7 +339,7 @@ def _check_signature(sig: str, spec: SignatureSpec, g: onnx.GraphProto,
     if ref != "main":
         # the state store's state tensors are the state itself, not a redefinition
         own |= {t.name for t in g.initializer
-                if not (ref == "training_info/0" and t.name in variables)}
+                if not (ref == f"training_info/{STATE_STORE}" and t.name in variables)}
     shadowed = sorted(variables & own)
     if shadowed:
         raise fail(f"{ref} redefines the state tensor {quote(shadowed[0])}")
